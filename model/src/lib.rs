@@ -1,0 +1,20 @@
+//! The single description of microGPT.
+//!
+//! - [`Shape`]: the dimensions, validated (every error names the broken rule);
+//! - [`Layout`]: canonical tensor names, dimensions and offsets of the flat parameter vector;
+//! - [`Program`]: the forward pass for one token as an ordered list of [`Op`]s over named
+//!   [`Buffer`]s.
+//!
+//! Every backend (reference engine, proc-macro kernels, JIT, CUDA, TALOS emulation) renders the
+//! [`Program`]; none restates the forward pass by hand. Adding an op is one edit here, and every
+//! renderer that does not handle it stops compiling (the matches are exhaustive).
+
+mod layout;
+mod program;
+mod shape;
+mod vocab;
+
+pub use layout::{LAYER_PARAMS, Layout, Param, Tensor};
+pub use program::{Buffer, Op, Program, RMS_EPS};
+pub use shape::{FIELDS, MAX_DIM, MAX_PARAMS, Shape, ShapeError};
+pub use vocab::{char_token, detokenize, token_char};

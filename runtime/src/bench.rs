@@ -1,0 +1,277 @@
+//! The bench harness: every variant timed the same way and checked against its oracle.
+
+use crate::sampler::Sampler;
+use crate::stream::Stream;
+use crate::variant::{Settings, Variant, VariantInfo, VariantSpec};
+use microgpt_weights::Weights;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// TALOS-V2's claimed throughput at 56.25 MHz: the "× FPGA" column divides by this.
+pub const TALOS_CLAIMED_TOK_PER_S: f64 = 53_000.0;
+
+/// A draw that differs from the oracle's is excused only when `r` lies this close to a
+/// boundary of the oracle's CDF (model.md).
+pub const BOUNDARY_TOLERANCE: f32 = 1e-6;
+
+/// How to time and check.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub seed: u32,
+    pub temperature: f32,
+    /// Minimum tokens per timed window.
+    pub min_tokens: u64,
+    /// Minimum duration of a timed window, seconds.
+    pub min_window_s: f64,
+    /// Timed windows; the median is reported.
+    pub repeats: usize,
+    /// Warm-up before timing, seconds.
+    pub warmup_s: f64,
+    /// Teacher-forced steps compared with the oracle (and free-running steps compared too).
+    pub check_tokens: usize,
+    /// Names to generate per variant (0: none).
+    pub names: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> BenchOptions {
+        BenchOptions {
+            seed: crate::sampler::DEFAULT_SEED,
+            temperature: crate::sampler::DEFAULT_TEMPERATURE,
+            min_tokens: 10_000,
+            min_window_s: 0.2,
+            repeats: 5,
+            warmup_s: 0.1,
+            check_tokens: 4096,
+            names: 0,
+        }
+    }
+}
+
+impl BenchOptions {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            temperature: self.temperature,
+        }
+    }
+}
+
+/// The timing of one variant.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Median over the windows.
+    pub tok_per_s: f64,
+    pub ns_per_token: f64,
+    pub window_tokens: u64,
+    /// Each window's rate, in the order run.
+    pub windows: Vec<f64>,
+}
+
+/// Times `variant`: a warm-up, then `repeats` windows of at least `min_tokens` tokens and
+/// `min_window_s` seconds each; the median rate is reported.
+pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
+    variant.reset(o.seed);
+    // Warm-up, doubling until it lasts `warmup_s`; it also estimates the rate.
+    let mut n = 256u64;
+    let rate = loop {
+        let t = Instant::now();
+        black_box(variant.run(n));
+        let dt = t.elapsed().as_secs_f64();
+        if dt >= o.warmup_s || n >= 1 << 40 {
+            break n as f64 / dt.max(1e-9);
+        }
+        n *= 2;
+    };
+    let mut window = ((rate * o.min_window_s * 1.1) as u64).max(o.min_tokens).max(1);
+    let mut windows = Vec::with_capacity(o.repeats);
+    while windows.len() < o.repeats.max(1) {
+        let t = Instant::now();
+        black_box(variant.run(window));
+        let dt = t.elapsed().as_secs_f64().max(1e-9);
+        if dt < o.min_window_s {
+            // Too short (the machine sped up, or the estimate was off): lengthen and redo.
+            window = ((window as f64 * o.min_window_s / dt * 1.1) as u64).max(window + 1);
+            continue;
+        }
+        windows.push(window as f64 / dt);
+    }
+    let mut sorted = windows.clone();
+    sorted.sort_by(f64::total_cmp);
+    let tok_per_s = sorted[sorted.len() / 2];
+    Timing {
+        tok_per_s,
+        ns_per_token: 1e9 / tok_per_s,
+        window_tokens: window,
+        windows,
+    }
+}
+
+/// How a variant's results compare with its oracle's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agreement {
+    pub oracle: String,
+    /// Teacher-forced steps compared.
+    pub tokens: usize,
+    /// Largest |Δlogit| over every compared step.
+    pub max_abs_logit_diff: f64,
+    /// Steps whose drawn token equals the oracle's.
+    pub agreed: usize,
+    /// Steps that differ where `r` lies within [`BOUNDARY_TOLERANCE`] of an oracle CDF boundary.
+    pub excused: usize,
+    /// Steps that differ for no such reason.
+    pub differed: usize,
+    /// Free-running: tokens identical to the oracle's own stream before the first difference.
+    pub free_run_identical: usize,
+    pub free_run_tokens: usize,
+}
+
+impl Row {
+    /// True when the variant must draw the oracle's tokens and did not: a bug.
+    pub fn mismatched(&self) -> bool {
+        self.info.exact_tokens
+            && self
+                .agreement
+                .as_ref()
+                .is_some_and(|a| a.differed > 0 || a.max_abs_logit_diff.is_nan())
+    }
+}
+
+impl Agreement {
+    /// Teacher-forced token agreement, counting excused boundary draws as agreeing.
+    pub fn token_agreement(&self) -> f64 {
+        (self.agreed + self.excused) as f64 / self.tokens.max(1) as f64
+    }
+}
+
+/// Compares `variant` with `oracle` on the oracle's own benchmark stream, teacher-forced: both
+/// get the same token, position and `r` at every step; logits and drawn tokens are compared.
+/// Then both run free from the same seed and the identical prefix is counted.
+pub fn check_agreement(variant: &mut dyn Variant, oracle: &mut dyn Variant, o: &BenchOptions) -> Agreement {
+    let shape = oracle.shape();
+    let mut sampler = Sampler::new(o.temperature);
+    let mut a = Agreement {
+        oracle: oracle.info().name.clone(),
+        tokens: o.check_tokens,
+        max_abs_logit_diff: 0.0,
+        agreed: 0,
+        excused: 0,
+        differed: 0,
+        free_run_identical: 0,
+        free_run_tokens: o.check_tokens,
+    };
+    let mut stream = Stream::new(&shape, o.seed);
+    for _ in 0..o.check_tokens {
+        let r = stream.rng.uniform();
+        let want = oracle.step(stream.tok, stream.pos, r);
+        let got = variant.step(stream.tok, stream.pos, r);
+        let (lo, lv) = (oracle.logits(), variant.logits());
+        for (x, y) in lo.iter().zip(&lv) {
+            let d = (*x as f64 - *y as f64).abs();
+            // NaN must never look like agreement.
+            a.max_abs_logit_diff = if d.is_nan() {
+                f64::NAN
+            } else {
+                a.max_abs_logit_diff.max(d)
+            };
+        }
+        if got == want {
+            a.agreed += 1;
+        } else {
+            sampler.draw(&lo, r);
+            if sampler.boundary_distance(r) < BOUNDARY_TOLERANCE {
+                a.excused += 1;
+            } else {
+                a.differed += 1;
+            }
+        }
+        stream.advance(want);
+    }
+    let (mut s1, mut s2) = (Stream::new(&shape, o.seed), Stream::new(&shape, o.seed));
+    for _ in 0..o.check_tokens {
+        let r = s1.rng.uniform();
+        s2.rng.uniform();
+        let want = oracle.step(s1.tok, s1.pos, r);
+        let got = variant.step(s2.tok, s2.pos, r);
+        if got != want {
+            break;
+        }
+        a.free_run_identical += 1;
+        s1.advance(want);
+        s2.advance(got);
+    }
+    a
+}
+
+/// The outcome of one registry entry.
+#[derive(Debug)]
+pub enum Outcome {
+    Ran(Box<Row>),
+    Skipped {
+        name: String,
+        backend: String,
+        reason: String,
+    },
+}
+
+/// A measured variant.
+#[derive(Debug)]
+pub struct Row {
+    pub info: VariantInfo,
+    pub timing: Timing,
+    pub agreement: Option<Agreement>,
+    pub names: Option<Vec<String>>,
+}
+
+/// Progress of a bench run, for the caller to display.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    Preparing(&'a str),
+    Checking(&'a str),
+    Timing(&'a str),
+}
+
+/// Runs every spec whose name contains `filter`: prepare, check against the oracle, time,
+/// and (when asked) generate names.
+pub fn run_all(
+    specs: &[VariantSpec],
+    weights: &Weights,
+    o: &BenchOptions,
+    filter: Option<&str>,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Vec<Outcome> {
+    let settings = o.settings();
+    let mut out = Vec::new();
+    for spec in specs {
+        if filter.is_some_and(|f| !spec.name.contains(f)) {
+            continue;
+        }
+        progress(Event::Preparing(&spec.name));
+        let mut variant = match spec.prepare(weights, &settings) {
+            Ok(v) => v,
+            Err(reason) => {
+                out.push(Outcome::Skipped {
+                    name: spec.name.clone(),
+                    backend: spec.backend.clone(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        progress(Event::Checking(&spec.name));
+        let agreement = variant
+            .info()
+            .oracle
+            .build(weights, &settings)
+            .map(|mut oracle| check_agreement(variant.as_mut(), oracle.as_mut(), o));
+        progress(Event::Timing(&spec.name));
+        let timing = time_variant(variant.as_mut(), o);
+        let names = (o.names > 0).then(|| variant.names(o.names, o.seed));
+        out.push(Outcome::Ran(Box::new(Row {
+            info: variant.info().clone(),
+            timing,
+            agreement,
+            names,
+        })));
+    }
+    out
+}

@@ -1,0 +1,18 @@
+//! The microGPT runtime: the reference engines (the oracles), the canonical sampler and
+//! generation loops, the variant registry, the bench harness and the trainer.
+
+pub mod bench;
+pub mod machine;
+mod real;
+pub mod reference;
+pub mod report;
+pub mod sampler;
+pub mod stream;
+pub mod train;
+pub mod variant;
+
+pub use real::Real;
+pub use reference::{Q412Reference, Reference};
+pub use sampler::{Sampler, XorShift32};
+pub use stream::{Stream, generate_names};
+pub use variant::{Oracle, Precision, Settings, Variant, VariantInfo, VariantSpec};

@@ -1,0 +1,18 @@
+//! microGPT, compiled many ways: a thin facade over the workspace crates.
+//!
+//! - [`model`]: the one description of the network (shape, weight layout, op list);
+//! - [`weights`]: formats, Q4.12, the embedded default weights;
+//! - [`runtime`]: reference engines, sampler, variants, bench harness, trainer.
+//!
+//! [`registry`] lists every variant the build provides; the bench runs them all.
+
+pub use microgpt_model as model;
+pub use microgpt_runtime as runtime;
+pub use microgpt_weights as weights;
+
+use microgpt_runtime::VariantSpec;
+
+/// Every variant this build provides, in the order the bench shows them.
+pub fn registry() -> Vec<VariantSpec> {
+    microgpt_runtime::variant::variants()
+}

@@ -1,0 +1,185 @@
+//! The examples as a user runs them: flags, errors, exit codes, JSON.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// An example binary built by `cargo test` next to this test's own binary.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile folder");
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} not built", path.display());
+    Command::new(path)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("microgpt-cli-{}-{name}", std::process::id()))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn one_line_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_and_files_are_one_line_errors_with_exit_code_2() {
+    one_line_error(
+        &example("bench").arg("--frobnicate").output().unwrap(),
+        "--frobnicate",
+    );
+    one_line_error(
+        &example("bench").args(["--tokens", "many"]).output().unwrap(),
+        "many",
+    );
+    one_line_error(
+        &example("bench").args(["--temperature", "-1"]).output().unwrap(),
+        "temperature",
+    );
+    one_line_error(
+        &example("bench").args(["--shape", "heads=3"]).output().unwrap(),
+        "divisible",
+    );
+    one_line_error(
+        &example("bench").args(["--format", "png"]).output().unwrap(),
+        "png",
+    );
+    one_line_error(
+        &example("bench").args(["--variant", "nonesuch"]).output().unwrap(),
+        "nonesuch",
+    );
+
+    let bad = tmp("bad.bin");
+    std::fs::write(&bad, [1u8; 123]).unwrap();
+    let out = example("bench").arg("--weights").arg(&bad).output().unwrap();
+    one_line_error(&out, &bad.display().to_string());
+    assert!(text(&out.stderr).contains("123 bytes"));
+    std::fs::remove_file(&bad).unwrap();
+}
+
+#[test]
+fn list_shows_the_registry() {
+    let out = example("bench").arg("--list").output().unwrap();
+    assert!(out.status.success());
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("reference") && listing.contains("reference-q4.12"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn a_short_run_writes_the_documented_json() {
+    let json = tmp("out.json");
+    let out = example("bench")
+        .args([
+            "--variant",
+            "reference",
+            "--tokens",
+            "200",
+            "--min-window",
+            "0",
+            "--repeats",
+            "1",
+        ])
+        .args(["--check-tokens", "64", "--names", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("cpu:") && stdout.contains("shape:") && stdout.contains("weights:"));
+    assert!(stdout.contains("sample  1: "), "{stdout}");
+
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    assert!(doc["machine"]["cpu"].is_string());
+    assert!(doc["machine"]["features"].is_array());
+    assert_eq!(doc["shape"]["vocab"], 27);
+    assert_eq!(doc["shape"]["mlp"], 64);
+    assert!(doc["weights"].as_str().unwrap().contains("embedded"));
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "both references match the filter");
+    for r in results {
+        assert!(r["variant"].as_str().unwrap().starts_with("reference"));
+        assert!(r["backend"].is_string() && r["precision"].is_string());
+        assert_eq!(r["streams"], 1);
+        assert!(r["tok_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["ns_per_token"].as_f64().unwrap() > 0.0);
+        assert!(r["max_abs_logit_diff"].is_number());
+        assert!(r["token_agreement"].as_f64().unwrap() > 0.5);
+        assert_eq!(r["names"].as_array().unwrap().len(), 20);
+    }
+    let reference = &results[0];
+    assert_eq!(reference["variant"], "reference");
+    assert_eq!(reference["token_agreement"], 1.0);
+}
+
+#[test]
+fn another_shape_runs_with_random_weights() {
+    let out = example("bench")
+        .args([
+            "--shape",
+            "embd=8,heads=2,layers=2,mlp=16",
+            "--variant",
+            "reference",
+        ])
+        .args([
+            "--tokens",
+            "100",
+            "--min-window",
+            "0",
+            "--repeats",
+            "1",
+            "--check-tokens",
+            "32",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("random init"), "{stdout}");
+    assert!(stdout.contains("embd=8"), "{stdout}");
+}
+
+#[test]
+fn train_writes_loadable_weights_and_rejects_bad_data() {
+    let data = tmp("names.txt");
+    std::fs::write(&data, "anna\nbob\ncarla\ndave\n").unwrap();
+    let weights = tmp("w.safetensors");
+    let out = example("train")
+        .arg("--data")
+        .arg(&data)
+        .args(["--steps", "30", "--batch", "2", "--threads", "1", "--out"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("NLL on") && stdout.contains("sample 20: "),
+        "{stdout}"
+    );
+    let w = microgpt::weights::load(&weights, &Default::default()).unwrap();
+    assert_eq!(*w.shape(), microgpt::model::Shape::DEFAULT);
+    std::fs::remove_file(&weights).unwrap();
+
+    std::fs::write(&data, "anna\nBob\n").unwrap();
+    let out = example("train").arg("--data").arg(&data).output().unwrap();
+    one_line_error(&out, "character 'B' has no token");
+    std::fs::remove_file(&data).unwrap();
+}
