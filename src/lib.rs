@@ -2,10 +2,12 @@
 //!
 //! - [`model`]: the one description of the network (shape, weight layout, op list);
 //! - [`weights`]: formats, Q4.12, the embedded default weights;
-//! - [`runtime`]: reference engines, sampler, variants, bench harness, trainer.
+//! - [`runtime`]: reference engines, sampler, variants, bench harness, trainer;
+//! - [`kernels`]: the proc-macro kernels of the shipped shapes.
 //!
 //! [`registry`] lists every variant the build provides; the bench runs them all.
 
+pub use microgpt_kernels as kernels;
 pub use microgpt_model as model;
 pub use microgpt_runtime as runtime;
 pub use microgpt_weights as weights;
@@ -14,5 +16,7 @@ use microgpt_runtime::VariantSpec;
 
 /// Every variant this build provides, in the order the bench shows them.
 pub fn registry() -> Vec<VariantSpec> {
-    microgpt_runtime::variant::variants()
+    let mut list = microgpt_runtime::variant::variants();
+    list.extend(microgpt_kernels::variants());
+    list
 }

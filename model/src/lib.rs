@@ -10,11 +10,12 @@
 //! renderer that does not handle it stops compiling (the matches are exhaustive).
 
 mod layout;
+pub mod numerics;
 mod program;
 mod shape;
 mod vocab;
 
 pub use layout::{LAYER_PARAMS, Layout, Param, Tensor};
-pub use program::{Buffer, Op, Program, RMS_EPS};
+pub use program::{Buffer, HistoryFreePrefix, Op, Program, RMS_EPS};
 pub use shape::{FIELDS, MAX_DIM, MAX_PARAMS, Shape, ShapeError};
 pub use vocab::{char_token, detokenize, token_char};

@@ -175,6 +175,15 @@ impl fmt::Display for Op {
     }
 }
 
+/// See [`Program::history_free_prefix`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryFreePrefix {
+    /// Number of leading ops.
+    pub ops: usize,
+    /// Buffers computed by the prefix that the rest of the program reads, in first-read order.
+    pub live: Vec<Buffer>,
+}
+
 /// The forward pass of a shape: the op list every backend renders.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Program {
@@ -278,6 +287,30 @@ impl Program {
             .sum()
     }
 
+    /// The longest prefix of ops whose results depend only on `(tok, pos)`: every op before the
+    /// first attention (which reads the cache of earlier positions). A renderer that knows the
+    /// weights may evaluate it for every `(tok, pos)` ahead of time and start each step from a
+    /// table row holding the prefix's live buffers.
+    pub fn history_free_prefix(&self) -> HistoryFreePrefix {
+        let ops = self
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Attention { .. }))
+            .unwrap_or(self.ops.len());
+        // Live: read by a later op before any later op writes it.
+        let mut live = Vec::new();
+        let mut written = Vec::new();
+        for op in &self.ops[ops..] {
+            for b in op.inputs() {
+                if !written.contains(&b) && !live.contains(&b) {
+                    live.push(b);
+                }
+            }
+            written.push(op.output());
+        }
+        HistoryFreePrefix { ops, live }
+    }
+
     /// A numbered listing, one op per line.
     pub fn listing(&self) -> String {
         let mut out = format!("forward pass, shape {}\n", self.shape);
@@ -330,6 +363,17 @@ mod tests {
         // Every weight is used exactly once, except the embeddings, used by `Embed`.
         let used: Vec<_> = p.ops().iter().filter_map(Op::weight).collect();
         assert_eq!(used.len(), layout.tensors().len() - 2);
+    }
+
+    #[test]
+    fn history_free_prefix_ends_at_the_first_attention() {
+        let p = Program::forward(Shape::DEFAULT);
+        let prefix = p.history_free_prefix();
+        assert_eq!(prefix.ops, 6, "embed, 2 norms, q, k, v");
+        assert!(matches!(p.ops()[prefix.ops], Op::Attention { .. }));
+        assert_eq!(prefix.live, [Buffer::Q, Buffer::K, Buffer::V, Buffer::X]);
+        let two = Program::forward(Shape::new(27, 16, 32, 4, 2, 128).unwrap());
+        assert_eq!(two.history_free_prefix().ops, 6);
     }
 
     #[test]

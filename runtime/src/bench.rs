@@ -245,6 +245,16 @@ pub fn run_all(
         if filter.is_some_and(|f| !spec.name.contains(f)) {
             continue;
         }
+        if let Some(shape) = spec.shape
+            && shape != *weights.shape()
+        {
+            out.push(Outcome::Skipped {
+                name: spec.name.clone(),
+                backend: spec.backend.clone(),
+                reason: format!("generated for shape {shape} (run the bench with --shape {shape})"),
+            });
+            continue;
+        }
         progress(Event::Preparing(&spec.name));
         let mut variant = match spec.prepare(weights, &settings) {
             Ok(v) => v,

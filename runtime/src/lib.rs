@@ -2,6 +2,7 @@
 //! generation loops, the variant registry, the bench harness and the trainer.
 
 pub mod bench;
+pub mod kernel;
 pub mod machine;
 mod real;
 pub mod reference;

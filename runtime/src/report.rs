@@ -157,10 +157,18 @@ impl Report<'_> {
             out.push_str(&fmt_line(l));
             out.push('\n');
         }
+        // Skipped rows, grouped by reason.
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
         for o in self.outcomes {
             if let Outcome::Skipped { name, reason, .. } = o {
-                out.push_str(&format!("skipped {name}: {reason}\n"));
+                match reasons.iter_mut().find(|(r, _)| *r == reason.as_str()) {
+                    Some((_, names)) => names.push(name),
+                    None => reasons.push((reason, vec![name])),
+                }
             }
+        }
+        for (reason, names) in reasons {
+            out.push_str(&format!("skipped {}: {reason}\n", names.join(", ")));
         }
         for row in self.rows() {
             if let Some(ms) = row.info.compile_ms {

@@ -172,6 +172,8 @@ pub struct VariantSpec {
     pub name: String,
     pub backend: String,
     pub precision: Precision,
+    /// The one shape this variant was generated for; `None` when it takes any shape.
+    pub shape: Option<Shape>,
     prepare: Box<Prepare>,
 }
 
@@ -186,8 +188,15 @@ impl VariantSpec {
             name: name.into(),
             backend: backend.into(),
             precision,
+            shape: None,
             prepare: Box::new(prepare),
         }
+    }
+
+    /// Marks the variant as generated for one shape only.
+    pub fn for_shape(mut self, shape: Shape) -> VariantSpec {
+        self.shape = Some(shape);
+        self
     }
 
     pub fn prepare(&self, weights: &Weights, settings: &Settings) -> Result<Box<dyn Variant>, String> {

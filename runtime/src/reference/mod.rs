@@ -99,6 +99,14 @@ impl<F: Real> Reference<F> {
 
     /// [`Reference::forward`], calling `hook` before every op.
     pub fn forward_with<H: Hook<F>>(&mut self, tok: usize, pos: usize, hook: &mut H) -> &[F] {
+        self.run_ops(tok, pos, self.program.ops().len(), hook);
+        &self.buffers[Buffer::Logits.index()]
+    }
+
+    /// Runs the first `count` ops of the step for `tok` at `pos`, calling `hook` before each;
+    /// the buffers then hold their values at that point (see
+    /// [`microgpt_model::Program::history_free_prefix`]).
+    pub fn run_ops<H: Hook<F>>(&mut self, tok: usize, pos: usize, count: usize, hook: &mut H) {
         let shape = *self.shape();
         assert!(tok < shape.vocab, "token {tok} out of range 0..{}", shape.vocab);
         assert!(
@@ -111,7 +119,7 @@ impl<F: Real> Reference<F> {
             head_dim: shape.head_dim(),
         };
         let e = shape.embd;
-        for (index, op) in self.program.ops().iter().enumerate() {
+        for (index, op) in self.program.ops()[..count].iter().enumerate() {
             hook.before(index, op, &self.buffers);
             match *op {
                 Op::Embed { out } => {
@@ -166,7 +174,6 @@ impl<F: Real> Reference<F> {
                 }
             }
         }
-        &self.buffers[Buffer::Logits.index()]
     }
 }
 

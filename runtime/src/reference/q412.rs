@@ -1,7 +1,8 @@
 //! The scalar Q4.12 reference: the op list in model.md's fixed-point arithmetic (the seed's
 //! `bench_c_q412`). Its integer results are what every Q4.12 kernel must reproduce bit for bit.
 
-use super::{Buffers, math};
+use super::Buffers;
+use microgpt_model::numerics::exp_q412;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, Shape};
 use microgpt_weights::{Q412_ONE, Weights};
 
@@ -85,6 +86,14 @@ impl Q412Reference {
     /// # Panics
     /// If `tok >= vocab` or `pos >= block`.
     pub fn forward(&mut self, tok: usize, pos: usize) -> &[i16] {
+        self.run_ops(tok, pos, self.program.ops().len());
+        &self.buffers[Buffer::Logits.index()]
+    }
+
+    /// Runs the first `count` ops of the step for `tok` at `pos` (see
+    /// [`microgpt_model::Program::history_free_prefix`]); the buffers then hold their values
+    /// at that point.
+    pub fn run_ops(&mut self, tok: usize, pos: usize, count: usize) {
         let shape = *self.shape();
         assert!(tok < shape.vocab, "token {tok} out of range 0..{}", shape.vocab);
         assert!(
@@ -93,7 +102,7 @@ impl Q412Reference {
             shape.block
         );
         let (e, hd) = (shape.embd, shape.head_dim());
-        for op in self.program.ops() {
+        for op in &self.program.ops()[..count] {
             match *op {
                 Op::Embed { out } => {
                     let wte = &self.weights[self.layout.tensor(Param::Wte).range()][tok * e..][..e];
@@ -142,7 +151,6 @@ impl Q412Reference {
                 }
             }
         }
-        &self.buffers[Buffer::Logits.index()]
     }
 
     /// The last logits as real numbers (`l / 4096`).
@@ -151,6 +159,22 @@ impl Q412Reference {
             .iter()
             .map(|&l| l as f32 / Q412_ONE)
             .collect()
+    }
+}
+
+/// Max-subtracted softmax in f32 with the Q4.12 datapath's `exp` (sums left to right).
+pub fn q412_softmax(v: &mut [f32]) {
+    let mut m = v[0];
+    for &x in &v[1..] {
+        m = m.max(x);
+    }
+    let mut sum = 0.0f32;
+    for x in v.iter_mut() {
+        *x = exp_q412(*x - m);
+        sum += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= sum;
     }
 }
 
@@ -179,7 +203,7 @@ pub fn q412_attention(
             }
             *s = (dot as f32 / Q412_ONE / Q412_ONE) * inv_sqrt;
         }
-        math::softmax(scores);
+        q412_softmax(scores);
         for j in ch {
             let mut o = 0.0f32;
             for (t, &p) in scores.iter().enumerate() {

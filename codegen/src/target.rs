@@ -1,0 +1,536 @@
+//! The instruction sets kernels are generated for, and how each spells the vector operations
+//! the renderers use. Every function returns Rust tokens; the renderers never name an intrinsic.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// A SIMD target (or the portable scalar fallback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Scalar,
+    Avx2,
+    Avx512,
+    Neon,
+}
+
+type T = TokenStream;
+
+impl Target {
+    pub const ALL: [Target; 4] = [Target::Scalar, Target::Avx2, Target::Avx512, Target::Neon];
+
+    /// f32 (and i32) lanes per register.
+    pub fn lanes(self) -> usize {
+        match self {
+            Target::Scalar => 1,
+            Target::Avx2 => 8,
+            Target::Avx512 => 16,
+            Target::Neon => 4,
+        }
+    }
+
+    /// Lower-case name used in module and variant names.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Target::Scalar => "scalar",
+            Target::Avx2 => "avx2",
+            Target::Avx512 => "avx512",
+            Target::Neon => "neon",
+        }
+    }
+
+    /// `target_arch` the code compiles for (`None`: every architecture).
+    pub fn arch(self) -> Option<&'static str> {
+        match self {
+            Target::Scalar => None,
+            Target::Avx2 | Target::Avx512 => Some("x86_64"),
+            Target::Neon => Some("aarch64"),
+        }
+    }
+
+    /// CPU features the fp32 kernels need (enabled on the functions, checked at run time).
+    pub fn features(self, vnni: bool) -> Vec<&'static str> {
+        match self {
+            Target::Scalar | Target::Neon => vec![],
+            Target::Avx2 => vec!["avx2", "fma"],
+            Target::Avx512 if vnni => vec!["avx512f", "avx512bw", "avx512vl", "avx512vnni", "fma"],
+            Target::Avx512 => vec!["avx512f", "avx512bw", "avx512vl", "fma"],
+        }
+    }
+
+    /// `use` lines for the intrinsics.
+    pub fn imports(self) -> T {
+        match self {
+            Target::Scalar => quote! {},
+            Target::Avx2 | Target::Avx512 => quote! { use ::core::arch::x86_64::*; },
+            Target::Neon => quote! { use ::core::arch::aarch64::*; },
+        }
+    }
+
+    /// The attributes of every generated function that uses intrinsics.
+    pub fn fn_attrs(self, vnni: bool) -> T {
+        let features = self.features(vnni);
+        if features.is_empty() {
+            quote! { #[inline] }
+        } else {
+            let list = features.join(",");
+            quote! { #[inline] #[target_feature(enable = #list)] }
+        }
+    }
+
+    // ---- f32 vectors -------------------------------------------------------------------------
+
+    /// The f32 vector type.
+    pub fn vf(self) -> T {
+        match self {
+            Target::Scalar => quote! { f32 },
+            Target::Avx2 => quote! { __m256 },
+            Target::Avx512 => quote! { __m512 },
+            Target::Neon => quote! { float32x4_t },
+        }
+    }
+
+    pub fn load(self, ptr: T) -> T {
+        match self {
+            Target::Scalar => quote! { *#ptr },
+            Target::Avx2 => quote! { _mm256_loadu_ps(#ptr) },
+            Target::Avx512 => quote! { _mm512_loadu_ps(#ptr) },
+            Target::Neon => quote! { vld1q_f32(#ptr) },
+        }
+    }
+
+    pub fn store(self, ptr: T, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { *#ptr = #v; },
+            Target::Avx2 => quote! { _mm256_storeu_ps(#ptr, #v); },
+            Target::Avx512 => quote! { _mm512_storeu_ps(#ptr, #v); },
+            Target::Neon => quote! { vst1q_f32(#ptr, #v); },
+        }
+    }
+
+    pub fn splat(self, x: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#x) },
+            Target::Avx2 => quote! { _mm256_set1_ps(#x) },
+            Target::Avx512 => quote! { _mm512_set1_ps(#x) },
+            Target::Neon => quote! { vdupq_n_f32(#x) },
+        }
+    }
+
+    pub fn zero(self) -> T {
+        self.splat(quote! { 0.0f32 })
+    }
+
+    fn bin(self, a: T, b: T, names: [&str; 3], op: T) -> T {
+        let f = |n: &str| syn::Ident::new(n, proc_macro2::Span::call_site());
+        match self {
+            Target::Scalar => quote! { (#a #op #b) },
+            Target::Avx2 => {
+                let f = f(names[0]);
+                quote! { #f(#a, #b) }
+            }
+            Target::Avx512 => {
+                let f = f(names[1]);
+                quote! { #f(#a, #b) }
+            }
+            Target::Neon => {
+                let f = f(names[2]);
+                quote! { #f(#a, #b) }
+            }
+        }
+    }
+
+    pub fn add(self, a: T, b: T) -> T {
+        self.bin(
+            a,
+            b,
+            ["_mm256_add_ps", "_mm512_add_ps", "vaddq_f32"],
+            quote! { + },
+        )
+    }
+
+    pub fn sub(self, a: T, b: T) -> T {
+        self.bin(
+            a,
+            b,
+            ["_mm256_sub_ps", "_mm512_sub_ps", "vsubq_f32"],
+            quote! { - },
+        )
+    }
+
+    pub fn mul(self, a: T, b: T) -> T {
+        self.bin(
+            a,
+            b,
+            ["_mm256_mul_ps", "_mm512_mul_ps", "vmulq_f32"],
+            quote! { * },
+        )
+    }
+
+    pub fn div(self, a: T, b: T) -> T {
+        self.bin(
+            a,
+            b,
+            ["_mm256_div_ps", "_mm512_div_ps", "vdivq_f32"],
+            quote! { / },
+        )
+    }
+
+    pub fn max(self, a: T, b: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#a).max(#b) },
+            _ => self.bin(a, b, ["_mm256_max_ps", "_mm512_max_ps", "vmaxq_f32"], quote! {}),
+        }
+    }
+
+    pub fn min(self, a: T, b: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#a).min(#b) },
+            _ => self.bin(a, b, ["_mm256_min_ps", "_mm512_min_ps", "vminq_f32"], quote! {}),
+        }
+    }
+
+    /// `a · b + c`, fused on every SIMD target (the scalar fallback multiplies and adds, since a
+    /// fused multiply-add is a library call on CPUs without FMA).
+    pub fn fma(self, a: T, b: T, c: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#a * #b + #c) },
+            Target::Avx2 => quote! { _mm256_fmadd_ps(#a, #b, #c) },
+            Target::Avx512 => quote! { _mm512_fmadd_ps(#a, #b, #c) },
+            Target::Neon => quote! { vfmaq_f32(#c, #a, #b) },
+        }
+    }
+
+    /// `a · b + c`, fused or not.
+    pub fn mul_add(self, a: T, b: T, c: T, fused: bool) -> T {
+        if fused {
+            self.fma(a, b, c)
+        } else {
+            self.add(self.mul(a, b), c)
+        }
+    }
+
+    /// Round to nearest, ties to even.
+    pub fn round(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#v).round_ties_even() },
+            Target::Avx2 => quote! { _mm256_round_ps(#v, 0x08) },
+            Target::Avx512 => quote! { _mm512_roundscale_ps(#v, 0x08) },
+            Target::Neon => quote! { vrndnq_f32(#v) },
+        }
+    }
+
+    /// `2^n` for integral `n` in [-126, 127], built from the exponent bits.
+    pub fn exp2_int(self, n: T) -> T {
+        match self {
+            Target::Scalar => quote! { f32::from_bits(((#n as i32 + 127) << 23) as u32) },
+            Target::Avx2 => quote! {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(#n), _mm256_set1_epi32(127)), 23))
+            },
+            Target::Avx512 => quote! {
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(#n), _mm512_set1_epi32(127)), 23))
+            },
+            Target::Neon => quote! {
+                vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(#n), vdupq_n_s32(127)), 23))
+            },
+        }
+    }
+
+    /// Sum of all lanes, as an f32.
+    pub fn hsum(self, v: T) -> T {
+        match self {
+            Target::Scalar => v,
+            Target::Avx2 => quote! {{
+                let h = _mm_add_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+            }},
+            Target::Avx512 => quote! { _mm512_reduce_add_ps(#v) },
+            Target::Neon => quote! { vaddvq_f32(#v) },
+        }
+    }
+
+    /// Largest lane, as an f32.
+    pub fn hmax(self, v: T) -> T {
+        match self {
+            Target::Scalar => v,
+            Target::Avx2 => quote! {{
+                let h = _mm_max_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
+                let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+            }},
+            Target::Avx512 => quote! { _mm512_reduce_max_ps(#v) },
+            Target::Neon => quote! { vmaxvq_f32(#v) },
+        }
+    }
+
+    /// Lane `i` takes lane `i ^ dist` (`dist` a power of two below the lane count): one step of
+    /// a reduction inside groups of lanes.
+    pub fn swap(self, v: T, dist: usize) -> T {
+        match (self, dist) {
+            (Target::Avx2, 1) => quote! { _mm256_permute_ps(#v, 0xB1) },
+            (Target::Avx2, 2) => quote! { _mm256_permute_ps(#v, 0x4E) },
+            (Target::Avx2, 4) => quote! { _mm256_permute2f128_ps(#v, #v, 0x01) },
+            (Target::Avx512, 1) => quote! { _mm512_permute_ps(#v, 0xB1) },
+            (Target::Avx512, 2) => quote! { _mm512_permute_ps(#v, 0x4E) },
+            (Target::Avx512, 4) => quote! { _mm512_shuffle_f32x4(#v, #v, 0xB1) },
+            (Target::Avx512, 8) => quote! { _mm512_shuffle_f32x4(#v, #v, 0x4E) },
+            (Target::Neon, 1) => quote! { vrev64q_f32(#v) },
+            (Target::Neon, 2) => quote! { vextq_f32(#v, #v, 2) },
+            _ => unreachable!("swap by {dist} on {self:?}"),
+        }
+    }
+
+    /// Keeps lanes `0..valid` of `v` and sets the others to `fill` (an f32 expression).
+    pub fn keep_lanes(self, v: T, valid: usize, fill: T) -> T {
+        let lanes = self.lanes();
+        if valid >= lanes {
+            return v;
+        }
+        match self {
+            Target::Scalar => unreachable!("a scalar register is one lane"),
+            Target::Avx512 => {
+                let mask = ((1u32 << valid) - 1) as u16;
+                quote! { _mm512_mask_mov_ps(_mm512_set1_ps(#fill), #mask, #v) }
+            }
+            Target::Avx2 => {
+                let m: Vec<i32> = (0..8).map(|i| if i < valid { -1 } else { 0 }).collect();
+                quote! { _mm256_blendv_ps(_mm256_set1_ps(#fill), #v, _mm256_castsi256_ps(_mm256_setr_epi32(#(#m),*))) }
+            }
+            Target::Neon => {
+                let m: Vec<u32> = (0..4).map(|i| if i < valid { u32::MAX } else { 0 }).collect();
+                quote! {{
+                    let m: [u32; 4] = [#(#m),*];
+                    vbslq_f32(vld1q_u32(m.as_ptr()), #v, vdupq_n_f32(#fill))
+                }}
+            }
+        }
+    }
+
+    /// Inclusive prefix sum across the lanes of `v`.
+    pub fn scan(self, v: T) -> T {
+        match self {
+            Target::Scalar => v,
+            Target::Avx512 => quote! {{
+                let z = _mm512_setzero_si512();
+                let s = _mm512_castps_si512(#v);
+                let s = _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 15)));
+                let s = _mm512_castps_si512(s);
+                let s = _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 14)));
+                let s = _mm512_castps_si512(s);
+                let s = _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 12)));
+                let s = _mm512_castps_si512(s);
+                _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 8)))
+            }},
+            Target::Avx2 => quote! {{
+                let s = _mm256_castps_si256(#v);
+                let s = _mm256_add_ps(_mm256_castsi256_ps(s), _mm256_castsi256_ps(_mm256_slli_si256(s, 4)));
+                let s = _mm256_castps_si256(s);
+                let s = _mm256_add_ps(_mm256_castsi256_ps(s), _mm256_castsi256_ps(_mm256_slli_si256(s, 8)));
+                // Carry the low half's total into the high half.
+                let low = _mm256_permute2f128_ps(s, s, 0x08);
+                _mm256_add_ps(s, _mm256_permute_ps(low, 0xFF))
+            }},
+            Target::Neon => quote! {{
+                let z = vdupq_n_f32(0.0);
+                let s = vaddq_f32(#v, vextq_f32(z, #v, 3));
+                vaddq_f32(s, vextq_f32(z, s, 2))
+            }},
+        }
+    }
+
+    /// Every lane set to the last lane of `v`.
+    pub fn splat_last(self, v: T) -> T {
+        match self {
+            Target::Scalar => v,
+            Target::Avx512 => quote! { _mm512_permutexvar_ps(_mm512_set1_epi32(15), #v) },
+            Target::Avx2 => quote! { _mm256_permutevar8x32_ps(#v, _mm256_set1_epi32(7)) },
+            Target::Neon => quote! { vdupq_laneq_f32(#v, 3) },
+        }
+    }
+
+    /// How many of lanes `0..valid` of `c` are `<= thr` (a u32).
+    pub fn count_le(self, c: T, thr: T, valid: usize) -> T {
+        let lanes = self.lanes();
+        let valid = valid.min(lanes);
+        match self {
+            Target::Scalar => quote! { ((#c <= #thr) as u32) },
+            Target::Avx512 => {
+                let mask = ((1u64 << valid) - 1) as u16;
+                quote! { (_mm512_cmp_ps_mask(#c, #thr, _CMP_LE_OQ) & #mask).count_ones() }
+            }
+            Target::Avx2 => {
+                let mask = ((1u32 << valid) - 1) as i32;
+                quote! { ((_mm256_movemask_ps(_mm256_cmp_ps(#c, #thr, _CMP_LE_OQ)) & #mask) as u32).count_ones() }
+            }
+            Target::Neon => {
+                let m: Vec<u32> = (0..4).map(|i| u32::from(i < valid)).collect();
+                quote! {{
+                    let m: [u32; 4] = [#(#m),*];
+                    vaddvq_u32(vandq_u32(vcleq_f32(#c, #thr), vld1q_u32(m.as_ptr())))
+                }}
+            }
+        }
+    }
+
+    // ---- i32 vectors (Q4.12 activations, one i32 lane per value) ------------------------------
+
+    /// The i32 vector type.
+    pub fn vi(self) -> T {
+        match self {
+            Target::Scalar => quote! { i32 },
+            Target::Avx2 => quote! { __m256i },
+            Target::Avx512 => quote! { __m512i },
+            Target::Neon => quote! { int32x4_t },
+        }
+    }
+
+    /// Loads `lanes` i16 values and sign-extends them to i32 lanes.
+    pub fn load_i16(self, ptr: T) -> T {
+        match self {
+            Target::Scalar => quote! { (*#ptr as i32) },
+            Target::Avx2 => quote! { _mm256_cvtepi16_epi32(_mm_loadu_si128(#ptr as *const __m128i)) },
+            Target::Avx512 => quote! { _mm512_cvtepi16_epi32(_mm256_loadu_si256(#ptr as *const __m256i)) },
+            Target::Neon => quote! { vmovl_s16(vld1_s16(#ptr)) },
+        }
+    }
+
+    pub fn load_i32(self, ptr: T) -> T {
+        match self {
+            Target::Scalar => quote! { *#ptr },
+            Target::Avx2 => quote! { _mm256_loadu_si256(#ptr as *const __m256i) },
+            Target::Avx512 => quote! { _mm512_loadu_si512(#ptr as *const _) },
+            Target::Neon => quote! { vld1q_s32(#ptr) },
+        }
+    }
+
+    pub fn store_i32(self, ptr: T, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { *#ptr = #v; },
+            Target::Avx2 => quote! { _mm256_storeu_si256(#ptr as *mut __m256i, #v); },
+            Target::Avx512 => quote! { _mm512_storeu_si512(#ptr as *mut _, #v); },
+            Target::Neon => quote! { vst1q_s32(#ptr, #v); },
+        }
+    }
+
+    /// Stores i32 lanes (each within the i16 range) as i16.
+    pub fn store_as_i16(self, ptr: T, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { *#ptr = #v as i16; },
+            Target::Avx2 => quote! {
+                _mm_storeu_si128(#ptr as *mut __m128i, _mm_packs_epi32(_mm256_castsi256_si128(#v), _mm256_extracti128_si256(#v, 1)));
+            },
+            Target::Avx512 => {
+                quote! { _mm256_storeu_si256(#ptr as *mut __m256i, _mm512_cvtepi32_epi16(#v)); }
+            }
+            Target::Neon => quote! { vst1_s16(#ptr, vmovn_s32(#v)); },
+        }
+    }
+
+    pub fn splat_i32(self, x: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#x) },
+            Target::Avx2 => quote! { _mm256_set1_epi32(#x) },
+            Target::Avx512 => quote! { _mm512_set1_epi32(#x) },
+            Target::Neon => quote! { vdupq_n_s32(#x) },
+        }
+    }
+
+    /// Wrapping i32 addition.
+    pub fn add_i32(self, a: T, b: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#a).wrapping_add(#b) },
+            Target::Avx2 => quote! { _mm256_add_epi32(#a, #b) },
+            Target::Avx512 => quote! { _mm512_add_epi32(#a, #b) },
+            Target::Neon => quote! { vaddq_s32(#a, #b) },
+        }
+    }
+
+    /// Low 32 bits of the product (exact for i16-range operands).
+    pub fn mul_i32(self, a: T, b: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#a).wrapping_mul(#b) },
+            Target::Avx2 => quote! { _mm256_mullo_epi32(#a, #b) },
+            Target::Avx512 => quote! { _mm512_mullo_epi32(#a, #b) },
+            Target::Neon => quote! { vmulq_s32(#a, #b) },
+        }
+    }
+
+    /// Arithmetic shift right by 12 (floor division by 4096).
+    pub fn shr12(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { ((#v) >> 12) },
+            Target::Avx2 => quote! { _mm256_srai_epi32(#v, 12) },
+            Target::Avx512 => quote! { _mm512_srai_epi32(#v, 12) },
+            Target::Neon => quote! { vshrq_n_s32(#v, 12) },
+        }
+    }
+
+    /// Clamps i32 lanes to the i16 range.
+    pub fn sat16(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#v).clamp(-32768, 32767) },
+            Target::Avx2 => {
+                quote! { _mm256_max_epi32(_mm256_min_epi32(#v, _mm256_set1_epi32(32767)), _mm256_set1_epi32(-32768)) }
+            }
+            Target::Avx512 => {
+                quote! { _mm512_max_epi32(_mm512_min_epi32(#v, _mm512_set1_epi32(32767)), _mm512_set1_epi32(-32768)) }
+            }
+            Target::Neon => quote! { vmaxq_s32(vminq_s32(#v, vdupq_n_s32(32767)), vdupq_n_s32(-32768)) },
+        }
+    }
+
+    /// Wraps i32 lanes to i16 (two's complement), sign-extended back to i32.
+    pub fn wrap16(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { ((#v) as i16 as i32) },
+            Target::Avx2 => quote! { _mm256_srai_epi32(_mm256_slli_epi32(#v, 16), 16) },
+            Target::Avx512 => quote! { _mm512_srai_epi32(_mm512_slli_epi32(#v, 16), 16) },
+            Target::Neon => quote! { vshrq_n_s32(vshlq_n_s32(#v, 16), 16) },
+        }
+    }
+
+    pub fn max0_i32(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { (#v).max(0) },
+            Target::Avx2 => quote! { _mm256_max_epi32(#v, _mm256_setzero_si256()) },
+            Target::Avx512 => quote! { _mm512_max_epi32(#v, _mm512_setzero_si512()) },
+            Target::Neon => quote! { vmaxq_s32(#v, vdupq_n_s32(0)) },
+        }
+    }
+
+    /// i32 → f32, rounding to nearest (exact for |v| < 2^24).
+    pub fn i32_to_f32(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { ((#v) as f32) },
+            Target::Avx2 => quote! { _mm256_cvtepi32_ps(#v) },
+            Target::Avx512 => quote! { _mm512_cvtepi32_ps(#v) },
+            Target::Neon => quote! { vcvtq_f32_s32(#v) },
+        }
+    }
+
+    /// f32 → i32, rounding to nearest, ties to even (the values stay far inside the i32 range).
+    pub fn f32_to_i32_round(self, v: T) -> T {
+        match self {
+            Target::Scalar => quote! { ((#v).round_ties_even() as i32) },
+            Target::Avx2 => quote! { _mm256_cvtps_epi32(#v) },
+            Target::Avx512 => quote! { _mm512_cvtps_epi32(#v) },
+            Target::Neon => quote! { vcvtnq_s32_f32(#v) },
+        }
+    }
+
+    /// Lane `i` takes lane `i ^ dist` of an i32 vector.
+    pub fn swap_i32(self, v: T, dist: usize) -> T {
+        match (self, dist) {
+            (Target::Avx2, 1) => quote! { _mm256_shuffle_epi32(#v, 0xB1) },
+            (Target::Avx2, 2) => quote! { _mm256_shuffle_epi32(#v, 0x4E) },
+            (Target::Avx2, 4) => quote! { _mm256_permute2x128_si256(#v, #v, 0x01) },
+            (Target::Avx512, 1) => quote! { _mm512_shuffle_epi32(#v, 0xB1) },
+            (Target::Avx512, 2) => quote! { _mm512_shuffle_epi32(#v, 0x4E) },
+            (Target::Avx512, 4) => quote! { _mm512_shuffle_i32x4(#v, #v, 0xB1) },
+            (Target::Avx512, 8) => quote! { _mm512_shuffle_i32x4(#v, #v, 0x4E) },
+            (Target::Neon, 1) => quote! { vrev64q_s32(#v) },
+            (Target::Neon, 2) => quote! { vextq_s32(#v, #v, 2) },
+            _ => unreachable!("swap by {dist} on {self:?}"),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Numerical definitions shared by every renderer of the Q4.12 datapath.
+//!
+//! model's Q4.12 arithmetic computes its softmax in f32. For every Q4.12 kernel to reproduce the
+//! scalar reference's integers bit for bit, all of them must evaluate `exp` with the same
+//! sequence of IEEE operations; this is that sequence (Cody-Waite range reduction and a
+//! degree-6 polynomial, every multiply and add rounded separately, no fused multiply-add). It is
+//! within 2 ulp of the correctly rounded `e^x` on [-87, 0].
+
+/// Inputs below this are clamped (e^-87 ≈ 1.6e-38, the smallest normal result kept).
+pub const EXP_MIN: f32 = -87.0;
+/// Inputs above this are clamped (keeps `2^n` finite).
+pub const EXP_MAX: f32 = 88.0;
+/// log2(e).
+pub const EXP_LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two: the high part has few enough bits that `n · LN2_HI` is exact.
+pub const EXP_LN2_HI: f32 = 0.693_359_4;
+pub const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' minimax polynomial for e^r on [-ln2/2, ln2/2], coefficients as published: `1 + r + r²·(c0 + r·(c1 + r·(c2 + r·(c3 + r·(c4 + r·c5)))))`.
+#[allow(clippy::excessive_precision)]
+pub const EXP_POLY: [f32; 6] = [
+    5.000_000_1e-1,
+    1.666_666_5e-1,
+    4.166_579_6e-2,
+    8.333_452e-3,
+    1.398_2e-3,
+    1.987_569_1e-4,
+];
+
+/// `e^x` as the Q4.12 datapath defines it (see the module documentation).
+#[inline]
+pub fn exp_q412(x: f32) -> f32 {
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let n = (x * EXP_LOG2E).round_ties_even();
+    let r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO;
+    let [c0, c1, c2, c3, c4, c5] = EXP_POLY;
+    let p = ((((c5 * r + c4) * r + c3) * r + c2) * r + c1) * r + c0;
+    let y = (p * (r * r) + r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_to_libm_over_the_softmax_range() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let want = (x as f64).exp();
+            let got = exp_q412(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.000_731;
+        }
+        assert!(worst < 2.5e-7, "max relative error {worst:e}");
+        assert_eq!(exp_q412(0.0), 1.0);
+        assert!(exp_q412(-1000.0) > 0.0 && exp_q412(-1000.0) < 2e-38);
+        assert!(exp_q412(1000.0).is_finite());
+    }
+}

@@ -1,0 +1,331 @@
+//! The interface of generated kernels: the code generators (proc-macro, JIT, …) implement
+//! [`Kernel`] for each kernel they emit, and [`kernel_spec`] turns any of them into a registry
+//! entry, so the glue between a generated kernel and the bench is written once.
+
+use crate::stream::Stream;
+use crate::variant::{Precision, Settings, Variant, VariantInfo, VariantSpec};
+use microgpt_model::Shape;
+use microgpt_weights::Weights;
+
+/// A kernel generated for one shape and one target: weights laid out at `prepare` time, then
+/// one call per token. Every method but `prepare` may assume `prepare` succeeded, so a value of
+/// a kernel type proves that this CPU supports its instructions.
+pub trait Kernel: Sized + Send + 'static {
+    /// Registry name, e.g. `avx512-f32`.
+    const NAME: &'static str;
+    /// The instruction set of the hot path, e.g. `avx512f`.
+    const ISA: &'static str;
+    const PRECISION: Precision;
+    /// What generated it, e.g. `proc-macro`.
+    const BACKEND: &'static str;
+
+    /// The shape it was generated for.
+    fn shape() -> Shape;
+
+    /// Lays `weights` out for this kernel. Fails (with a one-line reason) when the CPU lacks a
+    /// required feature or the weights have another shape.
+    fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, String>;
+
+    /// One step of the stream: forward pass for `tok` at `pos` (positions `0..pos` of this
+    /// sequence are cached), then a draw with the uniform `r`.
+    fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize;
+
+    /// The logits of the last step, as real numbers.
+    fn logits(&self) -> Vec<f32>;
+
+    /// Runs `tokens` steps of the benchmark stream. Kernels override this to keep the loop
+    /// inside their own target-feature context.
+    fn run(&mut self, stream: &mut Stream, tokens: u64) -> u64 {
+        stream.run(tokens, |t, p, r| self.step(t, p, r))
+    }
+
+    /// Remarks for the bench table (e.g. what was precomputed at prepare time).
+    fn notes() -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Checks that `weights` have the shape a kernel was generated for.
+pub fn check_shape(kernel: &str, weights: &Weights, shape: Shape) -> Result<(), String> {
+    if *weights.shape() == shape {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kernel} is generated for shape {shape}, the weights have {}",
+            weights.shape()
+        ))
+    }
+}
+
+/// A generated kernel as a bench variant.
+pub struct KernelVariant<K: Kernel> {
+    info: VariantInfo,
+    kernel: K,
+    stream: Stream,
+}
+
+impl<K: Kernel> KernelVariant<K> {
+    pub fn new(weights: &Weights, settings: &Settings) -> Result<KernelVariant<K>, String> {
+        let kernel = K::prepare(weights, settings)?;
+        let mut info = VariantInfo::new(K::NAME, K::BACKEND, K::ISA, K::PRECISION);
+        info.notes = K::notes();
+        Ok(KernelVariant {
+            info,
+            kernel,
+            stream: Stream::new(&K::shape(), crate::sampler::DEFAULT_SEED),
+        })
+    }
+
+    pub fn kernel(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+}
+
+impl<K: Kernel> Variant for KernelVariant<K> {
+    fn info(&self) -> &VariantInfo {
+        &self.info
+    }
+
+    fn shape(&self) -> Shape {
+        K::shape()
+    }
+
+    fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
+        self.kernel.step(tok, pos, r)
+    }
+
+    fn logits(&self) -> Vec<f32> {
+        self.kernel.logits()
+    }
+
+    fn reset(&mut self, seed: u32) {
+        self.stream = Stream::new(&K::shape(), seed);
+    }
+
+    fn run(&mut self, tokens: u64) -> u64 {
+        self.kernel.run(&mut self.stream, tokens)
+    }
+}
+
+/// The registry entry of a generated kernel.
+pub fn kernel_spec<K: Kernel>() -> VariantSpec {
+    VariantSpec::new(K::NAME, K::BACKEND, K::PRECISION, |w, s| {
+        Ok(Box::new(KernelVariant::<K>::new(w, s)?) as Box<dyn Variant>)
+    })
+    .for_shape(K::shape())
+}
+
+/// Element types generated kernels keep in [`Aligned`] buffers: plain numbers for which all-zero
+/// bytes are a valid zero.
+pub trait Element: Copy + Default + Send + Sync + 'static + sealed::Sealed {}
+impl Element for f32 {}
+impl Element for i16 {}
+impl Element for i32 {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for i16 {}
+    impl Sealed for i32 {}
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+/// A zero-initialised buffer aligned to 64 bytes (a cache line, a zmm register), padded to a
+/// whole number of 64-byte lines. Generated kernels read it through raw pointers at offsets fixed
+/// at generation time; [`Aligned::len`] is what they may read.
+pub struct Aligned<T: Element> {
+    lines: Box<[Line]>,
+    len: usize,
+    _element: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> Aligned<T> {
+    pub fn zeroed(len: usize) -> Aligned<T> {
+        let bytes = len * std::mem::size_of::<T>();
+        Aligned {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64).max(1)].into_boxed_slice(),
+            len,
+            _element: std::marker::PhantomData,
+        }
+    }
+
+    pub fn from_slice(values: &[T]) -> Aligned<T> {
+        let mut a = Aligned::zeroed(values.len());
+        a.as_mut_slice().copy_from_slice(values);
+        a
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> *const T {
+        self.lines.as_ptr().cast()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self.lines.as_mut_ptr().cast()
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` elements of `T`, suitably aligned (64 ≥ align_of
+        // T), and every bit pattern of the zeroed or written bytes is a valid `T` (Element).
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
+    }
+}
+
+impl<T: Element> Clone for Aligned<T> {
+    fn clone(&self) -> Aligned<T> {
+        Aligned::from_slice(self.as_slice())
+    }
+}
+
+/// Weight layouts generated kernels ask for at prepare time.
+pub mod layout {
+    use crate::reference::{Q412Reference, Reference};
+    use microgpt_model::Program;
+    use microgpt_weights::Weights;
+
+    /// A row-major `rows × cols` matrix as columns (`out[c·rows_pad + r] = w[r][c]`), each
+    /// column padded with zeros to `rows_pad` rows: what a matvec that broadcasts one input at a
+    /// time and multiplies it by a whole column wants.
+    pub fn columns<T: Copy + Default>(w: &[T], rows: usize, cols: usize, rows_pad: usize) -> Vec<T> {
+        assert!(rows_pad >= rows && w.len() == rows * cols);
+        let mut out = vec![T::default(); cols * rows_pad];
+        for r in 0..rows {
+            for c in 0..cols {
+                out[c * rows_pad + r] = w[r * cols + c];
+            }
+        }
+        out
+    }
+
+    /// Pairs of columns interleaved (`out[(p·rows_pad + r)·2 + k] = w[r][2p + k]`, zero
+    /// padded to `rows_pad` rows and an even column count): for pairwise multiply-adds of i16
+    /// (`pmaddwd`, `vpdpwssd`), where each 32-bit lane holds one row's two weights.
+    pub fn column_pairs(w: &[i16], rows: usize, cols: usize, rows_pad: usize) -> Vec<i16> {
+        assert!(rows_pad >= rows && w.len() == rows * cols);
+        let pairs = cols.div_ceil(2);
+        let mut out = vec![0; pairs * rows_pad * 2];
+        for r in 0..rows {
+            for c in 0..cols {
+                out[((c / 2) * rows_pad + r) * 2 + c % 2] = w[r * cols + c];
+            }
+        }
+        out
+    }
+
+    /// Row-major with each row padded with zeros to `cols_pad` (embedding tables).
+    pub fn rows<T: Copy + Default>(w: &[T], rows: usize, cols: usize, cols_pad: usize) -> Vec<T> {
+        assert!(cols_pad >= cols && w.len() == rows * cols);
+        let mut out = vec![T::default(); rows * cols_pad];
+        for r in 0..rows {
+            out[r * cols_pad..][..cols].copy_from_slice(&w[r * cols..][..cols]);
+        }
+        out
+    }
+
+    /// The history-free prefix of the forward pass ([`Program::history_free_prefix`]) evaluated
+    /// by the fp32 reference for every `(tok, pos)`: row `tok · block + pos` holds the live
+    /// buffers in order, each padded with zeros to a multiple of `pad`.
+    pub fn prefix_table_f32(weights: &Weights, pad: usize) -> Vec<f32> {
+        let mut engine = Reference::<f32>::new(weights);
+        prefix_table(weights, pad, |tok, pos, count, buffers| {
+            engine.run_ops(tok, pos, count, &mut ());
+            buffers.iter().map(|&b| engine.buffer(b).to_vec()).collect()
+        })
+    }
+
+    /// As [`prefix_table_f32`], evaluated by the scalar Q4.12 reference (exact integers).
+    pub fn prefix_table_q412(weights: &Weights, pad: usize) -> Vec<i16> {
+        let mut engine = Q412Reference::new(weights);
+        prefix_table(weights, pad, |tok, pos, count, buffers| {
+            engine.run_ops(tok, pos, count);
+            buffers.iter().map(|&b| engine.buffer(b).to_vec()).collect()
+        })
+    }
+
+    /// The bytes of one table row: each live buffer padded to a multiple of `pad`.
+    pub fn prefix_row_len(weights: &Weights, pad: usize) -> usize {
+        let shape = *weights.shape();
+        let prefix = Program::forward(shape).history_free_prefix();
+        prefix
+            .live
+            .iter()
+            .map(|b| b.len(&shape).next_multiple_of(pad))
+            .sum()
+    }
+
+    fn prefix_table<T: Copy + Default>(
+        weights: &Weights,
+        pad: usize,
+        mut eval: impl FnMut(usize, usize, usize, &[microgpt_model::Buffer]) -> Vec<Vec<T>>,
+    ) -> Vec<T> {
+        let shape = *weights.shape();
+        let prefix = Program::forward(shape).history_free_prefix();
+        let row = prefix_row_len(weights, pad);
+        let mut out = vec![T::default(); shape.vocab * shape.block * row];
+        for tok in 0..shape.vocab {
+            for pos in 0..shape.block {
+                let values = eval(tok, pos, prefix.ops, &prefix.live);
+                let mut at = (tok * shape.block + pos) * row;
+                for v in values {
+                    out[at..][..v.len()].copy_from_slice(&v);
+                    at += v.len().next_multiple_of(pad);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::*;
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_zeroed() {
+        let a = Aligned::<f32>::zeroed(27);
+        assert_eq!(a.as_ptr() as usize % 64, 0);
+        assert_eq!(a.as_slice(), &[0.0; 27]);
+        let b = Aligned::from_slice(&[1i16, 2, 3]);
+        assert_eq!(b.clone().as_slice(), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn layouts() {
+        // 2 × 3 matrix [[1,2,3],[4,5,6]].
+        let w = [1, 2, 3, 4, 5, 6];
+        assert_eq!(columns(&w, 2, 3, 4), [1, 4, 0, 0, 2, 5, 0, 0, 3, 6, 0, 0]);
+        assert_eq!(column_pairs(&w, 2, 3, 2), [1, 2, 4, 5, 3, 0, 6, 0]);
+        assert_eq!(rows(&w, 2, 3, 4), [1, 2, 3, 0, 4, 5, 6, 0]);
+    }
+
+    #[test]
+    fn prefix_table_rows_hold_the_reference_buffers() {
+        use crate::Reference;
+        use microgpt_model::{Buffer, Shape};
+        let w = microgpt_weights::Weights::random(Shape::DEFAULT, 5, 0.3);
+        let table = prefix_table_f32(&w, 16);
+        assert_eq!(prefix_row_len(&w, 16), 64);
+        let mut r = Reference::<f32>::new(&w);
+        let (tok, pos) = (7, 9);
+        r.run_ops(tok, pos, 6, &mut ());
+        let row = &table[(tok * 16 + pos) * 64..][..64];
+        assert_eq!(&row[..16], r.buffer(Buffer::Q));
+        assert_eq!(&row[48..], r.buffer(Buffer::X));
+    }
+}
