@@ -5,7 +5,7 @@ use crate::plan::{Arrangement, WeightPlan};
 use crate::q412::Q412Gen;
 use crate::target::Target;
 use crate::valid::Spec;
-use microgpt_model::{Program, Shape};
+use microgpt_model::{Param, Program, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 
@@ -147,8 +147,9 @@ fn cfg_attr(t: Target) -> T {
     }
 }
 
-/// The prepare-time code that fills the prepared buffer from the canonical parameters.
-fn fill_weights(plan: &WeightPlan, elem: T, source: T) -> T {
+/// The prepare-time code that fills the prepared buffer from the canonical parameters; with
+/// `fold_temperature`, the output head is divided by the temperature on the way.
+fn fill_weights(plan: &WeightPlan, elem: T, source: T, fold_temperature: bool) -> T {
     let total = plan.total;
     let fills: Vec<T> = plan
         .placed
@@ -164,11 +165,17 @@ fn fill_weights(plan: &WeightPlan, elem: T, source: T) -> T {
                     quote! { layout::column_pairs(src, #rows, #cols, #rows_pad) }
                 }
             };
-            let name = p.param.name();
+            let fold = (fold_temperature && p.param == Param::LmHead).then(|| {
+                quote! {
+                    for w in &mut buf[#off..#off + #len] {
+                        *w /= settings.temperature;
+                    }
+                }
+            });
             quote! {
                 let src = &#source[#src..#src + #rows * #cols];
-                let _ = #name;
                 buf[#off..#off + #len].copy_from_slice(&#arranged);
+                #fold
             }
         })
         .collect();
@@ -208,7 +215,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
     let (precision, items, body, elem, cache_elem, fill, table) = match id.kind {
         Kind::F32 => {
             let g = F32Gen::new(t, program, id.table);
-            let fill = fill_weights(&g.plan, quote! { f32 }, quote! { weights.data() });
+            let fill = fill_weights(&g.plan, quote! { f32 }, quote! { weights.data() }, true);
             let row = g.table_row();
             let (items, body) = g.render();
             let table = quote! { layout::prefix_table_f32(weights, #lanes) };
@@ -224,7 +231,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
         }
         Kind::Q412 => {
             let g = Q412Gen::new(t, program, id.table, id.vnni());
-            let fill = fill_weights(&g.plan, quote! { i16 }, quote! { quantized });
+            let fill = fill_weights(&g.plan, quote! { i16 }, quote! { quantized }, false);
             let row = g.table_row();
             let (items, body) = g.render();
             let table = quote! { layout::prefix_table_q412(weights, #lanes) };
@@ -241,6 +248,11 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
     };
     let (table_expr, row_bytes) = table;
     let prelude = (id.kind == Kind::Q412).then(|| quote! { let quantized = weights.quantized(); });
+    let logits_out = match id.kind {
+        // The fp32 kernels keep logits / T (the temperature is folded into the output head).
+        Kind::F32 => quote! { self.logits[..VOCAB].iter().map(|z| z / self.inv_temperature).collect() },
+        Kind::Q412 => quote! { self.logits[..VOCAB].to_vec() },
+    };
     let table_field = id
         .table
         .then(|| quote! { table: ::microgpt_runtime::kernel::Aligned<#elem>, });
@@ -329,7 +341,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
                 }
 
                 fn logits(&self) -> ::std::vec::Vec<f32> {
-                    self.logits[..VOCAB].to_vec()
+                    #logits_out
                 }
 
                 #notes

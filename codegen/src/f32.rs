@@ -9,8 +9,9 @@
 //! - Attention keeps each head's score replicated over the head's lanes, so max, exp and the
 //!   weighted sum of values are vertical operations.
 
+use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
-use crate::plan::{Arrangement, WeightPlan, heads_aligned};
+use crate::plan::{Arrangement, WeightPlan};
 use crate::target::Target;
 use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, RMS_EPS, Shape};
@@ -51,8 +52,16 @@ impl<'a> F32Gen<'a> {
             &program.ops()[start..],
             16,
             |n| n.next_multiple_of(l),
-            |rows| Arrangement::Columns {
-                rows_pad: rows.next_multiple_of(l),
+            |rows, cols| {
+                if reduce_rows(t, rows, cols) {
+                    Arrangement::Rows {
+                        cols_pad: cols.next_multiple_of(l),
+                    }
+                } else {
+                    Arrangement::Columns {
+                        rows_pad: rows.next_multiple_of(l),
+                    }
+                }
             },
         );
         F32Gen {
@@ -118,8 +127,9 @@ impl<'a> F32Gen<'a> {
         body.push(quote! { #(#store)* });
         body.push(quote! { sample(#logits, r, k.inv_temperature) });
         let attrs = self.attrs();
-        self.items.push(exp_fn(self.t, true, &attrs));
-        self.items.push(sample_fn(self.t, &self.shape, &attrs));
+        let exp = ident("exp_v");
+        self.items.push(exp_fn(self.t, true, &attrs, &exp));
+        self.items.push(sample_fn(self.t, &self.shape, &attrs, true, &exp));
         (self.items, body.into_tokens())
     }
 
@@ -391,13 +401,16 @@ impl<'a> F32Gen<'a> {
         let t = self.t;
         let l = self.lanes();
         let placed = self.plan.get(weight).clone();
-        let Arrangement::Columns { rows_pad } = placed.arrangement else {
-            unreachable!("fp32 matrices are placed as columns")
+        let rows_pad = match placed.arrangement {
+            Arrangement::Columns { rows_pad } => rows_pad,
+            Arrangement::Rows { cols_pad } => return self.row_matvec_fn(name, doc, placed.offset, rows, cols, cols_pad),
+            Arrangement::ColumnPairs { .. } => unreachable!("fp32 matrices are columns or rows"),
         };
         let in_ty = self.vec_ty(cols);
         let out_ty = self.vec_ty(rows);
         let out_regs = rows_pad / l;
-        let chains = 8usize.div_ceil(out_regs).clamp(1, cols);
+        // Enough independent chains to cover the FMA latency, few enough to fit the registers.
+        let chains = 16usize.div_ceil(out_regs).clamp(1, cols);
         let mut body = Body::default();
         // How each input element reaches every lane.
         let bcast = |c: usize| -> T {
@@ -418,6 +431,8 @@ impl<'a> F32Gen<'a> {
                     t.store(quote! { xs.as_mut_ptr().add(#o) }, quote! { x[#i] })
                 })
                 .collect();
+            // Through memory, opaque to the optimiser: every broadcast is then a load, not a
+            // shuffle competing with the others for the shuffle ports.
             body.push(quote! { let mut xs = [0.0f32; #n]; #(#stores)* });
         }
         let mut outs = Vec::new();
@@ -464,6 +479,70 @@ impl<'a> F32Gen<'a> {
         });
     }
 
+    /// A matvec as row dot products: each row times the input, lane by lane, then the lanes of
+    /// every group of `lanes` rows summed at once by a transpose-and-add tree. For wide matrices
+    /// (many more inputs than outputs) this needs far fewer shuffles than broadcasting every input.
+    fn row_matvec_fn(&mut self, name: &Ident, doc: &str, offset: usize, rows: usize, cols: usize, cols_pad: usize) {
+        let t = self.t;
+        let l = self.lanes();
+        let chunks = cols_pad / l;
+        let in_ty = self.vec_ty(cols);
+        let out_ty = self.vec_ty(rows);
+        let mut body = Body::default();
+        let (steps, order) = transpose_plan(t);
+        let mut outs = Vec::new();
+        for group in 0..rows.div_ceil(l) {
+            let products: Vec<T> = order
+                .iter()
+                .map(|&lane| {
+                    let row = group * l + lane;
+                    if row >= rows {
+                        return t.zero();
+                    }
+                    let chains = if chunks >= 4 { 2 } else { 1 };
+                    let mut accs: Vec<Option<T>> = vec![None; chains];
+                    for j in 0..chunks {
+                        let off = offset + row * cols_pad + j * l;
+                        let wv = t.load(quote! { w.add(#off) });
+                        let next = match accs[j % chains].take() {
+                            None => t.mul(wv, quote! { x[#j] }),
+                            Some(a) => t.fma(wv, quote! { x[#j] }, a),
+                        };
+                        let id = body.bind("p", next);
+                        accs[j % chains] = Some(quote! { #id });
+                    }
+                    let p = body.bind("row", tree(accs.into_iter().flatten().collect(), |a, b| t.add(a, b)));
+                    quote! { #p }
+                })
+                .collect();
+            let mut level = products;
+            for step in &steps {
+                let mut next = Vec::new();
+                for pair in level.chunks(2) {
+                    let (a, b) = (body.bind("ta", pair[0].clone()), body.bind("tb", pair[1].clone()));
+                    let (lo, hi) = step(quote! { #a }, quote! { #b });
+                    next.push(t.add(lo, hi));
+                }
+                level = next;
+            }
+            outs.push(level.pop().expect("one sum"));
+        }
+        let attrs = self.attrs();
+        let b = body.into_tokens();
+        let doc = doc.replace(
+            "each input broadcast in turn and multiplied by a whole prepared column, several accumulators per output register",
+            "row dot products lane by lane, then a transpose-and-add tree that sums every row's lanes at once",
+        );
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(w: *const f32, x: #in_ty) -> #out_ty {
+                #b
+                [#(#outs),*]
+            }
+        });
+    }
+
     fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
         let t = self.t;
         let s = self.shape;
@@ -474,8 +553,9 @@ impl<'a> F32Gen<'a> {
         let ty = self.vec_ty(e);
         let cache = layer * s.block * epad;
         let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
+        let attrs = self.attrs();
 
-        // Materialise q, k, v (their pending factors) and store k, v at this position.
+        // Materialise q, k, v (their pending factors), scale q by 1/√hd, store k and v.
         let mut pre = Body::default();
         for (buf, c) in [("q", "cq"), ("k", "ck"), ("v", "cv")] {
             let b = ident(buf);
@@ -494,95 +574,17 @@ impl<'a> F32Gen<'a> {
             pre.push(t.store(quote! { keys.add(#cache + pos * #epad + #o) }, quote! { k[#i] }));
             pre.push(t.store(quote! { values.add(#cache + pos * #epad + #o) }, quote! { v[#i] }));
         }
-
-        // Scores of one cached position: q·K[t] per head, replicated over the head's lanes.
-        let mut score = Body::default();
-        let prods: Vec<Ident> = (0..r)
-            .map(|i| {
-                let o = i * l;
-                let kv = t.load(quote! { kt.add(#o) });
-                score.bind("p", t.mul(quote! { q[#i] }, kv))
-            })
-            .collect();
-        let score_regs: Vec<T> = if heads_aligned(&s, l) {
-            let regs_per_head = (hd / l).max(1);
-            let mut out = Vec::new();
-            for group in prods.chunks(regs_per_head) {
-                let mut acc: T = tree(group.iter().map(|p| quote! { #p }).collect(), |a, b| t.add(a, b));
-                let width = hd.min(l);
-                let mut d = 1;
-                while d < width {
-                    let a = score.bind("h", acc);
-                    acc = t.add(quote! { #a }, t.swap(quote! { #a }, d));
-                    d *= 2;
-                }
-                let sc = score.bind("sc", acc);
-                for _ in 0..regs_per_head {
-                    out.push(quote! { #sc });
-                }
-            }
-            out
-        } else {
-            // Heads straddle registers: reduce through memory, one head at a time.
-            let stores: Vec<T> = prods
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let o = i * l;
-                    t.store(quote! { pr.as_mut_ptr().add(#o) }, quote! { #p })
-                })
-                .collect();
-            score.push(quote! { let mut pr = [0.0f32; #epad]; #(#stores)* let mut sl = [0.0f32; #epad]; });
-            for h in 0..s.heads {
-                let terms: Vec<T> = (h * hd..h * hd + hd).map(|c| quote! { pr[#c] }).collect();
-                let sum = tree(terms, |a, b| quote! { (#a + #b) });
-                let lanes: Vec<usize> = (h * hd..h * hd + hd).collect();
-                score.push(quote! { let hs = #sum; #( sl[#lanes] = hs; )* });
-            }
-            (0..r)
-                .map(|i| {
-                    let o = i * l;
-                    t.load(quote! { sl.as_ptr().add(#o) })
-                })
-                .collect()
-        };
-        let score_body = score.into_tokens();
-        let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
-        let maxes: Vec<T> = (0..r)
-            .map(|i| t.max(quote! { m[#i] }, quote! { sc[#i] }))
-            .collect();
-        let exps: Vec<T> = (0..r)
-            .map(|i| {
-                let d = t.sub(quote! { s[#i] }, quote! { m[#i] });
-                quote! { exp_v(#d) }
-            })
-            .collect();
-        let sums: Vec<T> = (0..r)
-            .map(|i| t.add(quote! { sum[#i] }, quote! { e[#i] }))
-            .collect();
-        let fmas: Vec<T> = (0..r)
-            .map(|i| {
-                let o = i * l;
-                t.fma(
-                    quote! { e[#i] },
-                    t.load(quote! { vt.add(#o) }),
-                    quote! { acc[#i] },
-                )
-            })
-            .collect();
-        let outs: Vec<T> = (0..r)
-            .map(|i| t.div(quote! { acc[#i] }, quote! { sum[#i] }))
-            .collect();
-        let zero = t.zero();
-        let block = s.block;
-        let doc = format!(
-            "{doc_head} Stores this position's key and value, then for each head (channels \
-             h·{hd}..h·{hd}+{hd}) takes a max-subtracted softmax of q·K[t]/√{hd} over the cached \
-             positions and the weighted sum of V[t]. Every head's score fills its own lanes, so the \
-             softmax is vertical across positions."
+        let dispatch = attn::dispatch(
+            name,
+            s.block,
+            quote! { keys.add(#cache) as *const f32, values.add(#cache) as *const f32, q },
+            quote! { v },
         );
-        let attrs = self.attrs();
         let pre = pre.into_tokens();
+        let doc = format!(
+            "{doc_head} Stores this position's key and value, then dispatches on the position to \
+             attention unrolled for that many cached rows."
+        );
         self.items.push(quote! {
             #[doc = #doc]
             #attrs
@@ -592,35 +594,226 @@ impl<'a> F32Gen<'a> {
                 q: #ty, cq: f32, k: #ty, ck: f32, v: #ty, cv: f32,
             ) -> #ty {
                 #pre
-                let mut scores: [::core::mem::MaybeUninit<#ty>; #block] =
-                    [const { ::core::mem::MaybeUninit::uninit() }; #block];
-                let mut m: #ty = [#neg_inf; #r];
-                for t in 0..=pos {
-                    let kt = keys.add(#cache + t * #epad);
-                    #score_body
-                    let sc: #ty = [#(#score_regs),*];
-                    m = [#(#maxes),*];
-                    scores[t].write(sc);
-                }
-                let mut sum: #ty = [#zero; #r];
-                let mut acc: #ty = [#zero; #r];
-                for t in 0..=pos {
-                    // SAFETY: the first loop wrote every position up to `pos`.
-                    let s = scores[t].assume_init();
-                    let e: #ty = [#(#exps),*];
-                    let vt = values.add(#cache + t * #epad);
-                    sum = [#(#sums),*];
-                    acc = [#(#fmas),*];
-                }
-                [#(#outs),*]
+                #dispatch
             }
         });
+
+        let ops = LaneOps {
+            add: &|a, b| t.add(a, b),
+            swap: &|v, d| t.swap(v, d),
+            store: &|p, v| t.store(p, v),
+            load: &|p| t.load(p),
+            scalar_add: &|a, b| quote! { (#a + #b) },
+            elem: quote! { f32 },
+            zero: quote! { 0.0f32 },
+        };
+        for pos in 1..s.block {
+            let mut body = Body::default();
+            // Scores: q·K[t] per head, replicated over the head's lanes.
+            let mut scores: Vec<Vec<Ident>> = Vec::new();
+            for row in 0..=pos {
+                let prods: Vec<Ident> = (0..r)
+                    .map(|i| {
+                        let o = row * epad + i * l;
+                        body.bind("p", t.mul(quote! { q[#i] }, t.load(quote! { kc.add(#o) })))
+                    })
+                    .collect();
+                let regs = attn::reduce_heads(t, &s, &mut body, &prods, &ops);
+                scores.push(regs.into_iter().map(|x| body.bind("sc", x)).collect());
+            }
+            let mut outs = Vec::new();
+            for i in 0..r {
+                let column: Vec<T> = scores.iter().map(|sc| { let x = &sc[i]; quote! { #x } }).collect();
+                let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
+                let exps: Vec<Ident> = column
+                    .into_iter()
+                    .map(|x| {
+                        let d = t.sub(x, quote! { #m });
+                        body.bind("e", quote! { exp_v(#d) })
+                    })
+                    .collect();
+                // 1/Σe is ready long before Σ e·V, so the division leaves the critical path.
+                let sum = tree(exps.iter().map(|x| quote! { #x }).collect(), |a, b| t.add(a, b));
+                let inv = body.bind("inv", t.div(t.splat(quote! { 1.0f32 }), sum));
+                // Σ e_t·V[t] in up to four independent chains.
+                let chains = exps.len().min(4);
+                let mut accs: Vec<Option<T>> = vec![None; chains];
+                for (row, ex) in exps.iter().enumerate() {
+                    let o = row * epad + i * l;
+                    let vt = t.load(quote! { vc.add(#o) });
+                    let slot = row % chains;
+                    let next = match accs[slot].take() {
+                        None => t.mul(quote! { #ex }, vt),
+                        Some(acc) => t.fma(quote! { #ex }, vt, acc),
+                    };
+                    let acc = body.bind("acc", next);
+                    accs[slot] = Some(quote! { #acc });
+                }
+                let acc = tree(accs.into_iter().flatten().collect(), |a, b| t.add(a, b));
+                outs.push(t.mul(acc, quote! { #inv }));
+            }
+            let f = attn::unrolled_name(name, pos);
+            let n = pos + 1;
+            let doc = format!(
+                "Attention of layer {layer} over {n} cached position{} (0..={pos}): per head a \
+                 max-subtracted softmax of q·K[t] (q already scaled by 1/√{hd}) and the weighted sum \
+                 of V[t], every head's score in its own lanes.",
+                if n == 1 { "" } else { "s" }
+            );
+            let b = body.into_tokens();
+            self.items.push(quote! {
+                #[doc = #doc]
+                #attrs
+                unsafe fn #f(kc: *const f32, vc: *const f32, q: #ty) -> #ty {
+                    #b
+                    [#(#outs),*]
+                }
+            });
+        }
     }
+}
+
+/// Whether a `rows × cols` matvec is rendered as row dot products and a transpose-and-add tree
+/// (x86, where broadcasting each of many inputs costs more than reducing few outputs) rather than
+/// by broadcasting inputs.
+fn reduce_rows(t: Target, rows: usize, cols: usize) -> bool {
+    matches!(t, Target::Avx2 | Target::Avx512) && cols >= 4 * rows
+}
+
+type Step = Box<dyn Fn(T, T) -> (T, T)>;
+
+/// The transpose-and-add tree of a target: each step takes pairs of vectors to the two halves
+/// whose sum halves the number of vectors, and the final lane `i` holds the sum of the vector
+/// fed in position `order[i]`. The order is found by following lane contents through the steps.
+fn transpose_plan(t: Target) -> (Vec<Step>, Vec<usize>) {
+    let l = t.lanes();
+    // Lane-content models of the shuffles, on vectors of source ids.
+    let unpack_ps = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
+        let o = if hi { 2 } else { 0 };
+        (0..l).map(|i| { let g = i / 4 * 4; let k = i % 4; if k % 2 == 0 { a[g + o + k / 2] } else { b[g + o + k / 2] } }).collect()
+    };
+    let unpack_pd = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
+        let o = if hi { 2 } else { 0 };
+        (0..l).map(|i| { let g = i / 4 * 4; let k = i % 4; if k < 2 { a[g + o + k] } else { b[g + o + k - 2] } }).collect()
+    };
+    let groups = |a: &[usize], b: &[usize], sel: [usize; 4]| -> Vec<usize> {
+        (0..l).map(|i| { let (g, k) = (i / 4, i % 4); let src = if g < 2 { a } else { b }; src[sel[g] * 4 + k] }).collect()
+    };
+    let halves = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
+        let o = if hi { 4 } else { 0 };
+        (0..l).map(|i| if i < 4 { a[o + i] } else { b[o + i - 4] }).collect()
+    };
+    type Model<'a> = Box<dyn Fn(&[usize], &[usize]) -> (Vec<usize>, Vec<usize>) + 'a>;
+    let (models, steps): (Vec<Model<'_>>, Vec<Step>) = match t {
+        Target::Avx512 => (
+            vec![
+                Box::new(move |a, b| (unpack_ps(a, b, false), unpack_ps(a, b, true))),
+                Box::new(move |a, b| (unpack_pd(a, b, false), unpack_pd(a, b, true))),
+                Box::new(move |a, b| (groups(a, b, [0, 2, 0, 2]), groups(a, b, [1, 3, 1, 3]))),
+                Box::new(move |a, b| (groups(a, b, [0, 2, 0, 2]), groups(a, b, [1, 3, 1, 3]))),
+            ],
+            vec![
+                Box::new(|a, b| (quote! { _mm512_unpacklo_ps(#a, #b) }, quote! { _mm512_unpackhi_ps(#a, #b) })),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
+                        quote! { _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
+                    )
+                }),
+                Box::new(|a, b| (quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) }, quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) })),
+                Box::new(|a, b| (quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) }, quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) })),
+            ],
+        ),
+        Target::Avx2 => (
+            vec![
+                Box::new(move |a, b| (unpack_ps(a, b, false), unpack_ps(a, b, true))),
+                Box::new(move |a, b| (unpack_pd(a, b, false), unpack_pd(a, b, true))),
+                Box::new(move |a, b| (halves(a, b, false), halves(a, b, true))),
+            ],
+            vec![
+                Box::new(|a, b| (quote! { _mm256_unpacklo_ps(#a, #b) }, quote! { _mm256_unpackhi_ps(#a, #b) })),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
+                        quote! { _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
+                    )
+                }),
+                Box::new(|a, b| (quote! { _mm256_permute2f128_ps(#a, #b, 0x20) }, quote! { _mm256_permute2f128_ps(#a, #b, 0x31) })),
+            ],
+        ),
+        _ => unreachable!("row matvecs are generated for x86 only"),
+    };
+    // Follow the ids: vector k starts with id k in every lane.
+    let mut level: Vec<Vec<usize>> = (0..l).map(|k| vec![k; l]).collect();
+    for model in &models {
+        level = level
+            .chunks(2)
+            .map(|pair| {
+                let (lo, hi) = model(&pair[0], &pair[1]);
+                assert_eq!(lo, hi, "both halves of a step hold the same sums");
+                lo
+            })
+            .collect();
+    }
+    let last = &level[0];
+    // `last[i]` is the input whose lanes ended in lane i; feed row i there.
+    let mut order = vec![0; l];
+    for (lane, &input) in last.iter().enumerate() {
+        order[input] = lane;
+    }
+    (steps, order)
+}
+
+/// AVX-512 `e^x` for the fp32 kernels: `x = (n + j/16)·ln2 + r` with `|r| ≤ ln2/32`; `2^(j/16)`
+/// comes from a 16-entry table held in one register (`vpermps`), `e^r` from a cubic, and `2^n`
+/// from `vscalefps`. Shorter than the degree-6 polynomial, and within about 1 ulp.
+fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
+    let table: Vec<f32> = (0..16).map(|j| (j as f64 / 16.0).exp2() as f32).collect();
+    let k = (16.0 * std::f64::consts::LOG2_E) as f32;
+    let step = std::f64::consts::LN_2 / 16.0;
+    let hi = step as f32;
+    let lo = (step - hi as f64) as f32;
+    let (neg_hi, neg_lo) = (-hi, -lo);
+    let min = EXP_MIN;
+    let (c2, c3) = (0.5f32, 1.0f32 / 6.0);
+    quote! {
+        /// `e^x` per lane: a 16-entry table of `2^(j/16)` in a register, a cubic for the rest.
+        #attrs
+        unsafe fn #name(x: __m512) -> __m512 {
+            let x = _mm512_max_ps(x, _mm512_set1_ps(#min));
+            let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(#k)), 0x08);
+            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(#neg_hi), x);
+            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(#neg_lo), r);
+            let j = _mm512_cvtps_epi32(n);
+            let table = _mm512_setr_ps(#(#table),*);
+            // vpermps reads the low four bits of each index: j mod 16.
+            let t = _mm512_permutexvar_ps(j, table);
+            let e = _mm512_cvtepi32_ps(_mm512_srai_epi32(j, 4));
+            let p = _mm512_fmadd_ps(_mm512_set1_ps(#c3), r, _mm512_set1_ps(#c2));
+            let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+            let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+            _mm512_scalef_ps(_mm512_mul_ps(t, p), e)
+        }
+    }
+}
+
+/// `op` across every lane of `v`, the result in every lane (a butterfly of swaps).
+fn allreduce(t: Target, v: T, op: impl Fn(T, T) -> T) -> T {
+    let mut acc = v;
+    let mut d = t.lanes() / 2;
+    while d >= 1 {
+        let combined = op(quote! { a }, t.swap(quote! { a }, d));
+        acc = quote! {{ let a = #acc; #combined }};
+        d /= 2;
+    }
+    acc
 }
 
 /// The sampler of a target (shared by the fp32 and Q4.12 kernels): `softmax(logits / T)` with an
 /// unnormalised CDF compared against `r · Σe`.
-pub fn sample_fn(t: Target, s: &Shape, attrs: &T) -> T {
+/// With `prescaled`, the logits arrive already divided by the temperature (the fp32 kernels fold
+/// `1/T` into the output head at prepare time); otherwise the sampler multiplies by `inv_t`.
+pub fn sample_fn(t: Target, s: &Shape, attrs: &T, prescaled: bool, exp: &Ident) -> T {
     let l = t.lanes();
     let vocab = s.vocab;
     let r = vocab.div_ceil(l);
@@ -628,7 +821,14 @@ pub fn sample_fn(t: Target, s: &Shape, attrs: &T) -> T {
     let ty = quote! { [#v; #r] };
     let mut body = Body::default();
     let zs: Vec<Ident> = (0..r)
-        .map(|i| body.bind("z", t.mul(quote! { logits[#i] }, t.splat(quote! { inv_t }))))
+        .map(|i| {
+            let z = if prescaled {
+                quote! { logits[#i] }
+            } else {
+                t.mul(quote! { logits[#i] }, t.splat(quote! { inv_t }))
+            };
+            body.bind("z", z)
+        })
         .collect();
     let valid = |i: usize| vocab.saturating_sub(i * l).min(l);
     let masked: Vec<T> = zs
@@ -637,15 +837,17 @@ pub fn sample_fn(t: Target, s: &Shape, attrs: &T) -> T {
         .map(|(i, z)| t.keep_lanes(quote! { #z }, valid(i), quote! { f32::NEG_INFINITY }))
         .collect();
     let mx = tree(masked, |a, b| t.max(a, b));
-    let m = t.splat(t.hmax(quote! { mx }));
+    let m = allreduce(t, quote! { mx }, |a, b| t.max(a, b));
     body.push(quote! { let mx = #mx; let m = #m; });
     let mut carry: Option<Ident> = None;
     let mut counts = Vec::new();
     let mut cums = Vec::new();
+    let mut exps = Vec::new();
     for (i, z) in zs.iter().enumerate() {
         let d = t.sub(quote! { #z }, quote! { m });
-        let e = quote! { exp_v(#d) };
+        let e = quote! { #exp(#d) };
         let e = body.bind("e", t.keep_lanes(e, valid(i), quote! { 0.0f32 }));
+        exps.push(e.clone());
         let mut c = t.scan(quote! { #e });
         if let Some(prev) = &carry {
             c = t.add(c, t.splat_last(quote! { #prev }));
@@ -654,8 +856,10 @@ pub fn sample_fn(t: Target, s: &Shape, attrs: &T) -> T {
         cums.push(c.clone());
         carry = Some(c);
     }
-    let last = carry.expect("one register at least");
-    let thr = t.mul(t.splat(quote! { r }), t.splat_last(quote! { #last }));
+    // The total, summed beside the scans rather than read off their end.
+    let total = tree(exps.iter().map(|e| quote! { #e }).collect(), |a, b| t.add(a, b));
+    let total = allreduce(t, total, |a, b| t.add(a, b));
+    let thr = t.mul(t.splat(quote! { r }), total);
     body.push(quote! { let thr = #thr; });
     for (i, c) in cums.iter().enumerate() {
         // Only ids 0..vocab-1 are scanned; BOS is what remains.
@@ -683,7 +887,10 @@ pub fn sample_fn(t: Target, s: &Shape, attrs: &T) -> T {
 /// The exp helper of a target: Cody-Waite reduction and the degree-6 polynomial of
 /// `microgpt_model::numerics`, fused (fp32 kernels) or with every operation rounded separately
 /// (Q4.12 kernels, which must match the scalar reference bit for bit).
-pub fn exp_fn(t: Target, fused: bool, attrs: &T) -> T {
+pub fn exp_fn(t: Target, fused: bool, attrs: &T, name: &Ident) -> T {
+    if fused && t == Target::Avx512 {
+        return exp_table_avx512(attrs, name);
+    }
     let v = t.vf();
     let c = |x: f32| t.splat(quote! { #x });
     let [c0, c1, c2, c3, c4, c5] = EXP_POLY;
@@ -719,7 +926,7 @@ pub fn exp_fn(t: Target, fused: bool, attrs: &T) -> T {
     quote! {
         /// `e^x` per lane: Cody-Waite range reduction and a degree-6 polynomial.
         #attrs
-        unsafe fn exp_v(x: #v) -> #v {
+        unsafe fn #name(x: #v) -> #v {
             let x = #clamp;
             let n = #n;
             let r = #rr;

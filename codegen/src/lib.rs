@@ -5,6 +5,7 @@
 //! the same functions directly.
 
 pub mod ast;
+pub mod attn;
 pub mod emit;
 pub mod expand;
 pub mod f32;

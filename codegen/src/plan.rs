@@ -5,7 +5,8 @@ use microgpt_model::{Layout, Op, Param, Program, Shape};
 /// How a tensor is rearranged at prepare time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrangement {
-    /// Row-major, rows padded to `cols_pad` (embedding tables: one row per token or position).
+    /// Row-major, rows padded to `cols_pad` (embedding tables: one row per token or position;
+    /// matvecs that multiply whole rows and reduce across lanes).
     Rows { cols_pad: usize },
     /// Column-major, columns padded to `rows_pad` (matvecs that broadcast one input at a time).
     Columns { rows_pad: usize },
@@ -42,7 +43,7 @@ impl WeightPlan {
         ops: &[Op],
         align: usize,
         rows_pad: impl Fn(usize) -> usize,
-        matrix: impl Fn(usize) -> Arrangement,
+        matrix: impl Fn(usize, usize) -> Arrangement,
     ) -> WeightPlan {
         let layout = Layout::new(*shape);
         let mut plan = WeightPlan::default();
@@ -72,10 +73,10 @@ impl WeightPlan {
                     place(Param::Wpe, Arrangement::Rows { cols_pad });
                 }
                 Op::MatVec { weight, .. } => {
-                    let (rows, _) = weight.dims(shape);
-                    place(weight, matrix(rows));
+                    let (rows, cols) = weight.dims(shape);
+                    place(weight, matrix(rows, cols));
                 }
-                Op::Logits { .. } => place(Param::LmHead, matrix(shape.vocab)),
+                Op::Logits { .. } => place(Param::LmHead, matrix(shape.vocab, shape.embd)),
                 Op::RmsNorm { .. } | Op::Attention { .. } | Op::Add { .. } | Op::Relu { .. } => {}
             }
         }

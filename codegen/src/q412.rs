@@ -7,9 +7,10 @@
 //! rounded, with the datapath's own `exp`, so every integer matches the reference bit for bit.
 //! Only the sampler, which the tolerance rules cover, is free.
 
-use crate::emit::{Body, tree};
+use crate::attn::{self, LaneOps};
+use crate::emit::{Body, ident, tree};
 use crate::f32::{exp_fn, sample_fn};
-use crate::plan::{Arrangement, WeightPlan, heads_aligned};
+use crate::plan::{Arrangement, WeightPlan};
 use crate::target::Target;
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, Shape};
 use proc_macro2::{Ident, TokenStream};
@@ -43,7 +44,7 @@ impl<'a> Q412Gen<'a> {
             &program.ops()[start..],
             32,
             |n| n.next_multiple_of(l),
-            |rows| {
+            |rows, _| {
                 let rows_pad = rows.next_multiple_of(l);
                 if pairs {
                     Arrangement::ColumnPairs { rows_pad }
@@ -135,8 +136,12 @@ impl<'a> Q412Gen<'a> {
         body.push(quote! { #(#stores)* });
         body.push(quote! { sample(#lf, r, k.inv_temperature) });
         let attrs = self.attrs();
-        self.items.push(exp_fn(t, false, &attrs));
-        self.items.push(sample_fn(t, &self.shape, &attrs));
+        // The attention's exp is the datapath's; the sampler, free of that constraint, takes the
+        // fp32 kernels' faster one.
+        self.items.push(exp_fn(t, false, &attrs, &ident("exp_v")));
+        let fast = ident("exp_fast");
+        self.items.push(exp_fn(t, true, &attrs, &fast));
+        self.items.push(sample_fn(t, &self.shape, &attrs, false, &fast));
         (self.items, body.into_tokens())
     }
 
@@ -454,144 +459,112 @@ impl<'a> Q412Gen<'a> {
         let r = self.regs(e);
         let epad = self.padded(e);
         let ty = self.ity(e);
-        let fty = self.fty(e);
         let cache = layer * s.block * epad;
         // As the reference computes it: 1 / sqrt(hd) in f32.
         let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
+        let attrs = self.attrs();
         let mut pre = Body::default();
         for i in 0..r {
             let o = i * l;
             pre.push(t.store_i32(quote! { keys.add(#cache + pos * #epad + #o) }, quote! { k[#i] }));
-            let vf = t.mul(
-                t.i32_to_f32(quote! { v[#i] }),
-                t.splat(quote! { (1.0f32 / 4096.0) }),
-            );
+            let vf = t.mul(t.i32_to_f32(quote! { v[#i] }), t.splat(quote! { (1.0f32 / 4096.0) }));
             pre.push(t.store(quote! { values.add(#cache + pos * #epad + #o) }, vf));
         }
-        // One position's scores: exact i32 dots per head, replicated over the head's lanes.
-        let mut score = Body::default();
-        let prods: Vec<Ident> = (0..r)
-            .map(|i| {
-                let o = i * l;
-                let kv = t.load_i32(quote! { kt.add(#o) });
-                score.bind("p", t.mul_i32(quote! { q[#i] }, kv))
-            })
-            .collect();
-        let dots: Vec<T> = if heads_aligned(&s, l) {
-            let regs_per_head = (hd / l).max(1);
-            let mut out = Vec::new();
-            for group in prods.chunks(regs_per_head) {
-                let mut acc = tree(group.iter().map(|p| quote! { #p }).collect(), |a, b| {
-                    t.add_i32(a, b)
-                });
-                let mut d = 1;
-                while d < hd.min(l) {
-                    let a = score.bind("h", acc);
-                    acc = t.add_i32(quote! { #a }, t.swap_i32(quote! { #a }, d));
-                    d *= 2;
-                }
-                let dot = score.bind("dot", acc);
-                for _ in 0..regs_per_head {
-                    out.push(quote! { #dot });
-                }
-            }
-            out
-        } else {
-            let stores: Vec<T> = prods
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let o = i * l;
-                    t.store_i32(quote! { pr.as_mut_ptr().add(#o) }, quote! { #p })
-                })
-                .collect();
-            score.push(quote! { let mut pr = [0i32; #epad]; #(#stores)* let mut sl = [0i32; #epad]; });
-            for h in 0..s.heads {
-                let terms: Vec<T> = (h * hd..h * hd + hd).map(|c| quote! { pr[#c] }).collect();
-                let sum = tree(terms, |a, b| quote! { (#a).wrapping_add(#b) });
-                let lanes: Vec<usize> = (h * hd..h * hd + hd).collect();
-                score.push(quote! { let hs = #sum; #( sl[#lanes] = hs; )* });
-            }
-            (0..r)
-                .map(|i| {
-                    let o = i * l;
-                    t.load_i32(quote! { sl.as_ptr().add(#o) })
-                })
-                .collect()
-        };
-        let score_body = score.into_tokens();
-        let scores: Vec<T> = dots
-            .iter()
-            .map(|d| {
-                let f = t.mul(t.i32_to_f32(d.clone()), t.splat(quote! { (1.0f32 / 16777216.0) }));
-                t.mul(f, t.splat(quote! { #inv_sqrt }))
-            })
-            .collect();
-        let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
-        let zero = t.zero();
-        let maxes: Vec<T> = (0..r)
-            .map(|i| t.max(quote! { m[#i] }, quote! { sc[#i] }))
-            .collect();
-        let exps: Vec<T> = (0..r)
-            .map(|i| {
-                let d = t.sub(quote! { sc[#i] }, quote! { m[#i] });
-                quote! { exp_v(#d) }
-            })
-            .collect();
-        let sums: Vec<T> = (0..r)
-            .map(|i| t.add(quote! { sum[#i] }, quote! { ex[#i] }))
-            .collect();
-        let accs: Vec<T> = (0..r)
-            .map(|i| {
-                let o = i * l;
-                let p = t.div(quote! { ex[#i] }, quote! { sum[#i] });
-                t.add(quote! { acc[#i] }, t.mul(p, t.load(quote! { vt.add(#o) })))
-            })
-            .collect();
-        let outs: Vec<T> = (0..r)
-            .map(|i| t.sat16(t.f32_to_i32_round(t.mul(quote! { acc[#i] }, t.splat(quote! { 4096.0f32 })))))
-            .collect();
-        let block = s.block;
-        let doc = format!(
-            "{doc_head} Stores this position's key (i32) and value (as f32, /4096), then per head: \
-             exact i32 dots q·K[t] (channels h·{hd}..h·{hd}+{hd}), scores `dot/4096/4096 · \
-             1/sqrt({hd})` in f32, a max-subtracted softmax with the datapath's exp (sums in position \
-             order), `o = Σ p_t·V[t]` multiplied and added separately, rounded back to Q4.12."
+        let dispatch = attn::dispatch(
+            name,
+            s.block,
+            quote! { keys.add(#cache) as *const i32, values.add(#cache) as *const f32, q },
+            quote! { v },
         );
-        let attrs = self.attrs();
         let pre = pre.into_tokens();
+        let doc = format!(
+            "{doc_head} Stores this position's key (i32) and value (as f32, /4096), then dispatches \
+             on the position to attention unrolled for that many cached rows."
+        );
         self.items.push(quote! {
             #[doc = #doc]
             #attrs
             unsafe fn #name(keys: *mut i32, values: *mut f32, pos: usize, q: #ty, k: #ty, v: #ty) -> #ty {
                 #pre
-                let mut scores: [::core::mem::MaybeUninit<#fty>; #block] =
-                    [const { ::core::mem::MaybeUninit::uninit() }; #block];
-                let mut m: #fty = [#neg_inf; #r];
-                for t in 0..=pos {
-                    let kt = keys.add(#cache + t * #epad);
-                    #score_body
-                    let sc: #fty = [#(#scores),*];
-                    m = [#(#maxes),*];
-                    scores[t].write(sc);
-                }
-                let mut sum: #fty = [#zero; #r];
-                for t in 0..=pos {
-                    // SAFETY: the first loop wrote every position up to `pos`.
-                    let sc = scores[t].assume_init();
-                    let ex: #fty = [#(#exps),*];
-                    sum = [#(#sums),*];
-                    scores[t].write(ex);
-                }
-                let mut acc: #fty = [#zero; #r];
-                for t in 0..=pos {
-                    // SAFETY: the second loop replaced every score by its exponential.
-                    let ex = scores[t].assume_init();
-                    let vt = values.add(#cache + t * #epad);
-                    acc = [#(#accs),*];
-                }
-                [#(#outs),*]
+                #dispatch
             }
         });
+
+        let ops = LaneOps {
+            add: &|a, b| t.add_i32(a, b),
+            swap: &|v, d| t.swap_i32(v, d),
+            store: &|p, v| t.store_i32(p, v),
+            load: &|p| t.load_i32(p),
+            scalar_add: &|a, b| quote! { (#a).wrapping_add(#b) },
+            elem: quote! { i32 },
+            zero: quote! { 0i32 },
+        };
+        for pos in 1..s.block {
+            let mut body = Body::default();
+            // Scores: exact i32 dots per head, replicated over the head's lanes, then scaled in
+            // f32 exactly as the reference scales them.
+            let mut scores: Vec<Vec<Ident>> = Vec::new();
+            for row in 0..=pos {
+                let prods: Vec<Ident> = (0..r)
+                    .map(|i| {
+                        let o = row * epad + i * l;
+                        body.bind("p", t.mul_i32(quote! { q[#i] }, t.load_i32(quote! { kc.add(#o) })))
+                    })
+                    .collect();
+                let dots = attn::reduce_heads(t, &s, &mut body, &prods, &ops);
+                scores.push(
+                    dots.into_iter()
+                        .map(|d| {
+                            let f = t.mul(t.i32_to_f32(d), t.splat(quote! { (1.0f32 / 16777216.0) }));
+                            body.bind("sc", t.mul(f, t.splat(quote! { #inv_sqrt })))
+                        })
+                        .collect(),
+                );
+            }
+            let mut outs = Vec::new();
+            for i in 0..r {
+                let column: Vec<T> = scores.iter().map(|sc| { let x = &sc[i]; quote! { #x } }).collect();
+                let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
+                let exps: Vec<Ident> = column
+                    .into_iter()
+                    .map(|x| {
+                        let d = t.sub(x, quote! { #m });
+                        body.bind("e", quote! { exp_v(#d) })
+                    })
+                    .collect();
+                // The denominator and the weighted sum in position order, as the reference.
+                let mut sum = t.zero();
+                for ex in &exps {
+                    sum = t.add(sum, quote! { #ex });
+                }
+                let sum = body.bind("sum", sum);
+                let mut acc = t.zero();
+                for (row, ex) in exps.iter().enumerate() {
+                    let o = row * epad + i * l;
+                    let p = t.div(quote! { #ex }, quote! { #sum });
+                    acc = t.add(acc, t.mul(p, t.load(quote! { vc.add(#o) })));
+                }
+                let acc = body.bind("acc", acc);
+                outs.push(t.sat16(t.f32_to_i32_round(t.mul(quote! { #acc }, t.splat(quote! { 4096.0f32 })))));
+            }
+            let f = attn::unrolled_name(name, pos);
+            let n = pos + 1;
+            let doc = format!(
+                "Q4.12 attention of layer {layer} over {n} cached position{} (0..={pos}): exact i32 \
+                 dots q·K[t] per head, scores `dot/4096/4096 · 1/sqrt({hd})`, a max-subtracted \
+                 softmax with the datapath's exp (sums in position order), `o = Σ p_t·V[t]` with \
+                 separate multiplies and adds, rounded back to Q4.12.",
+                if n == 1 { "" } else { "s" }
+            );
+            let b = body.into_tokens();
+            self.items.push(quote! {
+                #[doc = #doc]
+                #attrs
+                unsafe fn #f(kc: *const i32, vc: *const f32, q: #ty) -> #ty {
+                    #b
+                    [#(#outs),*]
+                }
+            });
+        }
     }
 }

@@ -51,9 +51,9 @@ impl Target {
     pub fn features(self, vnni: bool) -> Vec<&'static str> {
         match self {
             Target::Scalar | Target::Neon => vec![],
-            Target::Avx2 => vec!["avx2", "fma"],
-            Target::Avx512 if vnni => vec!["avx512f", "avx512bw", "avx512vl", "avx512vnni", "fma"],
-            Target::Avx512 => vec!["avx512f", "avx512bw", "avx512vl", "fma"],
+            Target::Avx2 => vec!["avx2", "fma", "popcnt"],
+            Target::Avx512 if vnni => vec!["avx512f", "avx512bw", "avx512vl", "avx512vnni", "fma", "popcnt"],
+            Target::Avx512 => vec!["avx512f", "avx512bw", "avx512vl", "fma", "popcnt"],
         }
     }
 
