@@ -57,7 +57,9 @@ pub fn reduce_heads(t: Target, s: &Shape, body: &mut Body, prods: &[Ident], ops:
             (ops.store)(quote! { #pr.as_mut_ptr().add(#o) }, quote! { #p })
         })
         .collect();
-    body.push(quote! { let mut #pr = [#zero; #epad]; #(#stores)* let mut #sl: [#elem; #epad] = [#zero; #epad]; });
+    body.push(
+        quote! { let mut #pr = [#zero; #epad]; #(#stores)* let mut #sl: [#elem; #epad] = [#zero; #epad]; },
+    );
     for h in 0..s.heads {
         let terms: Vec<T> = (h * hd..h * hd + hd).map(|c| quote! { #pr[#c] }).collect();
         let sum = tree(terms, ops.scalar_add);

@@ -113,8 +113,22 @@ impl<'a> F32Gen<'a> {
             self.render_table(&mut body, &mut vals);
         }
         let ops: Vec<Op> = self.program.ops()[start..].to_vec();
-        for (i, op) in ops.iter().enumerate() {
-            self.render_op(start + i, op, &mut body, &mut vals);
+        let mut i = 0;
+        while i < ops.len() {
+            // A matvec whose result is only added to the residual: the residual seeds the
+            // accumulators, saving the add at the end of the chain.
+            if let (Op::MatVec { weight, input, out }, Some(&Op::Add { input: added, .. })) =
+                (ops[i], ops.get(i + 1))
+                && added == out
+                && vals[&input].scale.is_none()
+                && !reduce_rows(self.t, weight.dims(&self.shape).0, weight.dims(&self.shape).1)
+            {
+                self.render_matvec_add(start + i, (&ops[i], &ops[i + 1]), &mut body, &mut vals);
+                i += 2;
+                continue;
+            }
+            self.render_op(start + i, &ops[i], &mut body, &mut vals);
+            i += 1;
         }
         let logits = vals[&Buffer::Logits].regs.clone();
         let store: Vec<T> = (0..self.regs(self.shape.vocab))
@@ -129,7 +143,8 @@ impl<'a> F32Gen<'a> {
         let attrs = self.attrs();
         let exp = ident("exp_v");
         self.items.push(exp_fn(self.t, true, &attrs, &exp));
-        self.items.push(sample_fn(self.t, &self.shape, &attrs, true, &exp));
+        self.items
+            .push(sample_fn(self.t, &self.shape, &attrs, true, &exp));
         (self.items, body.into_tokens())
     }
 
@@ -397,13 +412,83 @@ impl<'a> F32Gen<'a> {
         }
     }
 
+    /// Ops `index` and `index + 1`: `out = W · x` then `into += out`, as one matvec whose
+    /// accumulators start from the (materialised) residual.
+    fn render_matvec_add(
+        &mut self,
+        index: usize,
+        ops: (&Op, &Op),
+        body: &mut Body,
+        vals: &mut HashMap<Buffer, Val>,
+    ) {
+        let (&Op::MatVec { weight, input, out }, &Op::Add { into, .. }) = ops else {
+            unreachable!("a matvec and its residual add")
+        };
+        let s = self.shape;
+        let (rows, cols) = weight.dims(&s);
+        let name = format_ident!(
+            "op{:02}_{:02}_matvec_residual_{}",
+            index,
+            index + 1,
+            weight.name().replace('.', "_")
+        );
+        let doc = format!(
+            "Ops {index} and {} of the forward pass, shape {s}: `{}` then `{}`. A {rows}×{cols} \
+             matrix times a vector, each input broadcast in turn and multiplied by a whole prepared \
+             column; the residual seeds the first accumulator of every output register.",
+            index + 1,
+            ops.0,
+            ops.1
+        );
+        self.matvec_body_fn(&name, &doc, weight, rows, cols, true);
+        let x = vals[&input].regs.clone();
+        let residual = vals[&into].clone();
+        let seed = match residual.scale {
+            None => {
+                let r = residual.regs;
+                quote! { #r }
+            }
+            Some(c) => {
+                let r = residual.regs;
+                let regs: Vec<T> = (0..self.regs(s.embd))
+                    .map(|i| self.t.mul(quote! { #r[#i] }, self.t.splat(quote! { #c })))
+                    .collect();
+                quote! { [#(#regs),*] }
+            }
+        };
+        let id = body.bind(into.name(), quote! { #name(w, #x, #seed) });
+        vals.remove(&out);
+        vals.insert(
+            into,
+            Val {
+                regs: id,
+                scale: None,
+            },
+        );
+    }
+
     fn matvec_fn(&mut self, name: &Ident, doc: &str, weight: Param, rows: usize, cols: usize) {
+        self.matvec_body_fn(name, doc, weight, rows, cols, false)
+    }
+
+    /// A matvec function; with `seeded`, it takes a third argument that starts the accumulators.
+    fn matvec_body_fn(
+        &mut self,
+        name: &Ident,
+        doc: &str,
+        weight: Param,
+        rows: usize,
+        cols: usize,
+        seeded: bool,
+    ) {
         let t = self.t;
         let l = self.lanes();
         let placed = self.plan.get(weight).clone();
         let rows_pad = match placed.arrangement {
             Arrangement::Columns { rows_pad } => rows_pad,
-            Arrangement::Rows { cols_pad } => return self.row_matvec_fn(name, doc, placed.offset, rows, cols, cols_pad),
+            Arrangement::Rows { cols_pad } => {
+                return self.row_matvec_fn(name, doc, placed.offset, rows, cols, cols_pad);
+            }
             Arrangement::ColumnPairs { .. } => unreachable!("fp32 matrices are columns or rows"),
         };
         let in_ty = self.vec_ty(cols);
@@ -447,6 +532,11 @@ impl<'a> F32Gen<'a> {
                 let acc = &accs[slot];
                 let first = c < chains;
                 let expr = match (t, first) {
+                    (Target::Neon, true) if seeded && slot == 0 => {
+                        let b = bcast(c);
+                        quote! { vfmaq_laneq_f32(seed[#o], #wv, #b) }
+                    }
+                    (_, true) if seeded && slot == 0 => t.fma(bcast(c), wv, quote! { seed[#o] }),
                     (Target::Neon, true) => {
                         let b = bcast(c);
                         quote! { vmulq_laneq_f32(#wv, #b) }
@@ -469,10 +559,11 @@ impl<'a> F32Gen<'a> {
         }
         let attrs = self.attrs();
         let b = body.into_tokens();
+        let seed = seeded.then(|| quote! { , seed: #out_ty });
         self.items.push(quote! {
             #[doc = #doc]
             #attrs
-            unsafe fn #name(w: *const f32, x: #in_ty) -> #out_ty {
+            unsafe fn #name(w: *const f32, x: #in_ty #seed) -> #out_ty {
                 #b
                 [#(#outs),*]
             }
@@ -482,7 +573,15 @@ impl<'a> F32Gen<'a> {
     /// A matvec as row dot products: each row times the input, lane by lane, then the lanes of
     /// every group of `lanes` rows summed at once by a transpose-and-add tree. For wide matrices
     /// (many more inputs than outputs) this needs far fewer shuffles than broadcasting every input.
-    fn row_matvec_fn(&mut self, name: &Ident, doc: &str, offset: usize, rows: usize, cols: usize, cols_pad: usize) {
+    fn row_matvec_fn(
+        &mut self,
+        name: &Ident,
+        doc: &str,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        cols_pad: usize,
+    ) {
         let t = self.t;
         let l = self.lanes();
         let chunks = cols_pad / l;
@@ -511,7 +610,10 @@ impl<'a> F32Gen<'a> {
                         let id = body.bind("p", next);
                         accs[j % chains] = Some(quote! { #id });
                     }
-                    let p = body.bind("row", tree(accs.into_iter().flatten().collect(), |a, b| t.add(a, b)));
+                    let p = body.bind(
+                        "row",
+                        tree(accs.into_iter().flatten().collect(), |a, b| t.add(a, b)),
+                    );
                     quote! { #p }
                 })
                 .collect();
@@ -623,7 +725,13 @@ impl<'a> F32Gen<'a> {
             }
             let mut outs = Vec::new();
             for i in 0..r {
-                let column: Vec<T> = scores.iter().map(|sc| { let x = &sc[i]; quote! { #x } }).collect();
+                let column: Vec<T> = scores
+                    .iter()
+                    .map(|sc| {
+                        let x = &sc[i];
+                        quote! { #x }
+                    })
+                    .collect();
                 let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
                 let exps: Vec<Ident> = column
                     .into_iter()
@@ -690,18 +798,42 @@ fn transpose_plan(t: Target) -> (Vec<Step>, Vec<usize>) {
     // Lane-content models of the shuffles, on vectors of source ids.
     let unpack_ps = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
         let o = if hi { 2 } else { 0 };
-        (0..l).map(|i| { let g = i / 4 * 4; let k = i % 4; if k % 2 == 0 { a[g + o + k / 2] } else { b[g + o + k / 2] } }).collect()
+        (0..l)
+            .map(|i| {
+                let g = i / 4 * 4;
+                let k = i % 4;
+                if k % 2 == 0 {
+                    a[g + o + k / 2]
+                } else {
+                    b[g + o + k / 2]
+                }
+            })
+            .collect()
     };
     let unpack_pd = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
         let o = if hi { 2 } else { 0 };
-        (0..l).map(|i| { let g = i / 4 * 4; let k = i % 4; if k < 2 { a[g + o + k] } else { b[g + o + k - 2] } }).collect()
+        (0..l)
+            .map(|i| {
+                let g = i / 4 * 4;
+                let k = i % 4;
+                if k < 2 { a[g + o + k] } else { b[g + o + k - 2] }
+            })
+            .collect()
     };
     let groups = |a: &[usize], b: &[usize], sel: [usize; 4]| -> Vec<usize> {
-        (0..l).map(|i| { let (g, k) = (i / 4, i % 4); let src = if g < 2 { a } else { b }; src[sel[g] * 4 + k] }).collect()
+        (0..l)
+            .map(|i| {
+                let (g, k) = (i / 4, i % 4);
+                let src = if g < 2 { a } else { b };
+                src[sel[g] * 4 + k]
+            })
+            .collect()
     };
     let halves = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
         let o = if hi { 4 } else { 0 };
-        (0..l).map(|i| if i < 4 { a[o + i] } else { b[o + i - 4] }).collect()
+        (0..l)
+            .map(|i| if i < 4 { a[o + i] } else { b[o + i - 4] })
+            .collect()
     };
     type Model<'a> = Box<dyn Fn(&[usize], &[usize]) -> (Vec<usize>, Vec<usize>) + 'a>;
     let (models, steps): (Vec<Model<'_>>, Vec<Step>) = match t {
@@ -713,15 +845,30 @@ fn transpose_plan(t: Target) -> (Vec<Step>, Vec<usize>) {
                 Box::new(move |a, b| (groups(a, b, [0, 2, 0, 2]), groups(a, b, [1, 3, 1, 3]))),
             ],
             vec![
-                Box::new(|a, b| (quote! { _mm512_unpacklo_ps(#a, #b) }, quote! { _mm512_unpackhi_ps(#a, #b) })),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm512_unpacklo_ps(#a, #b) },
+                        quote! { _mm512_unpackhi_ps(#a, #b) },
+                    )
+                }),
                 Box::new(|a, b| {
                     (
                         quote! { _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
                         quote! { _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
                     )
                 }),
-                Box::new(|a, b| (quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) }, quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) })),
-                Box::new(|a, b| (quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) }, quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) })),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) },
+                        quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) },
+                    )
+                }),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) },
+                        quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) },
+                    )
+                }),
             ],
         ),
         Target::Avx2 => (
@@ -731,14 +878,24 @@ fn transpose_plan(t: Target) -> (Vec<Step>, Vec<usize>) {
                 Box::new(move |a, b| (halves(a, b, false), halves(a, b, true))),
             ],
             vec![
-                Box::new(|a, b| (quote! { _mm256_unpacklo_ps(#a, #b) }, quote! { _mm256_unpackhi_ps(#a, #b) })),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm256_unpacklo_ps(#a, #b) },
+                        quote! { _mm256_unpackhi_ps(#a, #b) },
+                    )
+                }),
                 Box::new(|a, b| {
                     (
                         quote! { _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
                         quote! { _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
                     )
                 }),
-                Box::new(|a, b| (quote! { _mm256_permute2f128_ps(#a, #b, 0x20) }, quote! { _mm256_permute2f128_ps(#a, #b, 0x31) })),
+                Box::new(|a, b| {
+                    (
+                        quote! { _mm256_permute2f128_ps(#a, #b, 0x20) },
+                        quote! { _mm256_permute2f128_ps(#a, #b, 0x31) },
+                    )
+                }),
             ],
         ),
         _ => unreachable!("row matvecs are generated for x86 only"),

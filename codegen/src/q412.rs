@@ -467,7 +467,10 @@ impl<'a> Q412Gen<'a> {
         for i in 0..r {
             let o = i * l;
             pre.push(t.store_i32(quote! { keys.add(#cache + pos * #epad + #o) }, quote! { k[#i] }));
-            let vf = t.mul(t.i32_to_f32(quote! { v[#i] }), t.splat(quote! { (1.0f32 / 4096.0) }));
+            let vf = t.mul(
+                t.i32_to_f32(quote! { v[#i] }),
+                t.splat(quote! { (1.0f32 / 4096.0) }),
+            );
             pre.push(t.store(quote! { values.add(#cache + pos * #epad + #o) }, vf));
         }
         let dispatch = attn::dispatch(
@@ -508,7 +511,10 @@ impl<'a> Q412Gen<'a> {
                 let prods: Vec<Ident> = (0..r)
                     .map(|i| {
                         let o = row * epad + i * l;
-                        body.bind("p", t.mul_i32(quote! { q[#i] }, t.load_i32(quote! { kc.add(#o) })))
+                        body.bind(
+                            "p",
+                            t.mul_i32(quote! { q[#i] }, t.load_i32(quote! { kc.add(#o) })),
+                        )
                     })
                     .collect();
                 let dots = attn::reduce_heads(t, &s, &mut body, &prods, &ops);
@@ -523,7 +529,13 @@ impl<'a> Q412Gen<'a> {
             }
             let mut outs = Vec::new();
             for i in 0..r {
-                let column: Vec<T> = scores.iter().map(|sc| { let x = &sc[i]; quote! { #x } }).collect();
+                let column: Vec<T> = scores
+                    .iter()
+                    .map(|sc| {
+                        let x = &sc[i];
+                        quote! { #x }
+                    })
+                    .collect();
                 let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
                 let exps: Vec<Ident> = column
                     .into_iter()
