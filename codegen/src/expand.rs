@@ -19,7 +19,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn slug(self) -> &'static str {
+    pub fn slug(self) -> &'static str {
         match self {
             Kind::F32 => "f32",
             Kind::Q412 => "q412",
@@ -84,11 +84,16 @@ impl KernelId {
 
 /// The whole module for a `kernels!` invocation.
 pub fn expand(spec: &Spec) -> T {
+    expand_only(spec, |_| true)
+}
+
+/// The module with only the kernels `keep` selects (the inspect example prints one target).
+pub fn expand_only(spec: &Spec, keep: impl Fn(KernelId) -> bool) -> T {
     let name = &spec.name;
     let s = spec.shape;
     let program = Program::forward(s);
     let (vocab, block, embd, heads, layers, mlp) = (s.vocab, s.block, s.embd, s.heads, s.layers, s.mlp);
-    let kernels: Vec<KernelId> = KernelId::all();
+    let kernels: Vec<KernelId> = KernelId::all().into_iter().filter(|&id| keep(id)).collect();
     let modules: Vec<T> = kernels.iter().map(|&id| kernel_module(&program, id)).collect();
     let specs: Vec<T> = kernels
         .iter()

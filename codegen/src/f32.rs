@@ -251,22 +251,40 @@ impl<'a> F32Gen<'a> {
                 let inv_n = 1.0f32 / n as f32;
                 let eps = RMS_EPS as f32;
                 let name = format_ident!("op{:02}_rmsnorm_scale", index);
-                let doc = format!(
-                    "{doc_head} Returns the factor that normalises `c · x` (`c`: the factor \
-                     `x` already carries); it is applied where the value is materialised."
-                );
-                self.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(x: #ty, c: f32) -> f32 {
-                        let sq = #squares;
-                        let ms = #hsum * (c * c) * #inv_n;
-                        c / (ms + #eps).sqrt()
-                    }
-                });
                 let regs = x.regs.clone();
-                let c = x.scale.map_or_else(|| quote! { 1.0f32 }, |c| quote! { #c });
-                let scale = body.bind("scale", quote! { #name(#regs, #c) });
+                let scale = match &x.scale {
+                    None => {
+                        let doc = format!(
+                            "{doc_head} Returns the normalising factor; it is applied where the \
+                             value is materialised."
+                        );
+                        self.items.push(quote! {
+                            #[doc = #doc]
+                            #attrs
+                            unsafe fn #name(x: #ty) -> f32 {
+                                let sq = #squares;
+                                1.0f32 / (#hsum * #inv_n + #eps).sqrt()
+                            }
+                        });
+                        body.bind("scale", quote! { #name(#regs) })
+                    }
+                    Some(c) => {
+                        let doc = format!(
+                            "{doc_head} Returns the factor that normalises `c · x` (`c`: the factor \
+                             `x` already carries); it is applied where the value is materialised."
+                        );
+                        self.items.push(quote! {
+                            #[doc = #doc]
+                            #attrs
+                            unsafe fn #name(x: #ty, c: f32) -> f32 {
+                                let sq = #squares;
+                                let ms = #hsum * (c * c) * #inv_n;
+                                c / (ms + #eps).sqrt()
+                            }
+                        });
+                        body.bind("scale", quote! { #name(#regs, #c) })
+                    }
+                };
                 vals.insert(
                     out,
                     Val {
@@ -365,18 +383,26 @@ impl<'a> F32Gen<'a> {
                     })
                     .collect();
                 let name = format_ident!("op{:02}_residual_add", index);
-                let doc = format!("{doc_head} Applies the pending factors of both operands.");
+                let doc = format!("{doc_head} Applies the operands' pending factors.");
+                let (ra, rb) = (a.regs.clone(), b.regs.clone());
+                let mut params = vec![quote! { into: #ty }, quote! { input: #ty }];
+                let mut args = vec![quote! { #rb }, quote! { #ra }];
+                if let Some(c) = &b.scale {
+                    params.push(quote! { sb: f32 });
+                    args.push(quote! { #c });
+                }
+                if let Some(c) = &a.scale {
+                    params.push(quote! { sa: f32 });
+                    args.push(quote! { #c });
+                }
                 self.items.push(quote! {
                     #[doc = #doc]
                     #attrs
-                    unsafe fn #name(into: #ty, input: #ty, sb: f32, sa: f32) -> #ty {
+                    unsafe fn #name(#(#params),*) -> #ty {
                         [#(#regs),*]
                     }
                 });
-                let (ra, rb) = (a.regs.clone(), b.regs.clone());
-                let sa = a.scale.map_or_else(|| quote! { 1.0f32 }, |c| quote! { #c });
-                let sb = b.scale.map_or_else(|| quote! { 1.0f32 }, |c| quote! { #c });
-                let id = body.bind(into.name(), quote! { #name(#rb, #ra, #sb, #sa) });
+                let id = body.bind(into.name(), quote! { #name(#(#args),*) });
                 vals.insert(
                     into,
                     Val {
@@ -387,20 +413,24 @@ impl<'a> F32Gen<'a> {
             }
             Op::Attention { layer, q, k, v, out } => {
                 let name = format_ident!("op{:02}_attention", index);
-                self.attention_fn(&name, &doc_head, layer);
-                let arg = |b: Buffer| {
+                let mut params = Vec::new();
+                let mut args = Vec::new();
+                let mut scaled = Vec::new();
+                for (b, arg, factor) in [(q, "q", "cq"), (k, "k", "ck"), (v, "v", "cv")] {
                     let val = vals[&b].clone();
                     let regs = val.regs;
-                    let c = val.scale.map_or_else(|| quote! { 1.0f32 }, |c| quote! { #c });
-                    (quote! { #regs }, c)
-                };
-                let (qr, qs) = arg(q);
-                let (kr, ks) = arg(k);
-                let (vr, vs) = arg(v);
-                let id = body.bind(
-                    out.name(),
-                    quote! { #name(keys, values, pos, #qr, #qs, #kr, #ks, #vr, #vs) },
-                );
+                    let (arg, factor) = (ident(arg), ident(factor));
+                    args.push(quote! { #regs });
+                    let ty = self.vec_ty(s.embd);
+                    params.push(quote! { #arg: #ty });
+                    if let Some(c) = val.scale {
+                        args.push(quote! { #c });
+                        params.push(quote! { #factor: f32 });
+                        scaled.push((arg, factor));
+                    }
+                }
+                self.attention_fn(&name, &doc_head, layer, &params, &scaled);
+                let id = body.bind(out.name(), quote! { #name(keys, values, pos, #(#args),*) });
                 vals.insert(
                     out,
                     Val {
@@ -645,7 +675,15 @@ impl<'a> F32Gen<'a> {
         });
     }
 
-    fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
+    /// `params`: the q, k, v arguments and the pending factors of those in `scaled`.
+    fn attention_fn(
+        &mut self,
+        name: &Ident,
+        doc_head: &str,
+        layer: usize,
+        params: &[T],
+        scaled: &[(Ident, Ident)],
+    ) {
         let t = self.t;
         let s = self.shape;
         let l = self.lanes();
@@ -659,9 +697,7 @@ impl<'a> F32Gen<'a> {
 
         // Materialise q, k, v (their pending factors), scale q by 1/√hd, store k and v.
         let mut pre = Body::default();
-        for (buf, c) in [("q", "cq"), ("k", "ck"), ("v", "cv")] {
-            let b = ident(buf);
-            let c = ident(c);
+        for (b, c) in scaled {
             let regs: Vec<T> = (0..r)
                 .map(|i| t.mul(quote! { #b[#i] }, t.splat(quote! { #c })))
                 .collect();
@@ -691,10 +727,7 @@ impl<'a> F32Gen<'a> {
             #[doc = #doc]
             #attrs
             #[allow(clippy::too_many_arguments)]
-            unsafe fn #name(
-                keys: *mut f32, values: *mut f32, pos: usize,
-                q: #ty, cq: f32, k: #ty, ck: f32, v: #ty, cv: f32,
-            ) -> #ty {
+            unsafe fn #name(keys: *mut f32, values: *mut f32, pos: usize, #(#params),*) -> #ty {
                 #pre
                 #dispatch
             }
@@ -959,8 +992,8 @@ fn allreduce(t: Target, v: T, op: impl Fn(T, T) -> T) -> T {
     let mut acc = v;
     let mut d = t.lanes() / 2;
     while d >= 1 {
-        let combined = op(quote! { a }, t.swap(quote! { a }, d));
-        acc = quote! {{ let a = #acc; #combined }};
+        let combined = op(quote! { __a }, t.swap(quote! { __a }, d));
+        acc = quote! {{ let __a = #acc; #combined }};
         d /= 2;
     }
     acc

@@ -30,10 +30,14 @@ pub fn kernels(input: TokenStream) -> TokenStream {
     }
 }
 
-/// The module `kernels!` generates for `shape`, named `name`.
-pub fn generate(name: &str, shape: Shape) -> TokenStream {
-    expand::expand(&Spec {
-        name: emit::ident(name),
-        shape,
-    })
+/// The module `kernels!` generates for `shape`, named `name`, restricted to the kernels `keep`
+/// selects.
+pub fn generate(name: &str, shape: Shape, keep: impl Fn(KernelId) -> bool) -> TokenStream {
+    expand::expand_only(
+        &Spec {
+            name: emit::ident(name),
+            shape,
+        },
+        keep,
+    )
 }

@@ -240,9 +240,9 @@ impl Target {
         match self {
             Target::Scalar => v,
             Target::Avx2 => quote! {{
-                let h = _mm_add_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
-                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+                let __h = _mm_add_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
+                let __h = _mm_add_ps(__h, _mm_movehl_ps(__h, __h));
+                _mm_cvtss_f32(_mm_add_ss(__h, _mm_movehdup_ps(__h)))
             }},
             Target::Avx512 => quote! { _mm512_reduce_add_ps(#v) },
             Target::Neon => quote! { vaddvq_f32(#v) },
@@ -254,9 +254,9 @@ impl Target {
         match self {
             Target::Scalar => v,
             Target::Avx2 => quote! {{
-                let h = _mm_max_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
-                let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-                _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+                let __h = _mm_max_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
+                let __h = _mm_max_ps(__h, _mm_movehl_ps(__h, __h));
+                _mm_cvtss_f32(_mm_max_ss(__h, _mm_movehdup_ps(__h)))
             }},
             Target::Avx512 => quote! { _mm512_reduce_max_ps(#v) },
             Target::Neon => quote! { vmaxvq_f32(#v) },
@@ -299,8 +299,8 @@ impl Target {
             Target::Neon => {
                 let m: Vec<u32> = (0..4).map(|i| if i < valid { u32::MAX } else { 0 }).collect();
                 quote! {{
-                    let m: [u32; 4] = [#(#m),*];
-                    vbslq_f32(vld1q_u32(m.as_ptr()), #v, vdupq_n_f32(#fill))
+                    let __mask: [u32; 4] = [#(#m),*];
+                    vbslq_f32(vld1q_u32(__mask.as_ptr()), #v, vdupq_n_f32(#fill))
                 }}
             }
         }
@@ -311,29 +311,29 @@ impl Target {
         match self {
             Target::Scalar => v,
             Target::Avx512 => quote! {{
-                let z = _mm512_setzero_si512();
-                let s = _mm512_castps_si512(#v);
-                let s = _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 15)));
-                let s = _mm512_castps_si512(s);
-                let s = _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 14)));
-                let s = _mm512_castps_si512(s);
-                let s = _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 12)));
-                let s = _mm512_castps_si512(s);
-                _mm512_add_ps(_mm512_castsi512_ps(s), _mm512_castsi512_ps(_mm512_alignr_epi32(s, z, 8)))
+                let __z = _mm512_setzero_si512();
+                let __s = _mm512_castps_si512(#v);
+                let __s = _mm512_add_ps(_mm512_castsi512_ps(__s), _mm512_castsi512_ps(_mm512_alignr_epi32(__s, __z, 15)));
+                let __s = _mm512_castps_si512(__s);
+                let __s = _mm512_add_ps(_mm512_castsi512_ps(__s), _mm512_castsi512_ps(_mm512_alignr_epi32(__s, __z, 14)));
+                let __s = _mm512_castps_si512(__s);
+                let __s = _mm512_add_ps(_mm512_castsi512_ps(__s), _mm512_castsi512_ps(_mm512_alignr_epi32(__s, __z, 12)));
+                let __s = _mm512_castps_si512(__s);
+                _mm512_add_ps(_mm512_castsi512_ps(__s), _mm512_castsi512_ps(_mm512_alignr_epi32(__s, __z, 8)))
             }},
             Target::Avx2 => quote! {{
-                let s = _mm256_castps_si256(#v);
-                let s = _mm256_add_ps(_mm256_castsi256_ps(s), _mm256_castsi256_ps(_mm256_slli_si256(s, 4)));
-                let s = _mm256_castps_si256(s);
-                let s = _mm256_add_ps(_mm256_castsi256_ps(s), _mm256_castsi256_ps(_mm256_slli_si256(s, 8)));
+                let __s = _mm256_castps_si256(#v);
+                let __s = _mm256_add_ps(_mm256_castsi256_ps(__s), _mm256_castsi256_ps(_mm256_slli_si256(__s, 4)));
+                let __s = _mm256_castps_si256(__s);
+                let __s = _mm256_add_ps(_mm256_castsi256_ps(__s), _mm256_castsi256_ps(_mm256_slli_si256(__s, 8)));
                 // Carry the low half's total into the high half.
-                let low = _mm256_permute2f128_ps(s, s, 0x08);
-                _mm256_add_ps(s, _mm256_permute_ps(low, 0xFF))
+                let __low = _mm256_permute2f128_ps(__s, __s, 0x08);
+                _mm256_add_ps(__s, _mm256_permute_ps(__low, 0xFF))
             }},
             Target::Neon => quote! {{
-                let z = vdupq_n_f32(0.0);
-                let s = vaddq_f32(#v, vextq_f32(z, #v, 3));
-                vaddq_f32(s, vextq_f32(z, s, 2))
+                let __z = vdupq_n_f32(0.0);
+                let __s = vaddq_f32(#v, vextq_f32(__z, #v, 3));
+                vaddq_f32(__s, vextq_f32(__z, __s, 2))
             }},
         }
     }
@@ -365,8 +365,8 @@ impl Target {
             Target::Neon => {
                 let m: Vec<u32> = (0..4).map(|i| u32::from(i < valid)).collect();
                 quote! {{
-                    let m: [u32; 4] = [#(#m),*];
-                    vaddvq_u32(vandq_u32(vcleq_f32(#c, #thr), vld1q_u32(m.as_ptr())))
+                    let __mask: [u32; 4] = [#(#m),*];
+                    vaddvq_u32(vandq_u32(vcleq_f32(#c, #thr), vld1q_u32(__mask.as_ptr())))
                 }}
             }
         }

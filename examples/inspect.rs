@@ -1,0 +1,119 @@
+//! Prints what the generators make of the model, for reading.
+//!
+//! ```text
+//! cargo run --example inspect -- ops                      # the op list every backend renders
+//! cargo run --example inspect -- rust --target avx512     # the kernels! output, formatted
+//! cargo run --example inspect -- rust --shape embd=32,layers=2,mlp=128 --precision q4.12
+//! ```
+
+use clap::{Parser, Subcommand};
+use microgpt::model::{Program, Shape};
+use microgpt_codegen::{KernelId, Kind, Target};
+use std::process::ExitCode;
+
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    Shape::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Print the op list or the code a generator makes of it")]
+struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand, Debug)]
+enum What {
+    /// The forward pass as the op list every backend renders.
+    Ops {
+        /// Model shape, e.g. `embd=32,layers=2,mlp=128` (default: the default shape).
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<Shape>,
+    },
+    /// The Rust that `kernels!` generates, formatted (what `cargo expand` shows).
+    Rust {
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<Shape>,
+        /// Only this target: scalar, avx2, avx512, neon.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this precision: f32, q4.12.
+        #[arg(long)]
+        precision: Option<String>,
+        /// Only the kernels that start from the prefix table (or, with `--table false`, only
+        /// those that do not).
+        #[arg(long)]
+        table: Option<bool>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!(
+                "{} (see --help)",
+                text.lines().next().unwrap_or("error: bad arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(args.what) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(what: What) -> Result<String, String> {
+    match what {
+        What::Ops { shape } => Ok(Program::forward(shape.unwrap_or_default()).listing()),
+        What::Rust {
+            shape,
+            target,
+            precision,
+            table,
+        } => {
+            let target =
+                match target.as_deref() {
+                    None => None,
+                    Some(name) => Some(Target::ALL.into_iter().find(|t| t.slug() == name).ok_or_else(
+                        || format!("unknown target `{name}` (expected scalar, avx2, avx512 or neon)"),
+                    )?),
+                };
+            let kind = match precision.as_deref() {
+                None => None,
+                Some("f32" | "fp32") => Some(Kind::F32),
+                Some("q4.12" | "q412") => Some(Kind::Q412),
+                Some(other) => return Err(format!("unknown precision `{other}` (expected f32 or q4.12)")),
+            };
+            let shape = shape.unwrap_or_default();
+            if shape.weight_macs() > microgpt_codegen::valid::MAX_UNROLLED_MACS {
+                return Err(format!(
+                    "shape {shape} is too large to unroll ({} weight MACs; at most {})",
+                    shape.weight_macs(),
+                    microgpt_codegen::valid::MAX_UNROLLED_MACS
+                ));
+            }
+            let keep = |id: KernelId| {
+                target.is_none_or(|t| id.target == t)
+                    && kind.is_none_or(|k| id.kind == k)
+                    && table.is_none_or(|b| id.table == b)
+            };
+            let tokens = microgpt_codegen::generate("microgpt", shape, keep);
+            let file: syn::File =
+                syn::parse2(tokens).map_err(|e| format!("generated code does not parse: {e}"))?;
+            Ok(prettyplease::unparse(&file))
+        }
+    }
+}

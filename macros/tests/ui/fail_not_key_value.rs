@@ -1,0 +1,3 @@
+microgpt_macros::kernels! { name: m, vocab = 27, block: 16, embd: 16, heads: 4, layers: 1, mlp: 64 }
+
+fn main() {}
