@@ -9,6 +9,7 @@ pub mod reference;
 pub mod report;
 pub mod sampler;
 pub mod stream;
+pub mod talos;
 pub mod train;
 pub mod variant;
 
@@ -16,4 +17,4 @@ pub use real::Real;
 pub use reference::{Q412Reference, Reference};
 pub use sampler::{Sampler, XorShift32};
 pub use stream::{Stream, generate_names};
-pub use variant::{Oracle, Precision, Settings, Variant, VariantInfo, VariantSpec};
+pub use variant::{Modelled, Oracle, Precision, Settings, Variant, VariantInfo, VariantSpec};

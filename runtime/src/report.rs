@@ -123,6 +123,23 @@ impl Report<'_> {
                 free,
                 oracle,
             ]);
+            if let Some(m) = &row.info.modelled {
+                lines.push(vec![
+                    m.name.clone(),
+                    m.backend.clone(),
+                    "-".into(),
+                    row.info.precision.to_string(),
+                    "1".into(),
+                    human_rate(m.tok_per_s),
+                    format!("{:.1}", 1e9 / m.tok_per_s),
+                    format!("{:.2}", m.tok_per_s / TALOS_CLAIMED_TOK_PER_S),
+                    reference.map_or("-".into(), |r| format!("{:.3}", m.tok_per_s / r)),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "modelled".into(),
+                ]);
+            }
         }
         let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
         for l in &lines {
@@ -177,6 +194,9 @@ impl Report<'_> {
             for note in &row.info.notes {
                 out.push_str(&format!("{}: {note}\n", row.info.name));
             }
+            if let Some(m) = &row.info.modelled {
+                out.push_str(&format!("{}: {}\n", m.name, m.note));
+            }
         }
         out.push_str(&format!(
             "x FPGA: relative to TALOS-V2's claimed {} tok/s. Oracle rows: fp32 variants are checked \
@@ -229,6 +249,20 @@ impl Report<'_> {
                 v
             })
             .collect();
+        let modelled: Vec<Value> = self
+            .rows()
+            .filter_map(|row| row.info.modelled.as_ref().map(|m| (row, m)))
+            .map(|(row, m)| {
+                json!({
+                    "variant": m.name,
+                    "backend": m.backend,
+                    "from": row.info.name,
+                    "tok_per_s": m.tok_per_s,
+                    "ns_per_token": 1e9 / m.tok_per_s,
+                    "note": m.note,
+                })
+            })
+            .collect();
         let skipped: Vec<Value> = self
             .outcomes
             .iter()
@@ -259,6 +293,7 @@ impl Report<'_> {
             "seed": self.options.seed,
             "temperature": self.options.temperature,
             "results": results,
+            "modelled": modelled,
             "skipped": skipped,
         })
     }

@@ -75,6 +75,17 @@ impl Oracle {
     }
 }
 
+/// A throughput computed from a model rather than timed (the FPGA's cycle count), shown as its
+/// own row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Modelled {
+    pub name: String,
+    pub backend: String,
+    pub tok_per_s: f64,
+    /// How the figure was obtained.
+    pub note: String,
+}
+
 /// Describes a prepared variant (shown in the bench table and JSON).
 #[derive(Clone, Debug)]
 pub struct VariantInfo {
@@ -94,6 +105,8 @@ pub struct VariantInfo {
     pub compile_ms: Option<f64>,
     /// Short remarks shown under the table.
     pub notes: Vec<String>,
+    /// A modelled figure to show beside this variant's timed one.
+    pub modelled: Option<Modelled>,
 }
 
 impl VariantInfo {
@@ -113,6 +126,7 @@ impl VariantInfo {
             exact_tokens: true,
             compile_ms: None,
             notes: Vec::new(),
+            modelled: None,
         }
     }
 }
@@ -232,6 +246,9 @@ pub fn variants() -> Vec<VariantSpec> {
                     .into(),
             );
             Ok(Box::new(v))
+        }),
+        VariantSpec::new("talos", "emulator", Precision::Talos, |w, s| {
+            Ok(Box::new(crate::talos::TalosVariant::new(w, s)?))
         }),
     ]
 }

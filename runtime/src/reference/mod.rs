@@ -178,7 +178,7 @@ impl<F: Real> Reference<F> {
 }
 
 /// Two distinct buffers: one to read, one to write.
-fn pair<T>(buffers: &mut [Vec<T>], read: Buffer, write: Buffer) -> (&[T], &mut [T]) {
+pub(crate) fn pair<T>(buffers: &mut [Vec<T>], read: Buffer, write: Buffer) -> (&[T], &mut [T]) {
     let (r, w) = (read.index(), write.index());
     assert_ne!(r, w, "an op reads and writes {read}");
     if r < w {
