@@ -104,7 +104,9 @@ fn seed_2_later_steps() {
     let Some(mut t) = talos("seed_2_later_steps") else {
         return;
     };
-    let steps: [(usize, &str, i16, usize, u32, u32, u32, usize); 5] = [
+    // (token fed, logits, top, argmax, rng, weight sum, cut, next)
+    type Step<'a> = (usize, &'a str, i16, usize, u32, u32, u32, usize);
+    let steps: [Step<'_>; 5] = [
         (
             10,
             "11250 -15450 -12288 -8241 7686 -23253 -14664 -3537 5444 -18308 -11955 -2783 -11118 -8242 4987 -20243 -32768 -4176 -8919 -7605 -3140 -14193 -16843 -23385 2195 -11495 -3067",
