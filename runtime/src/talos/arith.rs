@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn primitives() {
         assert_eq!(mulq(-1, 1), -1, "floor shift");
-        assert_eq!(mulq(32767, 32767), 32767 * 32767 >> 12);
+        assert_eq!(mulq(32767, 32767), 32767, "saturates");
+        assert_eq!(mulq(4096, -4096), -4096);
         assert_eq!(adds(30000, 30000), 32767);
         assert_eq!(adds(-30000, -30000), -32768);
         assert_eq!(sat16(1 << 40), 32767);
