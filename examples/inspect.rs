@@ -4,6 +4,8 @@
 //! cargo run --example inspect -- ops                      # the op list every backend renders
 //! cargo run --example inspect -- rust --target avx512     # the kernels! output, formatted
 //! cargo run --example inspect -- rust --shape embd=32,layers=2,mlp=128 --precision q4.12
+//! cargo run --example inspect -- clif --shape embd=32,layers=2,mlp=128  # the JIT's Cranelift IR
+//! cargo run --example inspect -- asm --precision q4.12                   # its machine code
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,22 @@ enum What {
         /// Model shape, e.g. `embd=32,layers=2,mlp=128` (default: the default shape).
         #[arg(long, value_parser = parse_shape)]
         shape: Option<Shape>,
+    },
+    /// The Cranelift IR the JIT renders for a shape (each instruction's `@nnnn` is its op).
+    Clif {
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<Shape>,
+        /// f32 or q4.12.
+        #[arg(long, default_value = "f32")]
+        precision: String,
+    },
+    /// The machine code the JIT compiles for this CPU.
+    Asm {
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<Shape>,
+        /// f32 or q4.12.
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// The Rust that `kernels!` generates, formatted (what `cargo expand` shows).
     Rust {
@@ -75,9 +93,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn jit(shape: Option<Shape>, precision: &str, disassemble: bool) -> Result<microgpt::jit::Jit, String> {
+    let precision = match precision {
+        "f32" | "fp32" => microgpt::jit::Precision::F32,
+        "q4.12" | "q412" => microgpt::jit::Precision::Q412,
+        other => return Err(format!("unknown precision `{other}` (expected f32 or q4.12)")),
+    };
+    let shape = shape.unwrap_or_default();
+    let weights = if shape == Shape::DEFAULT {
+        microgpt::weights::default_weights()
+    } else {
+        microgpt::weights::Weights::random(shape, 42, 0.08)
+    };
+    let options = microgpt::jit::JitOptions {
+        disassemble,
+        ..microgpt::jit::JitOptions::new(precision)
+    };
+    microgpt::jit::compile(&weights, &Default::default(), &options).map_err(|e| e.to_string())
+}
+
 fn run(what: What) -> Result<String, String> {
     match what {
         What::Ops { shape } => Ok(Program::forward(shape.unwrap_or_default()).listing()),
+        What::Clif { shape, precision } => Ok(jit(shape, &precision, false)?.clif().to_string()),
+        What::Asm { shape, precision } => jit(shape, &precision, true)?
+            .asm()
+            .map(str::to_string)
+            .ok_or_else(|| "the compiler produced no listing".to_string()),
         What::Rust {
             shape,
             target,

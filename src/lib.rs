@@ -3,10 +3,12 @@
 //! - [`model`]: the one description of the network (shape, weight layout, op list);
 //! - [`weights`]: formats, Q4.12, the embedded default weights;
 //! - [`runtime`]: reference engines, sampler, variants, bench harness, trainer;
-//! - [`kernels`]: the proc-macro kernels of the shipped shapes.
+//! - [`kernels`]: the proc-macro kernels of the shipped shapes;
+//! - [`jit`]: the Cranelift renderer, for any shape at run time.
 //!
 //! [`registry`] lists every variant the build provides; the bench runs them all.
 
+pub use microgpt_jit as jit;
 pub use microgpt_kernels as kernels;
 pub use microgpt_model as model;
 pub use microgpt_runtime as runtime;
@@ -18,5 +20,6 @@ use microgpt_runtime::VariantSpec;
 pub fn registry() -> Vec<VariantSpec> {
     let mut list = microgpt_runtime::variant::variants();
     list.extend(microgpt_kernels::variants());
+    list.extend(microgpt_jit::variants());
     list
 }

@@ -2,7 +2,7 @@
 //! products, and the dispatch on the position to code unrolled for that many cached rows.
 
 use crate::emit::{Body, tree};
-use crate::plan::heads_aligned;
+use microgpt_runtime::kernel::layout::heads_aligned;
 use crate::target::Target;
 use microgpt_model::Shape;
 use proc_macro2::{Ident, TokenStream};

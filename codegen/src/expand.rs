@@ -1,7 +1,7 @@
 //! Assembles the generated module: shape constants, one submodule per kernel, the registry list.
 
 use crate::f32::F32Gen;
-use crate::plan::{Arrangement, WeightPlan};
+use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use crate::q412::Q412Gen;
 use crate::target::Target;
 use crate::valid::Spec;

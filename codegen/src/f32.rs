@@ -11,7 +11,7 @@
 
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
-use crate::plan::{Arrangement, WeightPlan};
+use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use crate::target::Target;
 use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, RMS_EPS, Shape};

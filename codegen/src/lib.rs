@@ -9,7 +9,6 @@ pub mod attn;
 pub mod emit;
 pub mod expand;
 pub mod f32;
-pub mod plan;
 pub mod q412;
 pub mod target;
 pub mod valid;

@@ -10,7 +10,7 @@
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
 use crate::f32::{exp_fn, sample_fn};
-use crate::plan::{Arrangement, WeightPlan};
+use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use crate::target::Target;
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, Shape};
 use proc_macro2::{Ident, TokenStream};

@@ -148,42 +148,12 @@ impl Agreement {
 /// Then both run free from the same seed and the identical prefix is counted.
 pub fn check_agreement(variant: &mut dyn Variant, oracle: &mut dyn Variant, o: &BenchOptions) -> Agreement {
     let shape = oracle.shape();
+    let mut a = Agreement::new(oracle, o.check_tokens);
     let mut sampler = Sampler::new(o.temperature);
-    let mut a = Agreement {
-        oracle: oracle.info().name.clone(),
-        tokens: o.check_tokens,
-        max_abs_logit_diff: 0.0,
-        agreed: 0,
-        excused: 0,
-        differed: 0,
-        free_run_identical: 0,
-        free_run_tokens: o.check_tokens,
-    };
     let mut stream = Stream::new(&shape, o.seed);
     for _ in 0..o.check_tokens {
         let r = stream.rng.uniform();
-        let want = oracle.step(stream.tok, stream.pos, r);
-        let got = variant.step(stream.tok, stream.pos, r);
-        let (lo, lv) = (oracle.logits(), variant.logits());
-        for (x, y) in lo.iter().zip(&lv) {
-            let d = (*x as f64 - *y as f64).abs();
-            // NaN must never look like agreement.
-            a.max_abs_logit_diff = if d.is_nan() {
-                f64::NAN
-            } else {
-                a.max_abs_logit_diff.max(d)
-            };
-        }
-        if got == want {
-            a.agreed += 1;
-        } else {
-            sampler.draw(&lo, r);
-            if sampler.boundary_distance(r) < BOUNDARY_TOLERANCE {
-                a.excused += 1;
-            } else {
-                a.differed += 1;
-            }
-        }
+        let want = a.compare_step(oracle, variant, &mut sampler, stream.tok, stream.pos, r);
         stream.advance(want);
     }
     let (mut s1, mut s2) = (Stream::new(&shape, o.seed), Stream::new(&shape, o.seed));
@@ -200,6 +170,74 @@ pub fn check_agreement(variant: &mut dyn Variant, oracle: &mut dyn Variant, o: &
         s2.advance(got);
     }
     a
+}
+
+/// Compares `variant` with `oracle` teacher-forced on given sequences (each fed from position
+/// 0), drawing with uniforms from xorshift32 seeded with `seed`. No free run.
+pub fn teacher_forced(
+    variant: &mut dyn Variant,
+    oracle: &mut dyn Variant,
+    sequences: &[Vec<usize>],
+    temperature: f32,
+    seed: u32,
+) -> Agreement {
+    let steps = sequences.iter().map(Vec::len).sum();
+    let mut a = Agreement::new(oracle, steps);
+    a.free_run_tokens = 0;
+    let mut sampler = Sampler::new(temperature);
+    let mut rng = crate::XorShift32::new(seed);
+    for seq in sequences {
+        for (pos, &tok) in seq.iter().enumerate() {
+            a.compare_step(oracle, variant, &mut sampler, tok, pos, rng.uniform());
+        }
+    }
+    a
+}
+
+impl Agreement {
+    fn new(oracle: &dyn Variant, tokens: usize) -> Agreement {
+        Agreement {
+            oracle: oracle.info().name.clone(),
+            tokens,
+            max_abs_logit_diff: 0.0,
+            agreed: 0,
+            excused: 0,
+            differed: 0,
+            free_run_identical: 0,
+            free_run_tokens: tokens,
+        }
+    }
+
+    /// One teacher-forced step of both; returns the oracle's token.
+    fn compare_step(
+        &mut self,
+        oracle: &mut dyn Variant,
+        variant: &mut dyn Variant,
+        sampler: &mut Sampler,
+        tok: usize,
+        pos: usize,
+        r: f32,
+    ) -> usize {
+        let want = oracle.step(tok, pos, r);
+        let got = variant.step(tok, pos, r);
+        let (lo, lv) = (oracle.logits(), variant.logits());
+        for (x, y) in lo.iter().zip(&lv) {
+            let d = (*x as f64 - *y as f64).abs();
+            // NaN must never look like agreement.
+            self.max_abs_logit_diff = if d.is_nan() { f64::NAN } else { self.max_abs_logit_diff.max(d) };
+        }
+        if got == want {
+            self.agreed += 1;
+        } else {
+            sampler.draw(&lo, r);
+            if sampler.boundary_distance(r) < BOUNDARY_TOLERANCE {
+                self.excused += 1;
+            } else {
+                self.differed += 1;
+            }
+        }
+        want
+    }
 }
 
 /// The outcome of one registry entry.

@@ -1,0 +1,88 @@
+//! The JIT as bench variants: any shape, compiled when prepared.
+
+use crate::{Jit, JitOptions, Precision, compile};
+use microgpt_model::Shape;
+use microgpt_runtime::variant::{Precision as Prec, VariantInfo};
+use microgpt_runtime::{Settings, Stream, Variant, VariantSpec};
+use microgpt_weights::Weights;
+
+/// A compiled step with the shared benchmark loop.
+pub struct JitVariant {
+    info: VariantInfo,
+    jit: Jit,
+    stream: Stream,
+}
+
+impl JitVariant {
+    pub fn new(weights: &Weights, settings: &Settings, options: &JitOptions) -> Result<JitVariant, String> {
+        let jit = compile(weights, settings, options).map_err(|e| e.to_string())?;
+        let (name, precision) = match options.precision {
+            Precision::F32 => ("cranelift-f32", Prec::F32),
+            Precision::Q412 => ("cranelift-q4.12", Prec::Q412),
+        };
+        let isa = if cfg!(target_arch = "aarch64") { "neon (128-bit)" } else { "sse4.1+fma (128-bit)" };
+        let mut info = VariantInfo::new(name, "cranelift", isa, precision);
+        info.compile_ms = Some(jit.compile_ms());
+        Ok(JitVariant {
+            info,
+            stream: Stream::new(weights.shape(), microgpt_runtime::sampler::DEFAULT_SEED),
+            jit,
+        })
+    }
+
+    pub fn jit(&self) -> &Jit {
+        &self.jit
+    }
+}
+
+impl Variant for JitVariant {
+    fn info(&self) -> &VariantInfo {
+        &self.info
+    }
+
+    fn shape(&self) -> Shape {
+        self.jit.shape()
+    }
+
+    fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
+        self.jit.step(tok, pos, r)
+    }
+
+    fn logits(&self) -> Vec<f32> {
+        self.jit.logits()
+    }
+
+    fn reset(&mut self, seed: u32) {
+        self.stream = Stream::new(&self.jit.shape(), seed);
+    }
+
+    fn run(&mut self, tokens: u64) -> u64 {
+        let jit = &mut self.jit;
+        self.stream.run(tokens, |t, p, r| jit.step(t, p, r))
+    }
+}
+
+/// The JIT's registry entries: fp32 and Q4.12, for whatever shape the weights have.
+pub fn variants() -> Vec<VariantSpec> {
+    [Precision::F32, Precision::Q412]
+        .into_iter()
+        .map(|precision| {
+            let name = match precision {
+                Precision::F32 => "cranelift-f32",
+                Precision::Q412 => "cranelift-q4.12",
+            };
+            let backend = "cranelift";
+            let prec = match precision {
+                Precision::F32 => Prec::F32,
+                Precision::Q412 => Prec::Q412,
+            };
+            VariantSpec::new(name, backend, prec, move |w, s| {
+                let options = JitOptions {
+                    verify: false,
+                    ..JitOptions::new(precision)
+                };
+                Ok(Box::new(JitVariant::new(w, s, &options)?) as Box<dyn Variant>)
+            })
+        })
+        .collect()
+}
