@@ -2,9 +2,9 @@
 //! products, and the dispatch on the position to code unrolled for that many cached rows.
 
 use crate::emit::{Body, tree};
-use microgpt_runtime::kernel::layout::heads_aligned;
 use crate::target::Target;
 use microgpt_model::Shape;
+use microgpt_runtime::kernel::layout::heads_aligned;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 

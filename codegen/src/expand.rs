@@ -1,11 +1,11 @@
 //! Assembles the generated module: shape constants, one submodule per kernel, the registry list.
 
 use crate::f32::F32Gen;
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use crate::q412::Q412Gen;
 use crate::target::Target;
 use crate::valid::Spec;
 use microgpt_model::{Param, Program, Shape};
+use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 
@@ -70,6 +70,7 @@ impl KernelId {
     pub fn isa(self) -> String {
         match (self.target, self.kind) {
             (Target::Scalar, _) => "scalar".into(),
+            (Target::Sse, _) => "sse4.1+fma".into(),
             (Target::Avx2, _) => "avx2+fma".into(),
             (Target::Avx512, Kind::F32) => "avx512f".into(),
             (Target::Avx512, Kind::Q412) => "avx512-vnni".into(),

@@ -11,10 +11,10 @@
 
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use crate::target::Target;
 use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, RMS_EPS, Shape};
+use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -535,10 +535,10 @@ impl<'a> F32Gen<'a> {
                     let (reg, lane) = (c / 4, (c % 4) as i32);
                     quote! { x[#reg], #lane }
                 }
-                Target::Avx2 | Target::Avx512 => t.splat(quote! { xs[#c] }),
+                Target::Sse | Target::Avx2 | Target::Avx512 => t.splat(quote! { xs[#c] }),
             }
         };
-        if matches!(t, Target::Avx2 | Target::Avx512) {
+        if matches!(t, Target::Sse | Target::Avx2 | Target::Avx512) {
             let n = self.padded(cols);
             let stores: Vec<T> = (0..self.regs(cols))
                 .map(|i| {

@@ -10,9 +10,9 @@
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
 use crate::f32::{exp_fn, sample_fn};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use crate::target::Target;
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, Shape};
+use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -38,7 +38,7 @@ impl<'a> Q412Gen<'a> {
         let prefix = program.history_free_prefix();
         let start = if table { prefix.ops } else { 0 };
         let l = t.lanes();
-        let pairs = matches!(t, Target::Avx2 | Target::Avx512);
+        let pairs = matches!(t, Target::Sse | Target::Avx2 | Target::Avx512);
         let plan = WeightPlan::new(
             &shape,
             &program.ops()[start..],
@@ -351,7 +351,7 @@ impl<'a> Q412Gen<'a> {
         let mut body = Body::default();
         let mut outs = Vec::new();
         match (t, placed.arrangement) {
-            (Target::Avx2 | Target::Avx512, Arrangement::ColumnPairs { rows_pad }) => {
+            (Target::Sse | Target::Avx2 | Target::Avx512, Arrangement::ColumnPairs { rows_pad }) => {
                 // The input as i16 pairs in memory: each pair is broadcast as one i32.
                 let n = self.padded(cols).max(2);
                 let stores: Vec<T> = (0..self.regs(cols))
@@ -378,6 +378,7 @@ impl<'a> Q412Gen<'a> {
                         let prev = if first {
                             match t {
                                 Target::Avx512 => quote! { _mm512_setzero_si512() },
+                                Target::Sse => quote! { _mm_setzero_si128() },
                                 _ => quote! { _mm256_setzero_si256() },
                             }
                         } else {
@@ -388,6 +389,7 @@ impl<'a> Q412Gen<'a> {
                             (Target::Avx512, false) => {
                                 quote! { _mm512_add_epi32(#prev, _mm512_madd_epi16(#wv, #pair)) }
                             }
+                            (Target::Sse, _) => quote! { _mm_add_epi32(#prev, _mm_madd_epi16(#wv, #pair)) },
                             _ => quote! { _mm256_add_epi32(#prev, _mm256_madd_epi16(#wv, #pair)) },
                         };
                         body.push(if first {

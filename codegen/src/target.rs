@@ -8,6 +8,8 @@ use quote::quote;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     Scalar,
+    /// x86-64 with 128-bit vectors (SSE4.1, FMA): the width the JIT has.
+    Sse,
     Avx2,
     Avx512,
     Neon,
@@ -16,12 +18,19 @@ pub enum Target {
 type T = TokenStream;
 
 impl Target {
-    pub const ALL: [Target; 4] = [Target::Scalar, Target::Avx2, Target::Avx512, Target::Neon];
+    pub const ALL: [Target; 5] = [
+        Target::Scalar,
+        Target::Sse,
+        Target::Avx2,
+        Target::Avx512,
+        Target::Neon,
+    ];
 
     /// f32 (and i32) lanes per register.
     pub fn lanes(self) -> usize {
         match self {
             Target::Scalar => 1,
+            Target::Sse => 4,
             Target::Avx2 => 8,
             Target::Avx512 => 16,
             Target::Neon => 4,
@@ -32,6 +41,7 @@ impl Target {
     pub fn slug(self) -> &'static str {
         match self {
             Target::Scalar => "scalar",
+            Target::Sse => "sse",
             Target::Avx2 => "avx2",
             Target::Avx512 => "avx512",
             Target::Neon => "neon",
@@ -42,7 +52,7 @@ impl Target {
     pub fn arch(self) -> Option<&'static str> {
         match self {
             Target::Scalar => None,
-            Target::Avx2 | Target::Avx512 => Some("x86_64"),
+            Target::Sse | Target::Avx2 | Target::Avx512 => Some("x86_64"),
             Target::Neon => Some("aarch64"),
         }
     }
@@ -51,6 +61,7 @@ impl Target {
     pub fn features(self, vnni: bool) -> Vec<&'static str> {
         match self {
             Target::Scalar | Target::Neon => vec![],
+            Target::Sse => vec!["sse4.1", "fma", "popcnt"],
             Target::Avx2 => vec!["avx2", "fma", "popcnt"],
             Target::Avx512 if vnni => vec!["avx512f", "avx512bw", "avx512vl", "avx512vnni", "fma", "popcnt"],
             Target::Avx512 => vec!["avx512f", "avx512bw", "avx512vl", "fma", "popcnt"],
@@ -61,7 +72,7 @@ impl Target {
     pub fn imports(self) -> T {
         match self {
             Target::Scalar => quote! {},
-            Target::Avx2 | Target::Avx512 => quote! { use ::core::arch::x86_64::*; },
+            Target::Sse | Target::Avx2 | Target::Avx512 => quote! { use ::core::arch::x86_64::*; },
             Target::Neon => quote! { use ::core::arch::aarch64::*; },
         }
     }
@@ -83,6 +94,7 @@ impl Target {
     pub fn vf(self) -> T {
         match self {
             Target::Scalar => quote! { f32 },
+            Target::Sse => quote! { __m128 },
             Target::Avx2 => quote! { __m256 },
             Target::Avx512 => quote! { __m512 },
             Target::Neon => quote! { float32x4_t },
@@ -92,6 +104,7 @@ impl Target {
     pub fn load(self, ptr: T) -> T {
         match self {
             Target::Scalar => quote! { *#ptr },
+            Target::Sse => quote! { _mm_loadu_ps(#ptr) },
             Target::Avx2 => quote! { _mm256_loadu_ps(#ptr) },
             Target::Avx512 => quote! { _mm512_loadu_ps(#ptr) },
             Target::Neon => quote! { vld1q_f32(#ptr) },
@@ -101,6 +114,7 @@ impl Target {
     pub fn store(self, ptr: T, v: T) -> T {
         match self {
             Target::Scalar => quote! { *#ptr = #v; },
+            Target::Sse => quote! { _mm_storeu_ps(#ptr, #v); },
             Target::Avx2 => quote! { _mm256_storeu_ps(#ptr, #v); },
             Target::Avx512 => quote! { _mm512_storeu_ps(#ptr, #v); },
             Target::Neon => quote! { vst1q_f32(#ptr, #v); },
@@ -110,6 +124,7 @@ impl Target {
     pub fn splat(self, x: T) -> T {
         match self {
             Target::Scalar => quote! { (#x) },
+            Target::Sse => quote! { _mm_set1_ps(#x) },
             Target::Avx2 => quote! { _mm256_set1_ps(#x) },
             Target::Avx512 => quote! { _mm512_set1_ps(#x) },
             Target::Neon => quote! { vdupq_n_f32(#x) },
@@ -124,6 +139,10 @@ impl Target {
         let f = |n: &str| syn::Ident::new(n, proc_macro2::Span::call_site());
         match self {
             Target::Scalar => quote! { (#a #op #b) },
+            Target::Sse => {
+                let f = f(&names[0].replace("_mm256_", "_mm_"));
+                quote! { #f(#a, #b) }
+            }
             Target::Avx2 => {
                 let f = f(names[0]);
                 quote! { #f(#a, #b) }
@@ -194,6 +213,7 @@ impl Target {
     pub fn fma(self, a: T, b: T, c: T) -> T {
         match self {
             Target::Scalar => quote! { (#a * #b + #c) },
+            Target::Sse => quote! { _mm_fmadd_ps(#a, #b, #c) },
             Target::Avx2 => quote! { _mm256_fmadd_ps(#a, #b, #c) },
             Target::Avx512 => quote! { _mm512_fmadd_ps(#a, #b, #c) },
             Target::Neon => quote! { vfmaq_f32(#c, #a, #b) },
@@ -213,6 +233,7 @@ impl Target {
     pub fn round(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { (#v).round_ties_even() },
+            Target::Sse => quote! { _mm_round_ps(#v, 0x08) },
             Target::Avx2 => quote! { _mm256_round_ps(#v, 0x08) },
             Target::Avx512 => quote! { _mm512_roundscale_ps(#v, 0x08) },
             Target::Neon => quote! { vrndnq_f32(#v) },
@@ -223,6 +244,9 @@ impl Target {
     pub fn exp2_int(self, n: T) -> T {
         match self {
             Target::Scalar => quote! { f32::from_bits(((#n as i32 + 127) << 23) as u32) },
+            Target::Sse => quote! {
+                _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(#n), _mm_set1_epi32(127)), 23))
+            },
             Target::Avx2 => quote! {
                 _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(#n), _mm256_set1_epi32(127)), 23))
             },
@@ -239,6 +263,10 @@ impl Target {
     pub fn hsum(self, v: T) -> T {
         match self {
             Target::Scalar => v,
+            Target::Sse => quote! {{
+                let __h = _mm_add_ps(#v, _mm_movehl_ps(#v, #v));
+                _mm_cvtss_f32(_mm_add_ss(__h, _mm_movehdup_ps(__h)))
+            }},
             Target::Avx2 => quote! {{
                 let __h = _mm_add_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
                 let __h = _mm_add_ps(__h, _mm_movehl_ps(__h, __h));
@@ -253,6 +281,10 @@ impl Target {
     pub fn hmax(self, v: T) -> T {
         match self {
             Target::Scalar => v,
+            Target::Sse => quote! {{
+                let __h = _mm_max_ps(#v, _mm_movehl_ps(#v, #v));
+                _mm_cvtss_f32(_mm_max_ss(__h, _mm_movehdup_ps(__h)))
+            }},
             Target::Avx2 => quote! {{
                 let __h = _mm_max_ps(_mm256_castps256_ps128(#v), _mm256_extractf128_ps(#v, 1));
                 let __h = _mm_max_ps(__h, _mm_movehl_ps(__h, __h));
@@ -267,6 +299,8 @@ impl Target {
     /// a reduction inside groups of lanes.
     pub fn swap(self, v: T, dist: usize) -> T {
         match (self, dist) {
+            (Target::Sse, 1) => quote! { _mm_shuffle_ps(#v, #v, 0xB1) },
+            (Target::Sse, 2) => quote! { _mm_shuffle_ps(#v, #v, 0x4E) },
             (Target::Avx2, 1) => quote! { _mm256_permute_ps(#v, 0xB1) },
             (Target::Avx2, 2) => quote! { _mm256_permute_ps(#v, 0x4E) },
             (Target::Avx2, 4) => quote! { _mm256_permute2f128_ps(#v, #v, 0x01) },
@@ -292,6 +326,10 @@ impl Target {
                 let mask = ((1u32 << valid) - 1) as u16;
                 quote! { _mm512_mask_mov_ps(_mm512_set1_ps(#fill), #mask, #v) }
             }
+            Target::Sse => {
+                let m: Vec<i32> = (0..4).map(|i| if i < valid { -1 } else { 0 }).collect();
+                quote! { _mm_blendv_ps(_mm_set1_ps(#fill), #v, _mm_castsi128_ps(_mm_setr_epi32(#(#m),*))) }
+            }
             Target::Avx2 => {
                 let m: Vec<i32> = (0..8).map(|i| if i < valid { -1 } else { 0 }).collect();
                 quote! { _mm256_blendv_ps(_mm256_set1_ps(#fill), #v, _mm256_castsi256_ps(_mm256_setr_epi32(#(#m),*))) }
@@ -310,6 +348,10 @@ impl Target {
     pub fn scan(self, v: T) -> T {
         match self {
             Target::Scalar => v,
+            Target::Sse => quote! {{
+                let __s = _mm_add_ps(#v, _mm_castsi128_ps(_mm_slli_si128(_mm_castps_si128(#v), 4)));
+                _mm_add_ps(__s, _mm_castsi128_ps(_mm_slli_si128(_mm_castps_si128(__s), 8)))
+            }},
             Target::Avx512 => quote! {{
                 let __z = _mm512_setzero_si512();
                 let __s = _mm512_castps_si512(#v);
@@ -342,6 +384,7 @@ impl Target {
     pub fn splat_last(self, v: T) -> T {
         match self {
             Target::Scalar => v,
+            Target::Sse => quote! { _mm_shuffle_ps(#v, #v, 0xFF) },
             Target::Avx512 => quote! { _mm512_permutexvar_ps(_mm512_set1_epi32(15), #v) },
             Target::Avx2 => quote! { _mm256_permutevar8x32_ps(#v, _mm256_set1_epi32(7)) },
             Target::Neon => quote! { vdupq_laneq_f32(#v, 3) },
@@ -357,6 +400,10 @@ impl Target {
             Target::Avx512 => {
                 let mask = ((1u64 << valid) - 1) as u16;
                 quote! { (_mm512_cmp_ps_mask(#c, #thr, _CMP_LE_OQ) & #mask).count_ones() }
+            }
+            Target::Sse => {
+                let mask = ((1u32 << valid) - 1) as i32;
+                quote! { ((_mm_movemask_ps(_mm_cmple_ps(#c, #thr)) & #mask) as u32).count_ones() }
             }
             Target::Avx2 => {
                 let mask = ((1u32 << valid) - 1) as i32;
@@ -378,6 +425,7 @@ impl Target {
     pub fn vi(self) -> T {
         match self {
             Target::Scalar => quote! { i32 },
+            Target::Sse => quote! { __m128i },
             Target::Avx2 => quote! { __m256i },
             Target::Avx512 => quote! { __m512i },
             Target::Neon => quote! { int32x4_t },
@@ -388,6 +436,7 @@ impl Target {
     pub fn load_i16(self, ptr: T) -> T {
         match self {
             Target::Scalar => quote! { (*#ptr as i32) },
+            Target::Sse => quote! { _mm_cvtepi16_epi32(_mm_loadl_epi64(#ptr as *const __m128i)) },
             Target::Avx2 => quote! { _mm256_cvtepi16_epi32(_mm_loadu_si128(#ptr as *const __m128i)) },
             Target::Avx512 => quote! { _mm512_cvtepi16_epi32(_mm256_loadu_si256(#ptr as *const __m256i)) },
             Target::Neon => quote! { vmovl_s16(vld1_s16(#ptr)) },
@@ -397,6 +446,7 @@ impl Target {
     pub fn load_i32(self, ptr: T) -> T {
         match self {
             Target::Scalar => quote! { *#ptr },
+            Target::Sse => quote! { _mm_loadu_si128(#ptr as *const __m128i) },
             Target::Avx2 => quote! { _mm256_loadu_si256(#ptr as *const __m256i) },
             Target::Avx512 => quote! { _mm512_loadu_si512(#ptr as *const _) },
             Target::Neon => quote! { vld1q_s32(#ptr) },
@@ -406,6 +456,7 @@ impl Target {
     pub fn store_i32(self, ptr: T, v: T) -> T {
         match self {
             Target::Scalar => quote! { *#ptr = #v; },
+            Target::Sse => quote! { _mm_storeu_si128(#ptr as *mut __m128i, #v); },
             Target::Avx2 => quote! { _mm256_storeu_si256(#ptr as *mut __m256i, #v); },
             Target::Avx512 => quote! { _mm512_storeu_si512(#ptr as *mut _, #v); },
             Target::Neon => quote! { vst1q_s32(#ptr, #v); },
@@ -416,6 +467,7 @@ impl Target {
     pub fn store_as_i16(self, ptr: T, v: T) -> T {
         match self {
             Target::Scalar => quote! { *#ptr = #v as i16; },
+            Target::Sse => quote! { _mm_storel_epi64(#ptr as *mut __m128i, _mm_packs_epi32(#v, #v)); },
             Target::Avx2 => quote! {
                 _mm_storeu_si128(#ptr as *mut __m128i, _mm_packs_epi32(_mm256_castsi256_si128(#v), _mm256_extracti128_si256(#v, 1)));
             },
@@ -429,6 +481,7 @@ impl Target {
     pub fn splat_i32(self, x: T) -> T {
         match self {
             Target::Scalar => quote! { (#x) },
+            Target::Sse => quote! { _mm_set1_epi32(#x) },
             Target::Avx2 => quote! { _mm256_set1_epi32(#x) },
             Target::Avx512 => quote! { _mm512_set1_epi32(#x) },
             Target::Neon => quote! { vdupq_n_s32(#x) },
@@ -439,6 +492,7 @@ impl Target {
     pub fn add_i32(self, a: T, b: T) -> T {
         match self {
             Target::Scalar => quote! { (#a).wrapping_add(#b) },
+            Target::Sse => quote! { _mm_add_epi32(#a, #b) },
             Target::Avx2 => quote! { _mm256_add_epi32(#a, #b) },
             Target::Avx512 => quote! { _mm512_add_epi32(#a, #b) },
             Target::Neon => quote! { vaddq_s32(#a, #b) },
@@ -449,6 +503,7 @@ impl Target {
     pub fn mul_i32(self, a: T, b: T) -> T {
         match self {
             Target::Scalar => quote! { (#a).wrapping_mul(#b) },
+            Target::Sse => quote! { _mm_mullo_epi32(#a, #b) },
             Target::Avx2 => quote! { _mm256_mullo_epi32(#a, #b) },
             Target::Avx512 => quote! { _mm512_mullo_epi32(#a, #b) },
             Target::Neon => quote! { vmulq_s32(#a, #b) },
@@ -459,6 +514,7 @@ impl Target {
     pub fn shr12(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { ((#v) >> 12) },
+            Target::Sse => quote! { _mm_srai_epi32(#v, 12) },
             Target::Avx2 => quote! { _mm256_srai_epi32(#v, 12) },
             Target::Avx512 => quote! { _mm512_srai_epi32(#v, 12) },
             Target::Neon => quote! { vshrq_n_s32(#v, 12) },
@@ -469,6 +525,9 @@ impl Target {
     pub fn sat16(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { (#v).clamp(-32768, 32767) },
+            Target::Sse => {
+                quote! { _mm_max_epi32(_mm_min_epi32(#v, _mm_set1_epi32(32767)), _mm_set1_epi32(-32768)) }
+            }
             Target::Avx2 => {
                 quote! { _mm256_max_epi32(_mm256_min_epi32(#v, _mm256_set1_epi32(32767)), _mm256_set1_epi32(-32768)) }
             }
@@ -483,6 +542,7 @@ impl Target {
     pub fn wrap16(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { ((#v) as i16 as i32) },
+            Target::Sse => quote! { _mm_srai_epi32(_mm_slli_epi32(#v, 16), 16) },
             Target::Avx2 => quote! { _mm256_srai_epi32(_mm256_slli_epi32(#v, 16), 16) },
             Target::Avx512 => quote! { _mm512_srai_epi32(_mm512_slli_epi32(#v, 16), 16) },
             Target::Neon => quote! { vshrq_n_s32(vshlq_n_s32(#v, 16), 16) },
@@ -492,6 +552,7 @@ impl Target {
     pub fn max0_i32(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { (#v).max(0) },
+            Target::Sse => quote! { _mm_max_epi32(#v, _mm_setzero_si128()) },
             Target::Avx2 => quote! { _mm256_max_epi32(#v, _mm256_setzero_si256()) },
             Target::Avx512 => quote! { _mm512_max_epi32(#v, _mm512_setzero_si512()) },
             Target::Neon => quote! { vmaxq_s32(#v, vdupq_n_s32(0)) },
@@ -502,6 +563,7 @@ impl Target {
     pub fn i32_to_f32(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { ((#v) as f32) },
+            Target::Sse => quote! { _mm_cvtepi32_ps(#v) },
             Target::Avx2 => quote! { _mm256_cvtepi32_ps(#v) },
             Target::Avx512 => quote! { _mm512_cvtepi32_ps(#v) },
             Target::Neon => quote! { vcvtq_f32_s32(#v) },
@@ -512,6 +574,7 @@ impl Target {
     pub fn f32_to_i32_round(self, v: T) -> T {
         match self {
             Target::Scalar => quote! { ((#v).round_ties_even() as i32) },
+            Target::Sse => quote! { _mm_cvtps_epi32(#v) },
             Target::Avx2 => quote! { _mm256_cvtps_epi32(#v) },
             Target::Avx512 => quote! { _mm512_cvtps_epi32(#v) },
             Target::Neon => quote! { vcvtnq_s32_f32(#v) },
@@ -521,6 +584,8 @@ impl Target {
     /// Lane `i` takes lane `i ^ dist` of an i32 vector.
     pub fn swap_i32(self, v: T, dist: usize) -> T {
         match (self, dist) {
+            (Target::Sse, 1) => quote! { _mm_shuffle_epi32(#v, 0xB1) },
+            (Target::Sse, 2) => quote! { _mm_shuffle_epi32(#v, 0x4E) },
             (Target::Avx2, 1) => quote! { _mm256_shuffle_epi32(#v, 0xB1) },
             (Target::Avx2, 2) => quote! { _mm256_shuffle_epi32(#v, 0x4E) },
             (Target::Avx2, 4) => quote! { _mm256_permute2x128_si256(#v, #v, 0x01) },

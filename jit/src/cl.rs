@@ -2,8 +2,8 @@
 //! use (f32x4, i32x4, i16x8), constants, and addressing into the state block.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::immediates::{Ieee32, Imm64};
-use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32, I32X4, I64};
+use cranelift_codegen::ir::immediates::Ieee32;
+use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
@@ -176,7 +176,11 @@ impl<'a> Cl<'a> {
         // Bytes 0..16 select from `a` (zeros), 16..32 from `b`.
         let mut mask = [0u8; 16];
         for (i, m) in mask.iter_mut().enumerate() {
-            *m = if i < 4 * by { i as u8 } else { (16 + i - 4 * by) as u8 };
+            *m = if i < 4 * by {
+                i as u8
+            } else {
+                (16 + i - 4 * by) as u8
+            };
         }
         let imm = self.b.func.dfg.immediates.push(mask.to_vec().into());
         let s = self.b.ins().shuffle(a, b, imm);
@@ -281,7 +285,10 @@ impl<'a> Cl<'a> {
     /// Four i16 at `addr + offset`, sign-extended to i32 lanes.
     pub fn load_i16x4(&mut self, addr: Value, offset: usize) -> Value {
         let v = self.b.ins().load(I64, mem(), addr, offset as i32);
-        let v = self.b.ins().scalar_to_vector(cranelift_codegen::ir::types::I64X2, v);
+        let v = self
+            .b
+            .ins()
+            .scalar_to_vector(cranelift_codegen::ir::types::I64X2, v);
         let v = self.bitcast(I16X8, v);
         self.b.ins().swiden_low(v)
     }
@@ -314,5 +321,4 @@ impl<'a> Cl<'a> {
     pub fn i32_to_f32(&mut self, v: Value) -> Value {
         self.b.ins().fcvt_from_sint(F32X4, v)
     }
-
 }

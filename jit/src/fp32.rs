@@ -75,7 +75,13 @@ pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params)
                 let d = cl.b.ins().sqrt(d);
                 let num = x.scale.unwrap_or_else(|| cl.f32(1.0));
                 let scale = cl.b.ins().fdiv(num, d);
-                vals.insert(out, Val { regs: x.regs, scale: Some(scale) });
+                vals.insert(
+                    out,
+                    Val {
+                        regs: x.regs,
+                        scale: Some(scale),
+                    },
+                );
             }
             Op::MatVec { weight, input, out } => {
                 let x = vals[&input].clone();
@@ -144,7 +150,11 @@ pub fn tree(cl: &mut Cl<'_>, mut terms: Vec<Value>, f: impl Fn(&mut Cl<'_>, Valu
     while terms.len() > 1 {
         let mut next = Vec::with_capacity(terms.len().div_ceil(2));
         for pair in terms.chunks(2) {
-            next.push(if pair.len() == 2 { f(cl, pair[0], pair[1]) } else { pair[0] });
+            next.push(if pair.len() == 2 {
+                f(cl, pair[0], pair[1])
+            } else {
+                pair[0]
+            });
         }
         terms = next;
     }
@@ -227,7 +237,11 @@ pub fn reduce_heads(
     let mut sums = Vec::new();
     for h in 0..embd / hd {
         let s = tree(cl, lanes[h * hd..h * hd + hd].to_vec(), |cl, a, b| {
-            if ty == F32X4 { cl.b.ins().fadd(a, b) } else { cl.b.ins().iadd(a, b) }
+            if ty == F32X4 {
+                cl.b.ins().fadd(a, b)
+            } else {
+                cl.b.ins().iadd(a, b)
+            }
         });
         sums.push(s);
     }
@@ -275,7 +289,7 @@ fn attention(
     for _ in 0..r {
         cl.b.append_block_param(join, F32X4);
     }
-    let first = cl.b.ins().icmp_imm(IntCC::Equal, p.pos, 0);
+    let first = cl.b.ins().icmp_imm_s(IntCC::Equal, p.pos, 0);
     let v_args: Vec<BlockArg> = v.iter().map(|&x| BlockArg::Value(x)).collect();
     cl.b.ins().brif(first, join, &v_args, general, &[]);
     cl.b.switch_to_block(general);

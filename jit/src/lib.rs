@@ -122,15 +122,22 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
 
     let mut flags = settings::builder();
     let set = |flags: &mut settings::Builder, k: &str, v: &str| {
-        flags.set(k, v).map_err(|e| JitError::Settings(format!("{k}={v}: {e}")))
+        flags
+            .set(k, v)
+            .map_err(|e| JitError::Settings(format!("{k}={v}: {e}")))
     };
     set(&mut flags, "opt_level", "none")?;
-    set(&mut flags, "enable_verifier", if options.verify { "true" } else { "false" })?;
+    set(
+        &mut flags,
+        "enable_verifier",
+        if options.verify { "true" } else { "false" },
+    )?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
     let mut isa = cranelift_native::builder().map_err(|e| JitError::Host(e.to_string()))?;
     if options.without_fma && cfg!(target_arch = "x86_64") {
-        isa.set("has_fma", "false").map_err(|e| JitError::Settings(e.to_string()))?;
+        isa.set("has_fma", "false")
+            .map_err(|e| JitError::Settings(e.to_string()))?;
     }
     let isa = isa
         .finish(settings::Flags::new(flags))
@@ -212,7 +219,12 @@ fn build_state(weights: &Weights, layout: &StateLayout, temperature: f32) -> Ali
             for w in &mut data[lm] {
                 *w /= temperature;
             }
-            layout.plan.arrange(&data).iter().flat_map(|v| v.to_le_bytes()).collect()
+            layout
+                .plan
+                .arrange(&data)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect()
         }
         Precision::Q412 => layout
             .plan
@@ -233,7 +245,10 @@ impl Jit {
     /// If `tok` or `pos` is out of range for the shape.
     pub fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
         let s = self.layout.shape;
-        assert!(tok < s.vocab && pos < s.block, "token {tok} or position {pos} out of range");
+        assert!(
+            tok < s.vocab && pos < s.block,
+            "token {tok} or position {pos} out of range"
+        );
         // SAFETY: `step` was compiled for this state's layout; the state block is ours, sized
         // `layout.total`, and every offset the code uses lies inside it for `tok < vocab` and
         // `pos < block`, just checked.

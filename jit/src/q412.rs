@@ -13,7 +13,13 @@ use microgpt_model::{Buffer, Op, Param, Program};
 use std::collections::HashMap;
 
 /// Renders the whole step; `inv_temperature` is folded in as a constant.
-pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params, inv_temperature: f32) -> Value {
+pub fn render(
+    cl: &mut Cl<'_>,
+    program: &Program,
+    lay: &StateLayout,
+    p: &Params,
+    inv_temperature: f32,
+) -> Value {
     let s = *program.shape();
     let mut vals: HashMap<Buffer, Vec<Value>> = HashMap::new();
     for (index, op) in program.ops().iter().enumerate() {
@@ -52,7 +58,11 @@ pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params,
             }
             Op::Relu { buf } => {
                 let zero = cl.splat_i(0);
-                let regs = vals[&buf].clone().into_iter().map(|v| cl.b.ins().smax(v, zero)).collect();
+                let regs = vals[&buf]
+                    .clone()
+                    .into_iter()
+                    .map(|v| cl.b.ins().smax(v, zero))
+                    .collect();
                 vals.insert(buf, regs);
             }
             Op::Add { input, into } => {

@@ -41,16 +41,14 @@ pub fn padded(n: usize) -> usize {
 impl StateLayout {
     pub fn new(program: &Program, precision: Precision) -> StateLayout {
         let shape = *program.shape();
-        let plan = WeightPlan::new(
-            &shape,
-            program.ops(),
-            16,
-            padded,
-            |rows, _| match precision {
-                Precision::F32 => Arrangement::Columns { rows_pad: padded(rows) },
-                Precision::Q412 => Arrangement::ColumnPairs { rows_pad: padded(rows) },
+        let plan = WeightPlan::new(&shape, program.ops(), 16, padded, |rows, _| match precision {
+            Precision::F32 => Arrangement::Columns {
+                rows_pad: padded(rows),
             },
-        );
+            Precision::Q412 => Arrangement::ColumnPairs {
+                rows_pad: padded(rows),
+            },
+        });
         let elem = match precision {
             Precision::F32 => 4,
             Precision::Q412 => 2,

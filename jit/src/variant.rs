@@ -20,7 +20,11 @@ impl JitVariant {
             Precision::F32 => ("cranelift-f32", Prec::F32),
             Precision::Q412 => ("cranelift-q4.12", Prec::Q412),
         };
-        let isa = if cfg!(target_arch = "aarch64") { "neon (128-bit)" } else { "sse4.1+fma (128-bit)" };
+        let isa = if cfg!(target_arch = "aarch64") {
+            "neon (128-bit)"
+        } else {
+            "sse4.1+fma (128-bit)"
+        };
         let mut info = VariantInfo::new(name, "cranelift", isa, precision);
         info.compile_ms = Some(jit.compile_ms());
         Ok(JitVariant {

@@ -43,7 +43,11 @@ fn check(weights: &Weights, precision: Precision, opts: &JitOptions) {
     let a = teacher_forced(&mut jit, oracle.as_mut(), &seqs, settings.temperature, 3);
     assert_eq!(a.differed, 0, "{shape} {precision:?}: tokens differ: {a:?}");
     match precision {
-        Precision::F32 => assert!(a.max_abs_logit_diff <= 1e-4, "{shape}: max |Δlogit| {}", a.max_abs_logit_diff),
+        Precision::F32 => assert!(
+            a.max_abs_logit_diff <= 1e-4,
+            "{shape}: max |Δlogit| {}",
+            a.max_abs_logit_diff
+        ),
         Precision::Q412 => assert_eq!(a.max_abs_logit_diff, 0.0, "{shape}: Q4.12 integers differ"),
     }
     eprintln!(
@@ -58,14 +62,22 @@ fn check(weights: &Weights, precision: Precision, opts: &JitOptions) {
 #[test]
 fn fp32_matches_the_reference_for_every_shape() {
     for (i, shape) in shapes().into_iter().enumerate() {
-        check(&Weights::random(shape, i as u64 + 1, 0.3), Precision::F32, &options(Precision::F32));
+        check(
+            &Weights::random(shape, i as u64 + 1, 0.3),
+            Precision::F32,
+            &options(Precision::F32),
+        );
     }
 }
 
 #[test]
 fn q412_matches_the_reference_bit_for_bit_for_every_shape() {
     for (i, shape) in shapes().into_iter().enumerate() {
-        check(&Weights::random(shape, i as u64 + 11, 0.3), Precision::Q412, &options(Precision::Q412));
+        check(
+            &Weights::random(shape, i as u64 + 11, 0.3),
+            Precision::Q412,
+            &options(Precision::Q412),
+        );
     }
 }
 
@@ -90,7 +102,15 @@ fn fma_falls_back_to_the_library_call() {
         let jit = compile(&w, &Settings::default(), &opts).unwrap();
         let asm = jit.asm().expect("disassembly requested");
         assert!(!asm.contains("vfmadd"), "no FMA instruction without FMA");
-        let with = compile(&w, &Settings::default(), &JitOptions { disassemble: true, ..options(Precision::F32) }).unwrap();
+        let with = compile(
+            &w,
+            &Settings::default(),
+            &JitOptions {
+                disassemble: true,
+                ..options(Precision::F32)
+            },
+        )
+        .unwrap();
         if std::arch::is_x86_feature_detected!("fma") {
             assert!(with.asm().unwrap().contains("vfmadd"), "FMA used when available");
         }
@@ -119,7 +139,10 @@ fn clif_names_the_ops_and_compiles_quickly_enough_to_notice() {
     let clif = jit.clif();
     assert!(clif.contains("function") && clif.contains("f32x4") && clif.contains("fma"));
     // Source locations carry the op index: the last op (the logits) is 14, the sampler 15.
-    assert!(clif.contains("@000e") && clif.contains("@000f"), "op indices as source locations");
+    assert!(
+        clif.contains("@000e") && clif.contains("@000f"),
+        "op indices as source locations"
+    );
     assert!(jit.compile_ms() > 0.0);
     let q = compile(&w, &Settings::default(), &options(Precision::Q412)).unwrap();
     assert!(q.clif().contains("iadd_pairwise") && q.clif().contains("i16x8"));

@@ -57,17 +57,28 @@ fn check_shape(shape: Shape, weights: &Weights, seqs: &[Vec<usize>]) -> usize {
     let settings = Settings::default();
     let mut ran = 0;
     for spec in &specs {
-        let Some(mut kernel) = prepare(spec, weights) else { continue };
+        let Some(mut kernel) = prepare(spec, weights) else {
+            continue;
+        };
         let mut oracle: Box<dyn Variant> = match spec.precision {
             Precision::F32 => Box::new(reference_variant::<f32>(weights, &settings)),
             Precision::Q412 => Box::new(q412_variant(weights, &settings)),
             p => panic!("{}: unexpected precision {p}", spec.name),
         };
         let a = teacher_forced(kernel.as_mut(), oracle.as_mut(), seqs, settings.temperature, 7);
-        assert_eq!(a.differed, 0, "{}: tokens differ beyond the boundary tolerance: {a:?}", spec.name);
+        assert_eq!(
+            a.differed, 0,
+            "{}: tokens differ beyond the boundary tolerance: {a:?}",
+            spec.name
+        );
         match spec.precision {
             Precision::Q412 => assert_eq!(a.max_abs_logit_diff, 0.0, "{}: integers differ", spec.name),
-            _ => assert!(a.max_abs_logit_diff <= 1e-4, "{}: max |Δlogit| {}", spec.name, a.max_abs_logit_diff),
+            _ => assert!(
+                a.max_abs_logit_diff <= 1e-4,
+                "{}: max |Δlogit| {}",
+                spec.name,
+                a.max_abs_logit_diff
+            ),
         }
         eprintln!(
             "{shape} {}: {} steps, max |Δlogit| {:.2e}, {} boundary draws",
@@ -113,8 +124,13 @@ fn fp32_kernels_match_the_golden_logits() {
         return;
     };
     let weights = load(&path, &LoadOptions::default()).unwrap();
-    for spec in specs_for(Shape::DEFAULT).iter().filter(|s| s.precision == Precision::F32) {
-        let Some(mut kernel) = prepare(spec, &weights) else { continue };
+    for spec in specs_for(Shape::DEFAULT)
+        .iter()
+        .filter(|s| s.precision == Precision::F32)
+    {
+        let Some(mut kernel) = prepare(spec, &weights) else {
+            continue;
+        };
         let worst = microgpt_testdata::golden_max_diff(&doc, |tok, pos| {
             kernel.step(tok, pos, 0.5);
             kernel.logits()
@@ -128,9 +144,22 @@ fn fp32_kernels_match_the_golden_logits() {
 #[test]
 fn every_simd_path_of_this_architecture_is_registered() {
     let names: Vec<String> = specs_for(Shape::DEFAULT).iter().map(|s| s.name.clone()).collect();
-    let mut expected = vec!["scalar-f32", "scalar-q4.12", "scalar-f32-table", "scalar-q4.12-table"];
+    let mut expected = vec![
+        "scalar-f32",
+        "scalar-q4.12",
+        "scalar-f32-table",
+        "scalar-q4.12-table",
+    ];
     if cfg!(target_arch = "x86_64") {
-        expected.extend(["avx2-f32", "avx512-f32", "avx2-q4.12", "avx512-q4.12", "avx512-f32-table"]);
+        expected.extend([
+            "sse-f32",
+            "sse-q4.12",
+            "avx2-f32",
+            "avx512-f32",
+            "avx2-q4.12",
+            "avx512-q4.12",
+            "avx512-f32-table",
+        ]);
     }
     if cfg!(target_arch = "aarch64") {
         expected.extend(["neon-f32", "neon-q4.12", "neon-f32-table", "neon-q4.12-table"]);

@@ -224,7 +224,11 @@ impl Agreement {
         for (x, y) in lo.iter().zip(&lv) {
             let d = (*x as f64 - *y as f64).abs();
             // NaN must never look like agreement.
-            self.max_abs_logit_diff = if d.is_nan() { f64::NAN } else { self.max_abs_logit_diff.max(d) };
+            self.max_abs_logit_diff = if d.is_nan() {
+                f64::NAN
+            } else {
+                self.max_abs_logit_diff.max(d)
+            };
         }
         if got == want {
             self.agreed += 1;
