@@ -98,19 +98,16 @@ fn fma_falls_back_to_the_library_call() {
     };
     let w = Weights::random(Shape::DEFAULT, 4, 0.4);
     check(&w, Precision::F32, &opts);
-    if cfg!(target_arch = "x86_64") {
+    #[cfg(target_arch = "x86_64")]
+    {
         let jit = compile(&w, &Settings::default(), &opts).unwrap();
         let asm = jit.asm().expect("disassembly requested");
         assert!(!asm.contains("vfmadd"), "no FMA instruction without FMA");
-        let with = compile(
-            &w,
-            &Settings::default(),
-            &JitOptions {
-                disassemble: true,
-                ..options(Precision::F32)
-            },
-        )
-        .unwrap();
+        let fused = JitOptions {
+            disassemble: true,
+            ..options(Precision::F32)
+        };
+        let with = compile(&w, &Settings::default(), &fused).unwrap();
         if std::arch::is_x86_feature_detected!("fma") {
             assert!(with.asm().unwrap().contains("vfmadd"), "FMA used when available");
         }
