@@ -4,14 +4,20 @@
 //! cargo run --release --example bench
 //! cargo run --release --example bench -- --names --variant reference
 //! cargo run --release --example bench -- --weights path/to/weights_fp32.bin --json out.json
+//! cargo run --release --example bench -- --sweep --chart results/charts
+//! cargo run --release --example bench -- --variant x16 --soak 60
 //! ```
 
 use clap::Parser;
+use microgpt::charts::{self, Bar, Point};
 use microgpt::model::Shape;
-use microgpt::runtime::bench::{BenchOptions, Event, Outcome, run_all};
+use microgpt::runtime::bench::{BenchOptions, Event, Outcome, TALOS_CLAIMED_TOK_PER_S, run_all};
 use microgpt::runtime::machine::Machine;
-use microgpt::runtime::report::Report;
+use microgpt::runtime::report::{Report, human_rate};
+use microgpt::runtime::roof::Roof;
+use microgpt::runtime::{Precision, soak};
 use microgpt::weights::{Format, LoadOptions, Weights, default_weights, load};
+use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,9 +67,28 @@ struct Args {
     /// List the registered variants and exit.
     #[arg(long)]
     list: bool,
+    /// Assumed watts per busy core, for perf-per-watt where no energy counters are readable.
+    #[arg(long, default_value_t = microgpt::runtime::energy::DEFAULT_WATTS_PER_CORE)]
+    watts_per_core: f64,
+    /// Write SVG charts into this folder: throughput, perf-per-watt, and the sweep (with --sweep).
+    #[arg(long, value_name = "DIR")]
+    chart: Option<PathBuf>,
+    /// Also run the shape sweep: the JIT and references over embd 16..64 x layers 1..4, the
+    /// proc-macro kernels on their shapes (random weights).
+    #[arg(long)]
+    sweep: bool,
+    /// Then run the fastest fp32 and the fastest Q4.12 variant this long each (seconds),
+    /// spot-checking against the reference about once a second.
+    #[arg(long, value_name = "SECONDS")]
+    soak: Option<f64>,
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists.
+    #[cfg(feature = "peers")]
+    unsafe {
+        microgpt::peers::pin_threads();
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {
@@ -95,6 +120,20 @@ fn run(args: Args) -> Result<(), String> {
             "--temperature must be a positive number, got {}",
             args.temperature
         ));
+    }
+    if !(args.watts_per_core.is_finite() && args.watts_per_core > 0.0) {
+        return Err(format!(
+            "--watts-per-core must be a positive number, got {}",
+            args.watts_per_core
+        ));
+    }
+    if let Some(s) = args.soak
+        && !(s.is_finite() && s > 0.0)
+    {
+        return Err(format!("--soak must be a positive number of seconds, got {s}"));
+    }
+    if let Some(dir) = &args.chart {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
     }
     if !(args.min_window.is_finite() && args.min_window >= 0.0) || args.repeats == 0 {
         return Err("--min-window must be >= 0 and --repeats at least 1".into());
@@ -137,9 +176,11 @@ fn run(args: Args) -> Result<(), String> {
         repeats: args.repeats,
         check_tokens: args.check_tokens,
         names: if args.names { 20 } else { 0 },
+        watts_per_core: args.watts_per_core,
         ..BenchOptions::default()
     };
     let machine = Machine::detect();
+    let roof = Roof::measure(0.5);
     let shape = *weights.shape();
     let report_header = Report {
         machine: &machine,
@@ -147,6 +188,7 @@ fn run(args: Args) -> Result<(), String> {
         weights: weights.source(),
         options: &options,
         outcomes: &[],
+        roof: Some(&roof),
     };
     print!("{}", report_header.header());
     let _ = std::io::stdout().flush();
@@ -161,7 +203,7 @@ fn run(args: Args) -> Result<(), String> {
         &specs,
         &weights,
         &options,
-        args.variant.as_deref(),
+        &|s| args.variant.as_deref().is_none_or(|f| s.name.contains(f)),
         &mut |event| {
             let (name, what) = match event {
                 Event::Preparing(name) => {
@@ -188,21 +230,227 @@ fn run(args: Args) -> Result<(), String> {
     println!();
     print!("{}", report.table());
 
+    let mut doc = report.json();
+
+    if let Some(dir) = &args.chart {
+        write_charts(dir, &report)?;
+    }
+    if args.sweep {
+        let rows = microgpt::sweep::run(&specs, &options, &mut |i, n, shape| {
+            if live {
+                eprint!("\r\x1b[2K[sweep {}/{n}] {shape}", i + 1);
+            } else {
+                eprintln!("[sweep {}/{n}] {shape}", i + 1);
+            }
+        });
+        if live {
+            eprint!("\r\x1b[2K");
+        }
+        println!("\nshape sweep (random weights; the fastest variant of each series per shape):");
+        print!("{}", microgpt::sweep::table(&rows));
+        doc["sweep"] = json!(
+            rows.iter()
+                .map(|r| json!({
+                    "shape": r.shape.to_string(),
+                    "weight_macs": r.macs,
+                    "series": r.series,
+                    "variant": r.variant,
+                    "tok_per_s": r.tok_per_s,
+                    "agreed": r.agreed,
+                }))
+                .collect::<Vec<_>>()
+        );
+        if let Some(dir) = &args.chart {
+            let points: Vec<Point> = rows
+                .iter()
+                .map(|r| Point {
+                    series: r.series.clone(),
+                    macs: r.macs as f64,
+                    tok_per_s: r.tok_per_s,
+                })
+                .collect();
+            let path = dir.join("sweep.svg");
+            charts::sweep(
+                &path,
+                &format!("Cost against model size ({})", machine.cpu),
+                &points,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if let Some(seconds) = args.soak {
+        doc["soak"] = json!(run_soaks(&specs, &weights, &options, &outcomes, seconds, live)?);
+    }
+
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.json()).expect("JSON values serialise");
+        let text = serde_json::to_string_pretty(&doc).expect("JSON values serialise");
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    let bad: Vec<&str> = outcomes
+    let mut bad: Vec<&str> = outcomes
         .iter()
         .filter_map(|o| match o {
             Outcome::Ran(row) if row.mismatched() => Some(row.info.name.as_str()),
             _ => None,
         })
         .collect();
+    if let Some(soaks) = doc["soak"].as_array() {
+        bad.extend(
+            soaks
+                .iter()
+                .filter(|s| s["divergences"].as_u64() != Some(0))
+                .filter_map(|s| s["variant"].as_str()),
+        );
+    }
     if !bad.is_empty() {
         eprintln!("error: tokens differ from the oracle (a bug): {}", bad.join(", "));
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Throughput (log axis, TALOS-V2's line) and tokens per joule of every row that ran.
+fn write_charts(dir: &std::path::Path, report: &Report) -> Result<(), String> {
+    let rows: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Ran(row) => Some(row),
+            Outcome::Skipped { .. } => None,
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err("--chart: no variant ran".into());
+    }
+    let cpu = &report.machine.cpu;
+    let mut speed: Vec<Bar> = rows
+        .iter()
+        .map(|r| Bar {
+            label: r.info.name.clone(),
+            value: r.timing.tok_per_s,
+            group: r.info.backend.clone(),
+        })
+        .collect();
+    speed.extend(rows.iter().filter_map(|r| r.info.modelled.as_ref()).map(|m| Bar {
+        label: m.name.clone(),
+        value: m.tok_per_s,
+        group: format!("{} (modelled)", m.backend),
+    }));
+    let path = dir.join("throughput.svg");
+    let line = format!("TALOS-V2 FPGA, {} tok/s", human_rate(TALOS_CLAIMED_TOK_PER_S));
+    charts::bars(
+        &path,
+        &format!("microGPT tokens per second ({cpu})"),
+        "tokens / s (log)",
+        &speed,
+        Some((TALOS_CLAIMED_TOK_PER_S, &line)),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    let measured = rows.iter().all(|r| r.timing.power.is_measured());
+    let unmeasured = rows.len() - rows.iter().filter(|r| r.timing.power.watts().is_some()).count();
+    let energy: Vec<Bar> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(Bar {
+                label: r.info.name.clone(),
+                value: r.timing.power.tok_per_joule(r.timing.tok_per_s)?,
+                group: r.info.backend.clone(),
+            })
+        })
+        .collect();
+    if energy.is_empty() {
+        println!("no perf-per-watt chart: no row's power is known");
+        return Ok(());
+    }
+    if unmeasured > 0 {
+        println!("perf-per-watt chart: {unmeasured} row(s) left out (power not measured)");
+    }
+    let title = if measured {
+        format!("Tokens per joule, measured ({cpu})")
+    } else {
+        format!(
+            "Tokens per joule, ESTIMATED at {} W per core used ({cpu})",
+            report.options.watts_per_core
+        )
+    };
+    let path = dir.join("perf-per-watt.svg");
+    charts::bars(&path, &title, "tokens / joule (log)", &energy, None)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Soaks the fastest fp32 and the fastest Q4.12 row that ran and agreed with its oracle.
+fn run_soaks(
+    specs: &[microgpt::runtime::VariantSpec],
+    weights: &Weights,
+    options: &BenchOptions,
+    outcomes: &[Outcome],
+    seconds: f64,
+    live: bool,
+) -> Result<Vec<serde_json::Value>, String> {
+    let settings = options.settings();
+    let mut out = Vec::new();
+    for precision in [Precision::F32, Precision::Q412] {
+        let best = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Ran(row) if row.info.precision == precision && !row.mismatched() => Some(row),
+                _ => None,
+            })
+            .max_by(|a, b| a.timing.tok_per_s.total_cmp(&b.timing.tok_per_s));
+        let Some(best) = best else { continue };
+        let spec = specs
+            .iter()
+            .find(|s| s.name == best.info.name)
+            .expect("rows come from specs");
+        let mut variant = spec.prepare(weights, &settings)?;
+        let Some(mut oracle) = variant.info().oracle.build(weights, &settings) else {
+            continue;
+        };
+        println!(
+            "\nsoak: {} for {seconds} s against {}",
+            spec.name,
+            oracle.info().name
+        );
+        let report = soak::soak(variant.as_mut(), oracle.as_mut(), seconds, options, &mut |s| {
+            let line = format!(
+                "soak {}: {} tokens, {} checks, {} divergences, {} tok/s",
+                s.variant,
+                s.tokens,
+                s.checks,
+                s.divergences,
+                human_rate(s.tok_per_s())
+            );
+            if live {
+                eprint!("\r\x1b[2K{line}");
+            }
+        });
+        if live {
+            eprint!("\r\x1b[2K");
+        }
+        println!(
+            "soak {}: {} tokens in {:.1} s ({} tok/s); {} spot checks ({} teacher-forced steps), {} divergences",
+            report.variant,
+            report.tokens,
+            report.seconds,
+            human_rate(report.tok_per_s()),
+            report.checks,
+            report.checked_steps,
+            report.divergences
+        );
+        out.push(json!({
+            "variant": report.variant,
+            "oracle": report.oracle,
+            "seconds": report.seconds,
+            "tokens": report.tokens,
+            "tok_per_s": report.tok_per_s(),
+            "checks": report.checks,
+            "checked_steps": report.checked_steps,
+            "divergences": report.divergences,
+        }));
+    }
+    Ok(out)
 }

@@ -6,6 +6,8 @@
 //! cargo run --example inspect -- rust --shape embd=32,layers=2,mlp=128 --precision q4.12
 //! cargo run --example inspect -- clif --shape embd=32,layers=2,mlp=128  # the JIT's Cranelift IR
 //! cargo run --example inspect -- asm --precision q4.12                   # its machine code
+//! cargo run --example inspect -- cuda --shape embd=32,layers=2,mlp=128   # the generated CUDA C
+//! cargo run --example inspect --features cuda -- ptx --arch compute_90   # NVRTC's PTX of it
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -47,6 +49,19 @@ enum What {
         /// f32 or q4.12.
         #[arg(long, default_value = "f32")]
         precision: String,
+    },
+    /// The CUDA C generated for a shape (every CUDA variant's kernels, one source).
+    Cuda {
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<Shape>,
+    },
+    /// The PTX NVRTC makes of the CUDA C (needs the `cuda` feature and NVRTC, not a GPU).
+    Ptx {
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<Shape>,
+        /// The virtual architecture, e.g. compute_90.
+        #[arg(long, default_value = "compute_90")]
+        arch: String,
     },
     /// The Rust that `kernels!` generates, formatted (what `cargo expand` shows).
     Rust {
@@ -112,9 +127,21 @@ fn jit(shape: Option<Shape>, precision: &str, disassemble: bool) -> Result<micro
     microgpt::jit::compile(&weights, &Default::default(), &options).map_err(|e| e.to_string())
 }
 
+#[cfg(feature = "cuda")]
+fn ptx(shape: Shape, arch: &str) -> Result<String, String> {
+    microgpt::runtime::cuda::host::ptx(&shape, arch)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn ptx(_: Shape, _: &str) -> Result<String, String> {
+    Err("built without the `cuda` feature (cargo run --features cuda --example inspect -- ptx)".into())
+}
+
 fn run(what: What) -> Result<String, String> {
     match what {
         What::Ops { shape } => Ok(Program::forward(shape.unwrap_or_default()).listing()),
+        What::Cuda { shape } => Ok(microgpt::runtime::cuda::render(&shape.unwrap_or_default()).text),
+        What::Ptx { shape, arch } => ptx(shape.unwrap_or_default(), &arch),
         What::Clif { shape, precision } => Ok(jit(shape, &precision, false)?.clif().to_string()),
         What::Asm { shape, precision } => jit(shape, &precision, true)?
             .asm()

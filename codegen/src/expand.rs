@@ -1,5 +1,6 @@
 //! Assembles the generated module: shape constants, one submodule per kernel, the registry list.
 
+use crate::batch::batch_module;
 use crate::f32::F32Gen;
 use crate::q412::Q412Gen;
 use crate::target::Target;
@@ -34,7 +35,12 @@ pub struct KernelId {
     pub target: Target,
     pub kind: Kind,
     pub table: bool,
+    /// One stream per lane (lane-batched) rather than one stream per kernel.
+    pub batch: bool,
 }
+
+/// The targets lane-batched kernels are generated for.
+pub const BATCH_TARGETS: [Target; 3] = [Target::Avx2, Target::Avx512, Target::Neon];
 
 impl KernelId {
     /// Every kernel the macro generates for a shape.
@@ -43,27 +49,44 @@ impl KernelId {
         for kind in [Kind::F32, Kind::Q412] {
             for table in [false, true] {
                 for target in Target::ALL {
-                    out.push(KernelId { target, kind, table });
+                    out.push(KernelId {
+                        target,
+                        kind,
+                        table,
+                        batch: false,
+                    });
                 }
+            }
+            for target in BATCH_TARGETS {
+                out.push(KernelId {
+                    target,
+                    kind,
+                    table: false,
+                    batch: true,
+                });
             }
         }
         out
     }
 
-    /// Module name, e.g. `avx512_f32_table`.
+    /// Module name, e.g. `avx512_f32_table`, `avx512_f32_x16`.
     pub fn module(self) -> Ident {
-        let table = if self.table { "_table" } else { "" };
-        format_ident!("{}_{}{}", self.target.slug(), self.kind.slug(), table)
+        format_ident!("{}", self.variant_name().replace(['-', '.'], "_"))
     }
 
-    /// Registry name, e.g. `avx512-f32-table`.
+    /// Registry name, e.g. `avx512-f32-table`, `avx512-q4.12-x16` (16 streams in the lanes).
     pub fn variant_name(self) -> String {
         let kind = match self.kind {
             Kind::F32 => "f32",
             Kind::Q412 => "q4.12",
         };
         let table = if self.table { "-table" } else { "" };
-        format!("{}-{kind}{table}", self.target.slug())
+        let batch = if self.batch {
+            format!("-x{}", self.target.lanes())
+        } else {
+            String::new()
+        };
+        format!("{}-{kind}{table}{batch}", self.target.slug())
     }
 
     /// The ISA label shown in the bench table.
@@ -81,6 +104,12 @@ impl KernelId {
     fn vnni(self) -> bool {
         self.kind == Kind::Q412 && self.target == Target::Avx512
     }
+
+    /// Whether the registry also runs this kernel on every core (the batches, and the fp32 table
+    /// kernels as the best single-stream ones).
+    fn threaded(self) -> bool {
+        self.batch || (self.table && self.kind == Kind::F32 && self.target != Target::Scalar)
+    }
 }
 
 /// The whole module for a `kernels!` invocation.
@@ -95,13 +124,55 @@ pub fn expand_only(spec: &Spec, keep: impl Fn(KernelId) -> bool) -> T {
     let program = Program::forward(s);
     let (vocab, block, embd, heads, layers, mlp) = (s.vocab, s.block, s.embd, s.heads, s.layers, s.mlp);
     let kernels: Vec<KernelId> = KernelId::all().into_iter().filter(|&id| keep(id)).collect();
-    let modules: Vec<T> = kernels.iter().map(|&id| kernel_module(&program, id)).collect();
+    let modules: Vec<T> = kernels
+        .iter()
+        .map(|&id| {
+            if id.batch {
+                batch_module(&program, id)
+            } else {
+                kernel_module(&program, id)
+            }
+        })
+        .collect();
     let specs: Vec<T> = kernels
         .iter()
-        .map(|id| {
+        .map(|&id| {
             let m = id.module();
             let cfg = cfg_attr(id.target);
-            quote! { #cfg list.push(::microgpt_runtime::kernel::kernel_spec::<#m::Kernel>()); }
+            let name = id.variant_name();
+            let precision = match id.kind {
+                Kind::F32 => quote! { F32 },
+                Kind::Q412 => quote! { Q412 },
+            };
+            let (single, copy) = if id.batch {
+                (
+                    quote! { ::microgpt_runtime::kernel::batch_spec::<#m::Kernel>() },
+                    quote! {
+                        ::microgpt_runtime::kernel::BatchVariant::<#m::Kernel>::new(w, s)
+                            .map(|v| Box::new(v.with_first_stream(i * <#m::Kernel as ::microgpt_runtime::kernel::BatchKernel>::LANES)) as Box<dyn ::microgpt_runtime::Variant>)
+                    },
+                )
+            } else {
+                (
+                    quote! { ::microgpt_runtime::kernel::kernel_spec::<#m::Kernel>() },
+                    quote! {
+                        ::microgpt_runtime::kernel::KernelVariant::<#m::Kernel>::new(w, s)
+                            .map(|v| Box::new(v.with_stream(i)) as Box<dyn ::microgpt_runtime::Variant>)
+                    },
+                )
+            };
+            let threaded = id.threaded().then(|| {
+                quote! {
+                    #cfg list.push(::microgpt_runtime::threads::threaded_spec(
+                        #name, "proc-macro", ::microgpt_runtime::Precision::#precision, Some(SHAPE),
+                        |w, s, i| #copy,
+                    ));
+                }
+            });
+            quote! {
+                #cfg list.push(#single);
+                #threaded
+            }
         })
         .collect();
     let doc = format!(

@@ -6,6 +6,7 @@
 
 pub mod ast;
 pub mod attn;
+pub mod batch;
 pub mod emit;
 pub mod expand;
 pub mod f32;

@@ -1,6 +1,7 @@
 //! The instruction sets kernels are generated for, and how each spells the vector operations
 //! the renderers use. Every function returns Rust tokens; the renderers never name an intrinsic.
 
+use proc_macro2::Ident;
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -597,5 +598,142 @@ impl Target {
             (Target::Neon, 2) => quote! { vextq_s32(#v, #v, 2) },
             _ => unreachable!("swap by {dist} on {self:?}"),
         }
+    }
+
+    // ---- lane-batched kernels (one stream per lane) -----------------------------------------
+
+    /// The mask type of a lane comparison.
+    pub fn mask_ty(self) -> T {
+        match self {
+            Target::Avx512 => quote! { __mmask16 },
+            Target::Avx2 => quote! { __m256 },
+            Target::Sse => quote! { __m128 },
+            Target::Neon => quote! { uint32x4_t },
+            Target::Scalar => quote! { bool },
+        }
+    }
+
+    /// Lanes of the i32 vector `v` that are `>= k` (`k` an i32 expression).
+    pub fn ge_i32(self, v: T, k: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_cmpge_epi32_mask(#v, _mm512_set1_epi32(#k)) },
+            Target::Avx2 => quote! { _mm256_castsi256_ps(_mm256_cmpgt_epi32(#v, _mm256_set1_epi32(#k - 1))) },
+            Target::Sse => quote! { _mm_castsi128_ps(_mm_cmpgt_epi32(#v, _mm_set1_epi32(#k - 1))) },
+            Target::Neon => quote! { vcgeq_s32(#v, vdupq_n_s32(#k)) },
+            Target::Scalar => quote! { (#v >= #k) },
+        }
+    }
+
+    /// `v` where the mask is set, `fill` (an f32 vector) elsewhere.
+    pub fn select(self, mask: T, v: T, fill: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_mask_mov_ps(#fill, #mask, #v) },
+            Target::Avx2 => quote! { _mm256_blendv_ps(#fill, #v, #mask) },
+            Target::Sse => quote! { _mm_blendv_ps(#fill, #v, #mask) },
+            Target::Neon => quote! { vbslq_f32(#mask, #v, #fill) },
+            Target::Scalar => quote! { if #mask { #v } else { #fill } },
+        }
+    }
+
+    /// Lanes of `a` that are `<= b` (f32).
+    pub fn le(self, a: T, b: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_cmp_ps_mask(#a, #b, _CMP_LE_OQ) },
+            Target::Avx2 => quote! { _mm256_cmp_ps(#a, #b, _CMP_LE_OQ) },
+            Target::Sse => quote! { _mm_cmple_ps(#a, #b) },
+            Target::Neon => quote! { vcleq_f32(#a, #b) },
+            Target::Scalar => quote! { (#a <= #b) },
+        }
+    }
+
+    /// `count + 1` in the lanes where `mask` is set (i32 counts).
+    pub fn count_where(self, count: T, mask: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_mask_add_epi32(#count, #mask, #count, _mm512_set1_epi32(1)) },
+            Target::Avx2 => quote! { _mm256_sub_epi32(#count, _mm256_castps_si256(#mask)) },
+            Target::Sse => quote! { _mm_sub_epi32(#count, _mm_castps_si128(#mask)) },
+            Target::Neon => quote! { vsubq_s32(#count, vreinterpretq_s32_u32(#mask)) },
+            Target::Scalar => quote! { (#count + #mask as i32) },
+        }
+    }
+
+    pub fn sqrt(self, v: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_sqrt_ps(#v) },
+            Target::Avx2 => quote! { _mm256_sqrt_ps(#v) },
+            Target::Sse => quote! { _mm_sqrt_ps(#v) },
+            Target::Neon => quote! { vsqrtq_f32(#v) },
+            Target::Scalar => quote! { (#v).sqrt() },
+        }
+    }
+
+    /// Lane `l` = `base[idx[l]]` for an f32 or i32 table (`int` picks the type).
+    pub fn gather(self, base: T, idx: T, int: bool) -> T {
+        match (self, int) {
+            (Target::Avx512, false) => quote! { _mm512_i32gather_ps::<4>(#idx, #base) },
+            (Target::Avx512, true) => quote! { _mm512_i32gather_epi32::<4>(#idx, #base) },
+            (Target::Avx2, false) => quote! { _mm256_i32gather_ps::<4>(#base, #idx) },
+            (Target::Avx2, true) => quote! { _mm256_i32gather_epi32::<4>(#base, #idx) },
+            (Target::Neon, false) => quote! {{
+                let __i: [i32; 4] = ::core::mem::transmute(#idx);
+                let __g = [*#base.add(__i[0] as usize), *#base.add(__i[1] as usize), *#base.add(__i[2] as usize), *#base.add(__i[3] as usize)];
+                vld1q_f32(__g.as_ptr())
+            }},
+            (Target::Neon, true) => quote! {{
+                let __i: [i32; 4] = ::core::mem::transmute(#idx);
+                let __g = [*#base.add(__i[0] as usize), *#base.add(__i[1] as usize), *#base.add(__i[2] as usize), *#base.add(__i[3] as usize)];
+                vld1q_s32(__g.as_ptr())
+            }},
+            _ => unreachable!("gathers are generated for the batched targets"),
+        }
+    }
+
+    /// Two i32 vectors of i16-range values packed as (low, high) i16 pairs per 32-bit lane.
+    pub fn pack_pairs(self, lo: T, hi: T) -> T {
+        match self {
+            Target::Avx512 => quote! {
+                _mm512_or_si512(_mm512_and_si512(#lo, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(#hi, 16))
+            },
+            Target::Avx2 => quote! {
+                _mm256_or_si256(_mm256_and_si256(#lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(#hi, 16))
+            },
+            _ => unreachable!("pairs are packed on x86"),
+        }
+    }
+
+    /// `acc + Σ` of the pairwise products of the i16 pairs in `pairs` and the pair `w` (an i32
+    /// expression holding two i16), lane by lane.
+    pub fn pair_dot(self, acc: T, pairs: T, w: T, vnni: bool) -> T {
+        match (self, vnni) {
+            (Target::Avx512, true) => quote! { _mm512_dpwssd_epi32(#acc, #pairs, _mm512_set1_epi32(#w)) },
+            (Target::Avx512, false) => {
+                quote! { _mm512_add_epi32(#acc, _mm512_madd_epi16(#pairs, _mm512_set1_epi32(#w))) }
+            }
+            (Target::Avx2, _) => {
+                quote! { _mm256_add_epi32(#acc, _mm256_madd_epi16(#pairs, _mm256_set1_epi32(#w))) }
+            }
+            _ => unreachable!("pair dot products on x86"),
+        }
+    }
+
+    /// A scheduling fence over the vector variables `vars` (no instruction): an empty `asm!`
+    /// that takes and gives back each of them, ordered after every earlier fence. Values made
+    /// from its outputs cannot be computed before it, so code split by fences runs in the order
+    /// written; the register allocator sees at most the live values of one part at a time.
+    pub fn pin(self, vars: &[Ident]) -> T {
+        let class = match self {
+            Target::Avx512 => quote! { zmm_reg },
+            Target::Avx2 => quote! { ymm_reg },
+            Target::Sse => quote! { xmm_reg },
+            Target::Neon => quote! { vreg },
+            Target::Scalar => return quote! {},
+        };
+        let template: String = (0..vars.len()).map(|i| format!(" {{{i}}}")).collect();
+        let template = format!("/*{template} */");
+        quote! { ::core::arch::asm!(#template, #(inout(#class) #vars,)* options(nostack, preserves_flags)); }
+    }
+
+    pub fn zero_i32(self) -> T {
+        self.splat_i32(quote! { 0i32 })
     }
 }

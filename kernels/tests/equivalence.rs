@@ -6,7 +6,8 @@
 //! / 4096) bit-identical to the scalar Q4.12 reference.
 
 use microgpt_model::Shape;
-use microgpt_runtime::bench::teacher_forced;
+use microgpt_runtime::bench::{teacher_forced, teacher_forced_lanes};
+use microgpt_runtime::kernel::BatchKernel;
 use microgpt_runtime::variant::{q412_variant, reference_variant};
 use microgpt_runtime::{Precision, Q412Reference, Settings, Variant, VariantSpec};
 use microgpt_testdata::{full_length_sequences, golden_logits, shared_data};
@@ -159,12 +160,103 @@ fn every_simd_path_of_this_architecture_is_registered() {
             "avx2-q4.12",
             "avx512-q4.12",
             "avx512-f32-table",
+            "avx2-f32-x8",
+            "avx2-q4.12-x8",
+            "avx512-f32-x16",
+            "avx512-q4.12-x16",
         ]);
     }
     if cfg!(target_arch = "aarch64") {
-        expected.extend(["neon-f32", "neon-q4.12", "neon-f32-table", "neon-q4.12-table"]);
+        expected.extend([
+            "neon-f32",
+            "neon-q4.12",
+            "neon-f32-table",
+            "neon-q4.12-table",
+            "neon-f32-x4",
+            "neon-q4.12-x4",
+        ]);
     }
     for e in expected {
         assert!(names.iter().any(|n| n == e), "{e} missing from {names:?}");
     }
+}
+
+/// Every lane of a lane-batched kernel against its own reference: the lanes run different
+/// sequences at different positions (see `teacher_forced_lanes`), so a lane reading another's
+/// data or cache shows up.
+fn check_lanes<K: BatchKernel>(weights: &Weights, seqs: &[Vec<usize>]) {
+    let settings = Settings::default();
+    let mut kernel = match K::prepare(weights, &settings) {
+        Ok(k) => k,
+        Err(reason) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED {}: {reason}", K::NAME);
+            return;
+        }
+        Err(reason) => panic!("{}: cannot run on this CI machine: {reason}", K::NAME),
+    };
+    let oracle = || -> Box<dyn Variant> {
+        match K::PRECISION {
+            Precision::F32 => Box::new(reference_variant::<f32>(weights, &settings)),
+            _ => Box::new(q412_variant(weights, &settings)),
+        }
+    };
+    let a = teacher_forced_lanes(&mut kernel, oracle, seqs, settings.temperature, 5);
+    assert_eq!(
+        a.differed,
+        0,
+        "{}: tokens differ beyond the boundary tolerance: {a:?}",
+        K::NAME
+    );
+    if K::PRECISION == Precision::Q412 {
+        assert_eq!(a.max_abs_logit_diff, 0.0, "{}: integers differ", K::NAME);
+    } else {
+        assert!(
+            a.max_abs_logit_diff <= 1e-4,
+            "{}: max |Δlogit| {}",
+            K::NAME,
+            a.max_abs_logit_diff
+        );
+    }
+    eprintln!(
+        "{}: {} lane steps, max |Δlogit| {:.2e}, {} boundary draws",
+        K::NAME,
+        a.tokens,
+        a.max_abs_logit_diff,
+        a.excused
+    );
+}
+
+macro_rules! check_batches {
+    ($shape:ident, $weights:expr, $seqs:expr) => {{
+        use microgpt_kernels::$shape as m;
+        #[cfg(target_arch = "x86_64")]
+        {
+            check_lanes::<m::avx2_f32_x8::Kernel>($weights, $seqs);
+            check_lanes::<m::avx2_q4_12_x8::Kernel>($weights, $seqs);
+            check_lanes::<m::avx512_f32_x16::Kernel>($weights, $seqs);
+            check_lanes::<m::avx512_q4_12_x16::Kernel>($weights, $seqs);
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            check_lanes::<m::neon_f32_x4::Kernel>($weights, $seqs);
+            check_lanes::<m::neon_q4_12_x4::Kernel>($weights, $seqs);
+        }
+    }};
+}
+
+#[test]
+fn batch_lanes_are_independent_streams() {
+    let shape = Shape::DEFAULT;
+    for seed in [4, 5] {
+        let weights = Weights::random(shape, seed, 0.4);
+        let seqs = full_length_sequences(shape.vocab, shape.block, 12, seed as u32);
+        check_batches!(microgpt_16, &weights, &seqs);
+    }
+    let weights = microgpt_weights::default_weights();
+    let seqs = full_length_sequences(shape.vocab, shape.block, 12, 9);
+    check_batches!(microgpt_16, &weights, &seqs);
+    let shape = microgpt_kernels::microgpt_32x2::SHAPE;
+    let weights = Weights::random(shape, 6, 0.3);
+    let seqs = full_length_sequences(shape.vocab, shape.block, 8, 6);
+    check_batches!(microgpt_32x2, &weights, &seqs);
 }

@@ -31,6 +31,10 @@ pub struct BenchOptions {
     pub check_tokens: usize,
     /// Names to generate per variant (0: none).
     pub names: usize,
+    /// The CPU package's energy counters, when readable: rows' power is then measured.
+    pub rapl: Option<crate::energy::Rapl>,
+    /// Otherwise power is estimated as this many watts per core used.
+    pub watts_per_core: f64,
 }
 
 impl Default for BenchOptions {
@@ -44,6 +48,8 @@ impl Default for BenchOptions {
             warmup_s: 0.1,
             check_tokens: 4096,
             names: 0,
+            rapl: crate::energy::Rapl::detect(),
+            watts_per_core: crate::energy::DEFAULT_WATTS_PER_CORE,
         }
     }
 }
@@ -65,14 +71,18 @@ pub struct Timing {
     pub window_tokens: u64,
     /// Each window's rate, in the order run.
     pub windows: Vec<f64>,
+    /// Power over the timed windows, measured or estimated.
+    pub power: crate::energy::Power,
 }
 
 /// Times `variant`: a warm-up, then `repeats` windows of at least `min_tokens` tokens and
 /// `min_window_s` seconds each; the median rate is reported.
 pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
     variant.reset(o.seed);
+    // Windows are whole steps of every stream, so every token asked for is run exactly.
+    let streams = variant.info().streams.max(1) as u64;
     // Warm-up, doubling until it lasts `warmup_s`; it also estimates the rate.
-    let mut n = 256u64;
+    let mut n = 256u64.next_multiple_of(streams);
     let rate = loop {
         let t = Instant::now();
         black_box(variant.run(n));
@@ -82,19 +92,50 @@ pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
         }
         n *= 2;
     };
-    let mut window = ((rate * o.min_window_s * 1.1) as u64).max(o.min_tokens).max(1);
+    let mut window = ((rate * o.min_window_s * 1.1) as u64)
+        .max(o.min_tokens)
+        .max(1)
+        .next_multiple_of(streams);
     let mut windows = Vec::with_capacity(o.repeats);
+    let on_gpu = variant.info().on_gpu;
+    let energy_from = o.rapl.as_ref().filter(|_| !on_gpu).and_then(|r| r.read());
+    let device_from = variant.device_energy_joules();
+    let timed = Instant::now();
     while windows.len() < o.repeats.max(1) {
         let t = Instant::now();
         black_box(variant.run(window));
         let dt = t.elapsed().as_secs_f64().max(1e-9);
         if dt < o.min_window_s {
             // Too short (the machine sped up, or the estimate was off): lengthen and redo.
-            window = ((window as f64 * o.min_window_s / dt * 1.1) as u64).max(window + 1);
+            window = ((window as f64 * o.min_window_s / dt * 1.1) as u64)
+                .max(window + 1)
+                .next_multiple_of(streams);
             continue;
         }
         windows.push(window as f64 / dt);
     }
+    let seconds = timed.elapsed().as_secs_f64().max(1e-9);
+    let measured = o.rapl.as_ref().zip(energy_from).and_then(|(rapl, from)| {
+        let to = rapl.read()?;
+        Some(crate::energy::Power::Measured {
+            watts: rapl.joules(&from, &to) / seconds,
+            source: "RAPL package",
+        })
+    });
+    let power = if on_gpu {
+        match (device_from, variant.device_energy_joules()) {
+            (Some(from), Some(to)) => crate::energy::Power::Measured {
+                watts: (to - from) / seconds,
+                source: "NVML",
+            },
+            _ => crate::energy::Power::NotMeasured,
+        }
+    } else {
+        measured.unwrap_or(crate::energy::Power::Estimated {
+            watts: o.watts_per_core * variant.info().threads.max(1) as f64,
+            watts_per_core: o.watts_per_core,
+        })
+    };
     let mut sorted = windows.clone();
     sorted.sort_by(f64::total_cmp);
     let tok_per_s = sorted[sorted.len() / 2];
@@ -103,6 +144,7 @@ pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
         ns_per_token: 1e9 / tok_per_s,
         window_tokens: window,
         windows,
+        power,
     }
 }
 
@@ -220,8 +262,13 @@ impl Agreement {
     ) -> usize {
         let want = oracle.step(tok, pos, r);
         let got = variant.step(tok, pos, r);
-        let (lo, lv) = (oracle.logits(), variant.logits());
-        for (x, y) in lo.iter().zip(&lv) {
+        self.record(sampler, want, got, &oracle.logits(), &variant.logits(), r);
+        want
+    }
+
+    /// Records one step: the oracle drew `want` with logits `lo`, the variant `got` with `lv`.
+    fn record(&mut self, sampler: &mut Sampler, want: usize, got: usize, lo: &[f32], lv: &[f32], r: f32) {
+        for (x, y) in lo.iter().zip(lv) {
             let d = (*x as f64 - *y as f64).abs();
             // NaN must never look like agreement.
             self.max_abs_logit_diff = if d.is_nan() {
@@ -233,15 +280,71 @@ impl Agreement {
         if got == want {
             self.agreed += 1;
         } else {
-            sampler.draw(&lo, r);
+            sampler.draw(lo, r);
             if sampler.boundary_distance(r) < BOUNDARY_TOLERANCE {
                 self.excused += 1;
             } else {
                 self.differed += 1;
             }
         }
-        want
     }
+}
+
+/// Compares every lane of a lane-batched kernel with its own oracle, teacher-forced. Lane `l`
+/// feeds a different token list: the first `1 + 3l mod block` tokens of sequence `l`, then all
+/// the sequences in turn from sequence `l + 1`, so the lanes hold different tokens at different
+/// positions and restart at different steps; its draws come from xorshift32 seeded with
+/// [`crate::stream::stream_seed`]`(seed, l)`. Runs as many steps as the sequences hold.
+pub fn teacher_forced_lanes<K: crate::kernel::BatchKernel>(
+    kernel: &mut K,
+    mut oracle: impl FnMut() -> Box<dyn Variant>,
+    sequences: &[Vec<usize>],
+    temperature: f32,
+    seed: u32,
+) -> Agreement {
+    assert!(!sequences.is_empty(), "no sequences to feed");
+    let lanes = K::LANES;
+    let steps: usize = sequences.iter().map(Vec::len).sum();
+    let mut oracles: Vec<Box<dyn Variant>> = (0..lanes).map(|_| oracle()).collect();
+    let mut a = Agreement::new(oracles[0].as_ref(), steps * lanes);
+    a.free_run_tokens = 0;
+    let n = sequences.len();
+    let feeds: Vec<Vec<(usize, usize)>> = (0..lanes)
+        .map(|l| {
+            let first = &sequences[l % n];
+            let head = first.iter().take(1 + (3 * l) % first.len()).copied().enumerate();
+            let tail = (1..=n).flat_map(|i| sequences[(l + i) % n].iter().copied().enumerate());
+            head.chain(tail.cycle())
+                .take(steps)
+                .map(|(pos, tok)| (tok, pos))
+                .collect()
+        })
+        .collect();
+    let mut rngs: Vec<crate::XorShift32> = (0..lanes)
+        .map(|l| crate::XorShift32::new(crate::stream::stream_seed(seed, l)))
+        .collect();
+    let mut sampler = Sampler::new(temperature);
+    let (mut toks, mut pos, mut rs, mut next) =
+        (vec![0; lanes], vec![0; lanes], vec![0.0; lanes], vec![0; lanes]);
+    for step in 0..steps {
+        for (l, (feed, rng)) in feeds.iter().zip(&mut rngs).enumerate() {
+            (toks[l], pos[l]) = feed[step];
+            rs[l] = rng.uniform();
+        }
+        kernel.step(&toks, &pos, &rs, &mut next);
+        for l in 0..lanes {
+            let want = oracles[l].step(toks[l], pos[l], rs[l]);
+            a.record(
+                &mut sampler,
+                want,
+                next[l],
+                &oracles[l].logits(),
+                &kernel.logits(l),
+                rs[l],
+            );
+        }
+    }
+    a
 }
 
 /// The outcome of one registry entry.
@@ -272,19 +375,19 @@ pub enum Event<'a> {
     Timing(&'a str),
 }
 
-/// Runs every spec whose name contains `filter`: prepare, check against the oracle, time,
-/// and (when asked) generate names.
+/// Runs every spec `keep` selects: prepare, check against the oracle, time, and (when asked)
+/// generate names.
 pub fn run_all(
     specs: &[VariantSpec],
     weights: &Weights,
     o: &BenchOptions,
-    filter: Option<&str>,
+    keep: &dyn Fn(&VariantSpec) -> bool,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Vec<Outcome> {
     let settings = o.settings();
     let mut out = Vec::new();
     for spec in specs {
-        if filter.is_some_and(|f| !spec.name.contains(f)) {
+        if !keep(spec) {
             continue;
         }
         if let Some(shape) = spec.shape

@@ -62,6 +62,8 @@ pub struct KernelVariant<K: Kernel> {
     info: VariantInfo,
     kernel: K,
     stream: Stream,
+    /// Which stream of a multi-stream run this is (its seed: [`crate::stream::stream_seed`]).
+    index: usize,
 }
 
 impl<K: Kernel> KernelVariant<K> {
@@ -73,7 +75,14 @@ impl<K: Kernel> KernelVariant<K> {
             info,
             kernel,
             stream: Stream::new(&K::shape(), crate::sampler::DEFAULT_SEED),
+            index: 0,
         })
+    }
+
+    /// Run stream `index` of a multi-stream run.
+    pub fn with_stream(mut self, index: usize) -> KernelVariant<K> {
+        self.index = index;
+        self
     }
 
     pub fn kernel(&mut self) -> &mut K {
@@ -99,7 +108,7 @@ impl<K: Kernel> Variant for KernelVariant<K> {
     }
 
     fn reset(&mut self, seed: u32) {
-        self.stream = Stream::new(&K::shape(), seed);
+        self.stream = Stream::new(&K::shape(), crate::stream::stream_seed(seed, self.index));
     }
 
     fn run(&mut self, tokens: u64) -> u64 {
@@ -111,6 +120,132 @@ impl<K: Kernel> Variant for KernelVariant<K> {
 pub fn kernel_spec<K: Kernel>() -> VariantSpec {
     VariantSpec::new(K::NAME, K::BACKEND, K::PRECISION, |w, s| {
         Ok(Box::new(KernelVariant::<K>::new(w, s)?) as Box<dyn Variant>)
+    })
+    .for_shape(K::shape())
+}
+
+/// A kernel generated with one independent stream per SIMD lane: every value is a vector
+/// holding that value for each of `LANES` streams, so every FMA works for all of them.
+pub trait BatchKernel: Sized + Send + 'static {
+    const NAME: &'static str;
+    const ISA: &'static str;
+    const PRECISION: Precision;
+    const BACKEND: &'static str;
+    /// Streams per batch.
+    const LANES: usize;
+
+    fn shape() -> Shape;
+
+    fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, String>;
+
+    /// One step of every lane: lane `l` feeds `toks[l]` at `pos[l]` and draws with `rs[l]`; the
+    /// drawn tokens go to `next`. Each lane's cache holds its positions `0..pos[l]` from the
+    /// previous steps (the cache is a ring indexed by the step count, so consecutive steps of
+    /// all lanes are all it needs).
+    fn step(&mut self, toks: &[usize], pos: &[usize], rs: &[f32], next: &mut [usize]);
+
+    /// The logits lane `lane` computed in the last step.
+    fn logits(&self, lane: usize) -> Vec<f32>;
+
+    fn notes() -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A batch kernel as a variant: `LANES` benchmark streams, stream `l` seeded with
+/// [`crate::stream::stream_seed`]`(seed, l)`; teacher-forced steps feed every lane the same
+/// inputs and report lane 0.
+pub struct BatchVariant<K: BatchKernel> {
+    info: VariantInfo,
+    kernel: K,
+    streams: Vec<Stream>,
+    first_stream: usize,
+    toks: Vec<usize>,
+    pos: Vec<usize>,
+    rs: Vec<f32>,
+    next: Vec<usize>,
+}
+
+impl<K: BatchKernel> BatchVariant<K> {
+    pub fn new(weights: &Weights, settings: &Settings) -> Result<BatchVariant<K>, String> {
+        let kernel = K::prepare(weights, settings)?;
+        let mut info = VariantInfo::new(K::NAME, K::BACKEND, K::ISA, K::PRECISION);
+        info.streams = K::LANES;
+        info.notes = K::notes();
+        let n = K::LANES;
+        let mut v = BatchVariant {
+            info,
+            kernel,
+            streams: Vec::new(),
+            first_stream: 0,
+            toks: vec![0; n],
+            pos: vec![0; n],
+            rs: vec![0.0; n],
+            next: vec![0; n],
+        };
+        v.reset(crate::sampler::DEFAULT_SEED);
+        Ok(v)
+    }
+
+    /// Number the streams from `first` (so that several batches run distinct streams).
+    pub fn with_first_stream(mut self, first: usize) -> BatchVariant<K> {
+        self.first_stream = first;
+        self
+    }
+}
+
+impl<K: BatchKernel> Variant for BatchVariant<K> {
+    fn info(&self) -> &VariantInfo {
+        &self.info
+    }
+
+    fn shape(&self) -> Shape {
+        K::shape()
+    }
+
+    fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
+        self.toks.fill(tok);
+        self.pos.fill(pos);
+        self.rs.fill(r);
+        self.kernel.step(&self.toks, &self.pos, &self.rs, &mut self.next);
+        self.next[0]
+    }
+
+    fn logits(&self) -> Vec<f32> {
+        self.kernel.logits(0)
+    }
+
+    fn reset(&mut self, seed: u32) {
+        let shape = K::shape();
+        self.streams = (0..K::LANES)
+            .map(|l| Stream::new(&shape, crate::stream::stream_seed(seed, self.first_stream + l)))
+            .collect();
+    }
+
+    /// `tokens` rounded up to whole batch steps.
+    fn run(&mut self, tokens: u64) -> u64 {
+        let steps = tokens.div_ceil(K::LANES as u64);
+        let mut sum = 0u64;
+        for _ in 0..steps {
+            for (l, s) in self.streams.iter_mut().enumerate() {
+                self.toks[l] = s.tok;
+                self.pos[l] = s.pos;
+                self.rs[l] = s.rng.uniform();
+            }
+            self.kernel.step(&self.toks, &self.pos, &self.rs, &mut self.next);
+            for (s, &n) in self.streams.iter_mut().zip(&self.next) {
+                sum = sum.wrapping_mul(31).wrapping_add(n as u64);
+                s.advance(n);
+            }
+        }
+        sum
+    }
+}
+
+/// The registry entry of a batch kernel.
+pub fn batch_spec<K: BatchKernel>() -> VariantSpec {
+    VariantSpec::new(K::NAME, K::BACKEND, K::PRECISION, |w, s| {
+        Ok(Box::new(BatchVariant::<K>::new(w, s)?) as Box<dyn Variant>)
     })
     .for_shape(K::shape())
 }

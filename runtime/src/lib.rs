@@ -2,14 +2,19 @@
 //! generation loops, the variant registry, the bench harness and the trainer.
 
 pub mod bench;
+pub mod cuda;
+pub mod energy;
 pub mod kernel;
 pub mod machine;
 mod real;
 pub mod reference;
 pub mod report;
+pub mod roof;
 pub mod sampler;
+pub mod soak;
 pub mod stream;
 pub mod talos;
+pub mod threads;
 pub mod train;
 pub mod variant;
 

@@ -2,6 +2,7 @@
 
 use crate::bench::{BenchOptions, Outcome, Row, TALOS_CLAIMED_TOK_PER_S};
 use crate::machine::Machine;
+use crate::roof::Roof;
 use microgpt_model::Shape;
 use serde_json::{Value, json};
 
@@ -12,6 +13,8 @@ pub struct Report<'a> {
     pub weights: &'a str,
     pub options: &'a BenchOptions,
     pub outcomes: &'a [Outcome],
+    /// This machine's measured FMA throughput, when measured: CPU rows show their share.
+    pub roof: Option<&'a Roof>,
 }
 
 impl Report<'_> {
@@ -29,6 +32,23 @@ impl Report<'_> {
             .map(|r| r.timing.tok_per_s)
     }
 
+    /// A CPU row's share of the roof.
+    fn roof_share(&self, row: &Row) -> Option<f64> {
+        let roof = self.roof.filter(|_| !row.info.on_gpu)?;
+        Some(roof.share(row.timing.tok_per_s, self.shape.weight_macs(), row.info.threads))
+    }
+
+    /// How power was obtained, for the header.
+    fn power_line(&self) -> String {
+        match &self.options.rapl {
+            Some(_) => "measured from the CPU package energy counters (RAPL) over the timed windows".into(),
+            None => format!(
+                "estimated at {} W per core used (no readable RAPL energy counters; --watts-per-core sets it)",
+                self.options.watts_per_core
+            ),
+        }
+    }
+
     /// The header: machine, shape, weights, how tokens were timed.
     pub fn header(&self) -> String {
         let m = self.machine;
@@ -41,7 +61,9 @@ impl Report<'_> {
              weights:  {}\n\
              timing:   median of {} windows, each >= {} tokens and >= {:.2} s, after {:.2} s warm-up; \
              single thread unless streams > 1\n\
-             sampling: seed {}, temperature {}; check: {} teacher-forced steps vs each row's oracle\n",
+             sampling: seed {}, temperature {}; check: {} teacher-forced steps vs each row's oracle\n\
+             {}\
+             power:    {}\n",
             m.cpu,
             m.arch,
             m.cores,
@@ -61,6 +83,20 @@ impl Report<'_> {
             o.seed,
             o.temperature,
             o.check_tokens,
+            match self.roof {
+                Some(r) => format!(
+                    "roof:     {:.1} G f32 FMA/s per core ({}, measured; {:.1} G on all {} cores) = {} tok/s \
+                     per core at {} MACs/token; % roof = tok/s x MACs / (FMA/s per core x cores used)\n",
+                    r.per_core / 1e9,
+                    r.isa,
+                    r.all_cores / 1e9,
+                    r.cores,
+                    human_rate(r.tok_per_s_per_core(self.shape.weight_macs())),
+                    self.shape.weight_macs()
+                ),
+                None => String::new(),
+            },
+            self.power_line(),
         )
     }
 
@@ -74,7 +110,10 @@ impl Report<'_> {
             "precision",
             "streams",
             "tok/s",
+            "tok/s/stream",
             "ns/token",
+            "% roof",
+            "tok/J",
             "x FPGA",
             "x ref",
             "max|dlogit|",
@@ -115,7 +154,17 @@ impl Report<'_> {
                 row.info.precision.to_string(),
                 row.info.streams.to_string(),
                 human_rate(t.tok_per_s),
+                human_rate(t.tok_per_s / row.info.streams.max(1) as f64),
                 format!("{:.1}", t.ns_per_token),
+                self.roof_share(row)
+                    .map_or("-".into(), |f| format!("{:.1}", f * 100.0)),
+                t.power.tok_per_joule(t.tok_per_s).map_or("-".into(), |j| {
+                    format!(
+                        "{}{}",
+                        human_rate(j),
+                        if t.power.is_measured() { "" } else { "*" }
+                    )
+                }),
                 format!("{:.1}", t.tok_per_s / TALOS_CLAIMED_TOK_PER_S),
                 reference.map_or("-".into(), |r| format!("{:.2}", t.tok_per_s / r)),
                 diff,
@@ -131,7 +180,10 @@ impl Report<'_> {
                     row.info.precision.to_string(),
                     "1".into(),
                     human_rate(m.tok_per_s),
+                    human_rate(m.tok_per_s),
                     format!("{:.1}", 1e9 / m.tok_per_s),
+                    "-".into(),
+                    "-".into(),
                     format!("{:.2}", m.tok_per_s / TALOS_CLAIMED_TOK_PER_S),
                     reference.map_or("-".into(), |r| format!("{:.3}", m.tok_per_s / r)),
                     "-".into(),
@@ -149,7 +201,8 @@ impl Report<'_> {
         }
         // Numbers right-aligned, text left-aligned.
         let numeric = [
-            false, false, false, false, true, true, true, true, true, true, true, false, false,
+            false, false, false, false, true, true, true, true, true, true, true, true, true, true, false,
+            false,
         ];
         let fmt_line = |cells: Vec<String>| -> String {
             let mut s = String::new();
@@ -199,6 +252,14 @@ impl Report<'_> {
             }
         }
         out.push_str(&format!(
+            "tok/J: tokens per joule{}. ",
+            if self.options.rapl.is_some() {
+                ", measured"
+            } else {
+                "; * = estimated from the assumed watts per core, not measured"
+            }
+        ));
+        out.push_str(&format!(
             "x FPGA: relative to TALOS-V2's claimed {} tok/s. Oracle rows: fp32 variants are checked \
              against the scalar fp32 reference, Q4.12 variants against the scalar Q4.12 reference.\n",
             TALOS_CLAIMED_TOK_PER_S
@@ -226,7 +287,14 @@ impl Report<'_> {
                     "isa": row.info.isa,
                     "precision": row.info.precision.to_string(),
                     "streams": row.info.streams,
+                    "threads": row.info.threads,
                     "tok_per_s": row.timing.tok_per_s,
+                    "tok_per_s_per_stream": row.timing.tok_per_s / row.info.streams.max(1) as f64,
+                    "roof_share": self.roof_share(row),
+                    "watts": row.timing.power.watts(),
+                    "power": row.timing.power.label(),
+                    "power_measured": row.timing.power.is_measured(),
+                    "tok_per_joule": row.timing.power.tok_per_joule(row.timing.tok_per_s),
                     "ns_per_token": row.timing.ns_per_token,
                     "x_fpga": row.timing.tok_per_s / TALOS_CLAIMED_TOK_PER_S,
                     "x_reference": reference.map(|r| row.timing.tok_per_s / r),
@@ -287,7 +355,15 @@ impl Report<'_> {
                 "arch": self.machine.arch,
                 "cores": self.machine.cores,
                 "features": self.machine.features,
+                "roof": self.roof.map(|r| json!({
+                    "isa": r.isa,
+                    "lanes": r.lanes,
+                    "fma_per_s_per_core": r.per_core,
+                    "fma_per_s_all_cores": r.all_cores,
+                    "cores": r.cores,
+                })),
             },
+            "weight_macs_per_token": self.shape.weight_macs(),
             "shape": shape,
             "weights": self.weights,
             "seed": self.options.seed,

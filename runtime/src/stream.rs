@@ -55,6 +55,20 @@ impl Stream {
     }
 }
 
+/// The seed of stream `index` of a multi-stream run started with `seed`: stream 0 gets `seed`
+/// itself (so it reproduces the single-stream run), every other stream a splitmix32 hash of
+/// `(seed, index)`, never 0 (xorshift32's fixed point).
+pub fn stream_seed(seed: u32, index: usize) -> u32 {
+    if index == 0 {
+        return seed;
+    }
+    let mut z = seed.wrapping_add((index as u32).wrapping_mul(0x9E37_79B9));
+    z = (z ^ (z >> 16)).wrapping_mul(0x85EB_CA6B);
+    z = (z ^ (z >> 13)).wrapping_mul(0xC2B2_AE35);
+    z ^= z >> 16;
+    if z == 0 { 0x9E37_79B9 } else { z }
+}
+
 /// Names mode: `count` names, each from BOS at position 0 with a cleared cache, at most `block`
 /// steps, stopping at BOS; the RNG carries over from one name to the next. Returns token ids.
 pub fn generate_names<S: FnMut(usize, usize, f32) -> usize>(
@@ -119,6 +133,18 @@ mod tests {
         let mut rng = XorShift32::new(42);
         assert_eq!(rs, [rng.uniform(), rng.uniform(), rng.uniform()]);
         assert_eq!(s.rng, rng);
+    }
+
+    #[test]
+    fn stream_seeds_are_distinct_and_never_zero() {
+        assert_eq!(stream_seed(42, 0), 42);
+        let seeds: Vec<u32> = (0..1000).map(|i| stream_seed(42, i)).collect();
+        let mut sorted = seeds.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 1000);
+        assert!(seeds.iter().all(|&s| s != 0));
+        assert_ne!(stream_seed(1, 5), stream_seed(2, 5));
     }
 
     #[test]

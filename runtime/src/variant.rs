@@ -97,6 +97,10 @@ pub struct VariantInfo {
     pub precision: Precision,
     /// Independent sampling streams run at once.
     pub streams: usize,
+    /// Cores it keeps busy (the roof it is measured against scales with them).
+    pub threads: usize,
+    /// Runs on a GPU (no CPU roof applies).
+    pub on_gpu: bool,
     pub oracle: Oracle,
     /// Whether every drawn token must equal the oracle's (boundary draws excused). False only
     /// where the oracle computes in another precision on purpose, to show its error.
@@ -122,6 +126,8 @@ impl VariantInfo {
             isa: isa.into(),
             precision,
             streams: 1,
+            threads: 1,
+            on_gpu: false,
             oracle: Oracle::for_precision(precision),
             exact_tokens: true,
             compile_ms: None,
@@ -167,6 +173,12 @@ pub trait Variant: Send {
     /// counts as one token). Returns a checksum of the drawn tokens.
     fn run(&mut self, tokens: u64) -> u64;
 
+    /// A cumulative energy counter of the device an off-CPU variant runs on, in joules (NVML on
+    /// NVIDIA GPUs); the bench reads it around the timed windows. `None` where there is none.
+    fn device_energy_joules(&self) -> Option<f64> {
+        None
+    }
+
     /// Names mode: `count` names from `seed`, as text.
     fn names(&mut self, count: usize, seed: u32) -> Vec<String> {
         let shape = self.shape();
@@ -188,6 +200,8 @@ pub struct VariantSpec {
     pub precision: Precision,
     /// The one shape this variant was generated for; `None` when it takes any shape.
     pub shape: Option<Shape>,
+    /// Cores it runs on.
+    pub threads: usize,
     prepare: Box<Prepare>,
 }
 
@@ -203,6 +217,7 @@ impl VariantSpec {
             backend: backend.into(),
             precision,
             shape: None,
+            threads: 1,
             prepare: Box::new(prepare),
         }
     }

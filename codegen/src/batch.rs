@@ -1,0 +1,856 @@
+//! The lane-batched renderer: one independent stream per SIMD lane. Every value of the forward
+//! pass becomes one register holding it for all the lane's streams, so each FMA works for all of
+//! them (a weight broadcast from memory times a register of activations) and the dependency chain
+//! of one token is hidden behind the others'.
+//!
+//! Streams differ in position, so the KV cache is a ring indexed by the step count (every lane
+//! writes the same slot each step) and a lane attends to the slots no older than its position.
+//! The Q4.12 kernels keep the reference's operation order lane by lane (sums over channels and
+//! positions run in order), so their integers match it bit for bit.
+
+use crate::emit::{Body, tree};
+use crate::expand::{KernelId, Kind};
+use crate::f32::exp_fn;
+use crate::target::Target;
+use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
+use proc_macro2::{Ident, TokenStream};
+use quote::{format_ident, quote};
+use std::collections::HashMap;
+
+type T = TokenStream;
+
+/// Generates the step of one lane-batched kernel.
+pub struct BatchGen<'a> {
+    t: Target,
+    kind: Kind,
+    vnni: bool,
+    shape: Shape,
+    program: &'a Program,
+    layout: Layout,
+    items: Vec<T>,
+}
+
+impl<'a> BatchGen<'a> {
+    pub fn new(id: KernelId, program: &'a Program) -> BatchGen<'a> {
+        let shape = *program.shape();
+        BatchGen {
+            t: id.target,
+            kind: id.kind,
+            vnni: id.target == Target::Avx512 && id.kind == Kind::Q412,
+            shape,
+            program,
+            layout: Layout::new(shape),
+            items: Vec::new(),
+        }
+    }
+
+    fn l(&self) -> usize {
+        self.t.lanes()
+    }
+
+    fn attrs(&self) -> T {
+        self.t.fn_attrs(self.vnni)
+    }
+
+    fn q412(&self) -> bool {
+        self.kind == Kind::Q412
+    }
+
+    /// The lane vector type of a buffer's elements.
+    fn vty(&self) -> T {
+        if self.q412() { self.t.vi() } else { self.t.vf() }
+    }
+
+    fn arr(&self, n: usize) -> T {
+        let v = self.vty();
+        quote! { [#v; #n] }
+    }
+
+    fn offset(&self, p: Param) -> usize {
+        self.layout.tensor(p).offset
+    }
+
+    /// The op functions and the step body.
+    pub fn render(mut self) -> (Vec<T>, T) {
+        let t = self.t;
+        let mut body = Body::default();
+        let mut vals: HashMap<Buffer, Ident> = HashMap::new();
+        let l = self.l();
+        body.push({
+            let tok = t.load_i32(quote! { toks.as_ptr() });
+            let pos = t.load_i32(quote! { pos.as_ptr() });
+            quote! { let tokv = #tok; let posv = #pos; }
+        });
+        for (index, op) in self.program.ops().to_vec().iter().enumerate() {
+            self.render_op(index, op, &mut body, &mut vals);
+        }
+        let logits = vals[&Buffer::Logits].clone();
+        let vocab = self.shape.vocab;
+        // Logits as real numbers, lane-major per id (the fp32 ones divided by T).
+        let fl: Vec<T> = (0..vocab)
+            .map(|i| {
+                if self.q412() {
+                    t.mul(
+                        t.i32_to_f32(quote! { #logits[#i] }),
+                        t.splat(quote! { (1.0f32 / 4096.0) }),
+                    )
+                } else {
+                    quote! { #logits[#i] }
+                }
+            })
+            .collect();
+        let lf = body.bind("z", quote! { [#(#fl),*] });
+        let stores: Vec<T> = (0..vocab)
+            .map(|i| {
+                let o = i * l;
+                t.store(quote! { k.logits.as_mut_ptr().add(#o) }, quote! { #lf[#i] })
+            })
+            .collect();
+        body.push(quote! { #(#stores)* });
+        let scale = if self.q412() {
+            quote! { k.inv_temperature }
+        } else {
+            quote! { 1.0f32 }
+        };
+        body.push(quote! { sample(#lf, rs, #scale, next); });
+        let attrs = self.attrs();
+        self.items
+            .push(exp_fn(t, !self.q412(), &attrs, &format_ident!("exp_v")));
+        if self.q412() {
+            self.items
+                .push(exp_fn(t, true, &attrs, &format_ident!("exp_fast")));
+        }
+        self.items.push(self.sample_fn());
+        (self.items, body.into_tokens())
+    }
+
+    fn render_op(&mut self, index: usize, op: &Op, body: &mut Body, vals: &mut HashMap<Buffer, Ident>) {
+        let t = self.t;
+        let s = self.shape;
+        let (e, l) = (s.embd, self.l());
+        let attrs = self.attrs();
+        let doc_head =
+            format!("Op {index} of the forward pass, shape {s}, {l} streams in the lanes: `{op}`.");
+        let ty_e = self.arr(e);
+        match *op {
+            Op::Embed { out } => {
+                let (wte, wpe) = (self.offset(Param::Wte), self.offset(Param::Wpe));
+                let q = self.q412();
+                // The Q4.12 kernels keep the embedding tables as i32: wte rows, then wpe rows.
+                let wte_len = s.vocab * e;
+                let regs: Vec<T> = (0..e)
+                    .map(|c| {
+                        let (a, b) = if q {
+                            (
+                                t.gather(quote! { emb.add(#c) }, quote! { te }, true),
+                                t.gather(quote! { emb.add(#wte_len + #c) }, quote! { pe }, true),
+                            )
+                        } else {
+                            (
+                                t.gather(quote! { w.add(#wte + #c) }, quote! { te }, false),
+                                t.gather(quote! { w.add(#wpe + #c) }, quote! { pe }, false),
+                            )
+                        };
+                        if q { t.wrap16(t.add_i32(a, b)) } else { t.add(a, b) }
+                    })
+                    .collect();
+                let te = t.mul_i32(quote! { tok }, t.splat_i32(quote! { #e as i32 }));
+                let pe = t.mul_i32(quote! { pos }, t.splat_i32(quote! { #e as i32 }));
+                let vi = t.vi();
+                let (src, src_name) = if q {
+                    (quote! { emb: *const i32 }, quote! { k.emb.as_ptr() })
+                } else {
+                    (quote! { w: *const f32 }, quote! { w })
+                };
+                let name = format_ident!("op{:02}_embed", index);
+                let doc = format!("{doc_head} Each lane's rows gathered from the embedding tables.");
+                self.items.push(quote! {
+                    #[doc = #doc]
+                    #attrs
+                    unsafe fn #name(#src, tok: #vi, pos: #vi) -> #ty_e {
+                        let te = #te;
+                        let pe = #pe;
+                        [#(#regs),*]
+                    }
+                });
+                let id = body.bind(out.name(), quote! { #name(#src_name, tokv, posv) });
+                vals.insert(out, id);
+            }
+            Op::RmsNorm { input, out } => {
+                let name = format_ident!("op{:02}_rmsnorm", index);
+                let x = vals[&input].clone();
+                let n = e as f32;
+                let (pre, outs, doc) = if self.q412() {
+                    let fx: Vec<T> = (0..e)
+                        .map(|c| {
+                            t.mul(
+                                t.i32_to_f32(quote! { x[#c] }),
+                                t.splat(quote! { (1.0f32 / 4096.0) }),
+                            )
+                        })
+                        .collect();
+                    let mut ms = t.zero();
+                    for c in 0..e {
+                        ms = t.add(ms, t.mul(quote! { fx[#c] }, quote! { fx[#c] }));
+                    }
+                    let scale = t.div(
+                        t.splat(quote! { 1.0f32 }),
+                        t.sqrt(t.add(
+                            t.div(quote! { ms }, t.splat(quote! { #n })),
+                            t.splat(quote! { 1e-5f32 }),
+                        )),
+                    );
+                    let vf = t.vf();
+                    let outs: Vec<T> = (0..e)
+                        .map(|c| {
+                            let y = t.mul(
+                                t.mul(quote! { fx[#c] }, quote! { scale }),
+                                t.splat(quote! { 4096.0f32 }),
+                            );
+                            t.sat16(t.f32_to_i32_round(y))
+                        })
+                        .collect();
+                    (
+                        quote! { let fx: [#vf; #e] = [#(#fx),*]; let ms = #ms; let scale = #scale; },
+                        outs,
+                        "In f32 as the reference: each lane's squares summed in channel order, the scale, every value rounded half to even and saturated.",
+                    )
+                } else {
+                    let sq = tree(
+                        (0..e)
+                            .map(|c| t.mul(quote! { x[#c] }, quote! { x[#c] }))
+                            .collect(),
+                        |a, b| t.add(a, b),
+                    );
+                    let inv_n = 1.0 / n;
+                    let eps = RMS_EPS as f32;
+                    let scale = t.div(
+                        t.splat(quote! { 1.0f32 }),
+                        t.sqrt(t.fma(
+                            quote! { ss },
+                            t.splat(quote! { #inv_n }),
+                            t.splat(quote! { #eps }),
+                        )),
+                    );
+                    let outs = (0..e)
+                        .map(|c| t.mul(quote! { x[#c] }, quote! { scale }))
+                        .collect();
+                    (
+                        quote! { let ss = #sq; let scale = #scale; },
+                        outs,
+                        "Every lane's own scale.",
+                    )
+                };
+                let doc = format!("{doc_head} {doc}");
+                self.items.push(quote! {
+                    #[doc = #doc]
+                    #attrs
+                    unsafe fn #name(x: #ty_e) -> #ty_e {
+                        #pre
+                        [#(#outs),*]
+                    }
+                });
+                let id = body.bind(out.name(), quote! { #name(#x) });
+                vals.insert(out, id);
+            }
+            Op::MatVec { weight, input, out } => {
+                let x = vals[&input].clone();
+                let name = format_ident!("op{:02}_matvec_{}", index, weight.name().replace('.', "_"));
+                self.matvec_fn(&name, &doc_head, weight);
+                let id = body.bind(out.name(), quote! { #name(w, #x) });
+                vals.insert(out, id);
+            }
+            Op::Logits { input } => {
+                let x = vals[&input].clone();
+                let name = format_ident!("op{:02}_logits", index);
+                self.matvec_fn(&name, &doc_head, Param::LmHead);
+                let id = body.bind("logits", quote! { #name(w, #x) });
+                vals.insert(Buffer::Logits, id);
+            }
+            Op::Relu { buf } => {
+                let x = vals[&buf].clone();
+                let n = buf.len(&s);
+                let ty = self.arr(n);
+                let regs: Vec<T> = (0..n)
+                    .map(|i| {
+                        if self.q412() {
+                            t.max0_i32(quote! { h[#i] })
+                        } else {
+                            t.max(quote! { h[#i] }, t.zero())
+                        }
+                    })
+                    .collect();
+                let name = format_ident!("op{:02}_relu", index);
+                self.items.push(quote! {
+                    #[doc = #doc_head]
+                    #attrs
+                    unsafe fn #name(h: #ty) -> #ty {
+                        [#(#regs),*]
+                    }
+                });
+                let id = body.bind(buf.name(), quote! { #name(#x) });
+                vals.insert(buf, id);
+            }
+            Op::Add { input, into } => {
+                let (a, b) = (vals[&input].clone(), vals[&into].clone());
+                let regs: Vec<T> = (0..e)
+                    .map(|i| {
+                        if self.q412() {
+                            t.sat16(t.add_i32(quote! { into[#i] }, quote! { input[#i] }))
+                        } else {
+                            t.add(quote! { into[#i] }, quote! { input[#i] })
+                        }
+                    })
+                    .collect();
+                let name = format_ident!("op{:02}_residual_add", index);
+                self.items.push(quote! {
+                    #[doc = #doc_head]
+                    #attrs
+                    unsafe fn #name(into: #ty_e, input: #ty_e) -> #ty_e {
+                        [#(#regs),*]
+                    }
+                });
+                let id = body.bind(into.name(), quote! { #name(#b, #a) });
+                vals.insert(into, id);
+            }
+            Op::Attention { layer, q, k, v, out } => {
+                let name = format_ident!("op{:02}_attention", index);
+                self.attention_fn(&name, &doc_head, layer);
+                let (qr, kr, vr) = (vals[&q].clone(), vals[&k].clone(), vals[&v].clone());
+                let id = body.bind(
+                    out.name(),
+                    quote! { #name(keys, values, slot, maxpos, posv, #qr, #kr, #vr) },
+                );
+                vals.insert(out, id);
+            }
+        }
+    }
+
+    /// `W · x` with each weight broadcast from memory and multiplied by the register holding one
+    /// input for every lane; rows a block at a time so their sums stay in registers.
+    fn matvec_fn(&mut self, name: &Ident, doc_head: &str, weight: Param) {
+        let t = self.t;
+        let tensor = self.layout.tensor(weight).clone();
+        let (rows, cols, off) = (tensor.rows, tensor.cols, tensor.offset);
+        let block = row_block(t, rows, cols);
+        let mut body = Body::default();
+        let mut outs = Vec::new();
+        let q = self.q412();
+        if q && t == Target::Neon {
+            let halves: Vec<T> = (0..cols).map(|c| quote! { vmovn_s32(x[#c]) }).collect();
+            body.push(quote! { let xh = [#(#halves),*]; });
+        }
+        if q && t != Target::Neon {
+            let pairs: Vec<T> = (0..cols.div_ceil(2))
+                .map(|p| {
+                    let i = 2 * p;
+                    let lo = quote! { x[#i] };
+                    let hi = if 2 * p + 1 < cols {
+                        let i = 2 * p + 1;
+                        quote! { x[#i] }
+                    } else {
+                        t.zero_i32()
+                    };
+                    t.pack_pairs(lo, hi)
+                })
+                .collect();
+            body.push(quote! { let xp = [#(#pairs),*]; });
+        }
+        for first in (0..rows).step_by(block) {
+            let rs: Vec<usize> = (first..(first + block).min(rows)).collect();
+            let accs: Vec<Ident> = rs.iter().map(|_| body.fresh("acc")).collect();
+            let steps: Vec<usize> = if q && t != Target::Neon {
+                (0..cols.div_ceil(2)).collect()
+            } else {
+                (0..cols).collect()
+            };
+            // Accumulators start from zero behind a fence, so a block starts after the one before
+            // it has finished instead of interleaving with it (and spilling).
+            let zero = if q { t.zero_i32() } else { t.zero() };
+            for acc in &accs {
+                body.push(quote! { let mut #acc = #zero; });
+            }
+            body.push(t.pin(&accs));
+            for &c in &steps {
+                for (&r, acc) in rs.iter().zip(&accs) {
+                    let at = off + r * cols;
+                    let expr = match (q, t) {
+                        (false, Target::Neon) => quote! { vfmaq_n_f32(#acc, x[#c], *w.add(#at + #c)) },
+                        (false, _) => t.fma(
+                            quote! { x[#c] },
+                            t.splat(quote! { *w.add(#at + #c) }),
+                            quote! { #acc },
+                        ),
+                        (true, Target::Neon) => quote! { vmlal_n_s16(#acc, xh[#c], *w.add(#at + #c)) },
+                        (true, _) => {
+                            let pair = quote! { (w.add(#at + 2 * #c) as *const i32).read_unaligned() };
+                            t.pair_dot(quote! { #acc }, quote! { xp[#c] }, pair, self.vnni)
+                        }
+                    };
+                    body.push(quote! { #acc = #expr; });
+                }
+            }
+            body.push(t.pin(&accs));
+            for acc in accs {
+                outs.push(if q {
+                    t.sat16(t.shr12(quote! { #acc }))
+                } else {
+                    quote! { #acc }
+                });
+            }
+        }
+        let attrs = self.attrs();
+        let (in_ty, out_ty) = (self.arr(cols), self.arr(rows));
+        let elem = if q {
+            quote! { i16 }
+        } else {
+            quote! { f32 }
+        };
+        let doc = format!(
+            "{doc_head} A {rows}×{cols} matrix times a vector per lane: each weight broadcast from \
+             memory{}, rows {block} at a time.",
+            if q && t != Target::Neon {
+                " as a pair of i16 (two inputs per 32-bit lane)"
+            } else {
+                ""
+            }
+        );
+        let b = body.into_tokens();
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(w: *const #elem, x: #in_ty) -> #out_ty {
+                #b
+                [#(#outs),*]
+            }
+        });
+    }
+
+    fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
+        let t = self.t;
+        let s = self.shape;
+        let (e, hd, heads, l, block) = (s.embd, s.head_dim(), s.heads, self.l(), s.block);
+        let q = self.q412();
+        let ty = self.arr(e);
+        let vf = t.vf();
+        let vi = t.vi();
+        let base = layer * block * e * l;
+        let row = e * l;
+        let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
+        let zero = t.zero();
+        let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
+        let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
+        // Store this step's keys and values at the ring slot.
+        let stores: Vec<T> = (0..e)
+            .map(|c| {
+                let o = c * l;
+                let kv = if q {
+                    t.store_i32(quote! { keys.add(#base + slot * #row + #o) }, quote! { k[#c] })
+                } else {
+                    t.store(quote! { keys.add(#base + slot * #row + #o) }, quote! { k[#c] })
+                };
+                let vv = if q {
+                    t.mul(
+                        t.i32_to_f32(quote! { v[#c] }),
+                        t.splat(quote! { (1.0f32 / 4096.0) }),
+                    )
+                } else {
+                    quote! { v[#c] }
+                };
+                let vs = t.store(quote! { values.add(#base + slot * #row + #o) }, vv);
+                quote! { #kv #vs }
+            })
+            .collect();
+        // One age's scores, per head.
+        let scores: Vec<T> = (0..heads)
+            .map(|h| {
+                if q {
+                    let mut dot = t.zero_i32();
+                    for j in h * hd..h * hd + hd {
+                        let o = j * l;
+                        let kv = t.load_i32(quote! { kt.add(#o) });
+                        dot = t.add_i32(dot, t.mul_i32(quote! { q[#j] }, kv));
+                    }
+                    let f = t.mul(t.i32_to_f32(dot), t.splat(quote! { (1.0f32 / 16777216.0) }));
+                    t.select(
+                        quote! { valid },
+                        t.mul(f, t.splat(quote! { #inv_sqrt })),
+                        neg_inf.clone(),
+                    )
+                } else {
+                    let mut dot: Option<T> = None;
+                    for j in h * hd..h * hd + hd {
+                        let o = j * l;
+                        let kv = t.load(quote! { kt.add(#o) });
+                        dot = Some(match dot {
+                            None => t.mul(quote! { qs[#j] }, kv),
+                            Some(d) => t.fma(quote! { qs[#j] }, kv, d),
+                        });
+                    }
+                    t.select(quote! { valid }, dot.expect("head_dim >= 1"), neg_inf.clone())
+                }
+            })
+            .collect();
+        let maxes: Vec<T> = (0..heads)
+            .map(|h| t.max(quote! { m[#h] }, quote! { sc[#h] }))
+            .collect();
+        let exps: Vec<T> = (0..heads)
+            .map(|h| {
+                let d = t.sub(quote! { sc[#h] }, quote! { m[#h] });
+                t.select(quote! { valid }, quote! { exp_v(#d) }, zero.clone())
+            })
+            .collect();
+        let sums: Vec<T> = (0..heads)
+            .map(|h| t.add(quote! { sum[#h] }, quote! { ex[#h] }))
+            .collect();
+        let accs: Vec<T> = (0..e)
+            .map(|c| {
+                let h = c / hd;
+                let o = c * l;
+                let vv = t.load(quote! { vt.add(#o) });
+                if q {
+                    let p = t.div(quote! { ex[#h] }, quote! { sum[#h] });
+                    t.add(quote! { acc[#c] }, t.mul(p, vv))
+                } else {
+                    t.fma(quote! { ex[#h] }, vv, quote! { acc[#c] })
+                }
+            })
+            .collect();
+        let outs: Vec<T> = (0..e)
+            .map(|c| {
+                let h = c / hd;
+                if q {
+                    t.sat16(t.f32_to_i32_round(t.mul(quote! { acc[#c] }, t.splat(quote! { 4096.0f32 }))))
+                } else {
+                    t.div(quote! { acc[#c] }, quote! { sum[#h] })
+                }
+            })
+            .collect();
+        let scaled_q: Vec<T> = (0..e)
+            .map(|j| t.mul(quote! { q[#j] }, t.splat(quote! { #inv_sqrt })))
+            .collect();
+        let prelude = if q {
+            quote! {}
+        } else {
+            quote! { let qs: [#vf; #e] = [#(#scaled_q),*]; }
+        };
+        let keys_ty = if q {
+            quote! { *mut i32 }
+        } else {
+            quote! { *mut f32 }
+        };
+        // The Q4.12 sums run oldest first, as the reference's; masked lanes add exact zeros.
+        let (pass2, pass3) = if q {
+            (
+                quote! {
+                    let mut sum: [#vf; #heads] = [#zero; #heads];
+                    for age in (0..=maxpos).rev() {
+                        let valid = #ge_valid;
+                        let sc = scores[age];
+                        let ex: [#vf; #heads] = [#(#exps),*];
+                        sum = [#(#sums),*];
+                        scores[age] = ex;
+                    }
+                    let mut acc: [#vf; #e] = [#zero; #e];
+                    for age in (0..=maxpos).rev() {
+                        let ex = scores[age];
+                        let vt = values.add(#base + ((slot + #block - age) % #block) * #row);
+                        acc = [#(#accs),*];
+                    }
+                },
+                quote! {},
+            )
+        } else {
+            (
+                quote! {
+                    let mut sum: [#vf; #heads] = [#zero; #heads];
+                    let mut acc: [#vf; #e] = [#zero; #e];
+                    for age in 0..=maxpos {
+                        let valid = #ge_valid;
+                        let sc = scores[age];
+                        let ex: [#vf; #heads] = [#(#exps),*];
+                        let vt = values.add(#base + ((slot + #block - age) % #block) * #row);
+                        sum = [#(#sums),*];
+                        acc = [#(#accs),*];
+                    }
+                },
+                quote! {},
+            )
+        };
+        let doc = format!(
+            "{doc_head} Stores the lanes' key and value at the ring slot of this step, then per lane \
+             and head a softmax over the slots no older than the lane's position (older ones \
+             masked out) and the weighted sum of values."
+        );
+        let attrs = self.attrs();
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn #name(keys: #keys_ty, values: *mut f32, slot: usize, maxpos: usize, posv: #vi, q: #ty, k: #ty, v: #ty) -> #ty {
+                #(#stores)*
+                #prelude
+                let mut scores: [[#vf; #heads]; #block] = [[#zero; #heads]; #block];
+                let mut m: [#vf; #heads] = [#neg_inf; #heads];
+                for age in 0..=maxpos {
+                    let valid = #ge_valid;
+                    let kt = keys.add(#base + ((slot + #block - age) % #block) * #row);
+                    let sc: [#vf; #heads] = [#(#scores),*];
+                    m = [#(#maxes),*];
+                    scores[age] = sc;
+                }
+                #pass2
+                #pass3
+                [#(#outs),*]
+            }
+        });
+    }
+
+    /// Per lane: `softmax(z · scale)` and the canonical inverse CDF, as a count of the running
+    /// sums (in id order, as the reference adds them) at or below `r · Σe`.
+    fn sample_fn(&self) -> T {
+        let t = self.t;
+        let s = self.shape;
+        let vocab = s.vocab;
+        let l = self.l();
+        let vf = t.vf();
+        let mut body = Body::default();
+        let zs: Vec<Ident> = (0..vocab)
+            .map(|i| body.bind("z", t.mul(quote! { z[#i] }, t.splat(quote! { scale }))))
+            .collect();
+        let m = body.bind(
+            "m",
+            tree(zs.iter().map(|z| quote! { #z }).collect(), |a, b| t.max(a, b)),
+        );
+        let exp = if self.q412() {
+            format_ident!("exp_fast")
+        } else {
+            format_ident!("exp_v")
+        };
+        let mut running: Option<Ident> = None;
+        let mut cums = Vec::new();
+        for z in &zs {
+            let d = t.sub(quote! { #z }, quote! { #m });
+            let e = quote! { #exp(#d) };
+            let c = match &running {
+                None => body.bind("c", e),
+                Some(prev) => body.bind("c", t.add(quote! { #prev }, e)),
+            };
+            cums.push(c.clone());
+            running = Some(c);
+        }
+        let total = running.expect("vocab >= 2");
+        let thr = t.mul(t.load(quote! { rs.as_ptr() }), quote! { #total });
+        body.push(quote! { let thr = #thr; });
+        // Bound one step at a time: `count_where` may use its count twice.
+        let mut count = body.bind("n", t.zero_i32());
+        for c in cums.iter().take(vocab - 1) {
+            count = body.bind(
+                "n",
+                t.count_where(quote! { #count }, t.le(quote! { #c }, quote! { thr })),
+            );
+        }
+        let store = t.store_i32(quote! { next.as_mut_ptr() }, quote! { #count });
+        let attrs = self.attrs();
+        let b = body.into_tokens();
+        let doc = format!(
+            "The sampler of every lane over {vocab} ids: `softmax(logits / T)` and the canonical inverse CDF."
+        );
+        quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn sample(z: [#vf; #vocab], rs: &[f32; #l], scale: f32, next: &mut [i32; #l]) {
+                #b
+                #store
+            }
+        }
+    }
+}
+
+/// Rows per accumulator block of a `rows × cols` matvec: as many accumulators as the vector
+/// registers hold besides the input (kept in registers when it fits with a dozen accumulators,
+/// else streamed a column at a time) and a scratch register, split evenly over the rows. Within a
+/// block each input column is read once and updates every accumulator.
+fn row_block(t: Target, rows: usize, cols: usize) -> usize {
+    let regs = match t {
+        Target::Avx512 | Target::Neon => 32,
+        _ => 16,
+    };
+    let x_regs = if cols + 12 <= regs - 2 { cols } else { 1 };
+    let most = regs - 2 - x_regs;
+    rows.div_ceil(rows.div_ceil(most))
+}
+
+/// The module of one lane-batched kernel: its state, `BatchKernel` impl and step.
+pub fn batch_module(program: &Program, id: KernelId) -> T {
+    let s = *program.shape();
+    let t = id.target;
+    let l = t.lanes();
+    let module = id.module();
+    let name = id.variant_name();
+    let isa = id.isa();
+    let vnni = id.target == Target::Avx512 && id.kind == Kind::Q412;
+    let attrs = t.fn_attrs(vnni);
+    let imports = t.imports();
+    let cfg = match t.arch() {
+        Some(arch) => quote! { #[cfg(target_arch = #arch)] },
+        None => quote! {},
+    };
+    let checks: Vec<T> = t
+        .features(vnni)
+        .iter()
+        .map(|f| {
+            quote! {
+                if !::std::is_x86_feature_detected!(#f) {
+                    return Err(format!("{} needs the CPU feature {}", #name, #f));
+                }
+            }
+        })
+        .collect();
+    let q = id.kind == Kind::Q412;
+    let (vocab, e, block, layers) = (s.vocab, s.embd, s.block, s.layers);
+    let cache = layers * block * e * l;
+    let lm = Layout::new(s).tensor(Param::LmHead).range();
+    let (lm_start, lm_end) = (lm.start, lm.end);
+    let (precision, weights_ty, keys_ty, fill, emb_field, emb_init, logits_scale) = if q {
+        (
+            quote! { Q412 },
+            quote! { i16 },
+            quote! { i32 },
+            quote! { ::microgpt_runtime::kernel::Aligned::from_slice(&weights.quantized()) },
+            quote! { emb: ::microgpt_runtime::kernel::Aligned<i32>, },
+            quote! {
+                emb: {
+                    let words = weights.quantized();
+                    let wte = weights.layout().tensor(::microgpt_model::Param::Wte).range();
+                    let wpe = weights.layout().tensor(::microgpt_model::Param::Wpe).range();
+                    let both: ::std::vec::Vec<i32> = words[wte].iter().chain(&words[wpe]).map(|&v| v as i32).collect();
+                    ::microgpt_runtime::kernel::Aligned::from_slice(&both)
+                },
+            },
+            quote! { 1.0f32 },
+        )
+    } else {
+        (
+            quote! { F32 },
+            quote! { f32 },
+            quote! { f32 },
+            quote! {{
+                // The output head divided by the temperature: the sampler reads logits / T.
+                let mut data = weights.data().to_vec();
+                for w in &mut data[#lm_start..#lm_end] {
+                    *w /= settings.temperature;
+                }
+                ::microgpt_runtime::kernel::Aligned::from_slice(&data)
+            }},
+            quote! {},
+            quote! {},
+            quote! { (1.0 / self.inv_temperature) },
+        )
+    };
+    let g = BatchGen::new(id, program);
+    let (items, body) = g.render();
+    let doc = format!(
+        "The lane-batched {} kernel for {} ({isa}), shape {s}: {l} independent streams, one per \
+         lane.",
+        if q { "Q4.12" } else { "fp32" },
+        t.slug()
+    );
+    let step_doc = format!(
+        "One step of all {l} lanes, shape {s}.\n\n# Safety\n\nThe CPU supports {isa}; every token is \
+         below VOCAB and every position below BLOCK, `maxpos` is their largest position; `k` was \
+         built by `Kernel::prepare`."
+    );
+    let vi = t.vi();
+    quote! {
+        #[doc = #doc]
+        #cfg
+        pub mod #module {
+            use super::*;
+            #imports
+
+            #[doc = #doc]
+            pub struct Kernel {
+                weights: ::microgpt_runtime::kernel::Aligned<#weights_ty>,
+                #emb_field
+                /// `[layer][ring slot][channel][lane]`.
+                keys: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
+                values: ::microgpt_runtime::kernel::Aligned<f32>,
+                /// `[id][lane]`.
+                logits: ::microgpt_runtime::kernel::Aligned<f32>,
+                /// The ring slot this step writes.
+                slot: usize,
+                inv_temperature: f32,
+            }
+
+            impl ::microgpt_runtime::kernel::BatchKernel for Kernel {
+                const NAME: &'static str = #name;
+                const ISA: &'static str = #isa;
+                const PRECISION: ::microgpt_runtime::Precision = ::microgpt_runtime::Precision::#precision;
+                const BACKEND: &'static str = "proc-macro";
+                const LANES: usize = #l;
+
+                fn shape() -> ::microgpt_model::Shape {
+                    SHAPE
+                }
+
+                fn prepare(
+                    weights: &::microgpt_weights::Weights,
+                    settings: &::microgpt_runtime::Settings,
+                ) -> ::std::result::Result<Self, ::std::string::String> {
+                    #(#checks)*
+                    ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
+                    Ok(Kernel {
+                        weights: #fill,
+                        #emb_init
+                        keys: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
+                        values: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
+                        logits: ::microgpt_runtime::kernel::Aligned::zeroed(#vocab * #l),
+                        slot: 0,
+                        inv_temperature: 1.0 / settings.temperature,
+                    })
+                }
+
+                fn step(&mut self, toks: &[usize], pos: &[usize], rs: &[f32], next: &mut [usize]) {
+                    assert!(toks.len() == #l && pos.len() == #l && rs.len() == #l && next.len() == #l);
+                    let mut t = [0i32; #l];
+                    let mut p = [0i32; #l];
+                    let mut r = [0f32; #l];
+                    let mut maxpos = 0;
+                    for i in 0..#l {
+                        assert!(toks[i] < VOCAB && pos[i] < BLOCK, "token {} or position {} out of range", toks[i], pos[i]);
+                        t[i] = toks[i] as i32;
+                        p[i] = pos[i] as i32;
+                        r[i] = rs[i];
+                        maxpos = maxpos.max(pos[i]);
+                    }
+                    let mut out = [0i32; #l];
+                    // SAFETY: `prepare` checked the CPU features and sized every buffer for the
+                    // generated offsets; tokens and positions were just checked.
+                    unsafe { batch_step(self, &t, &p, &r, maxpos, &mut out) };
+                    self.slot = (self.slot + 1) % BLOCK;
+                    for (n, &o) in next.iter_mut().zip(&out) {
+                        *n = o as usize;
+                    }
+                }
+
+                fn logits(&self, lane: usize) -> ::std::vec::Vec<f32> {
+                    (0..VOCAB).map(|i| self.logits.as_slice()[i * #l + lane] * #logits_scale).collect()
+                }
+            }
+
+            #[doc = #step_doc]
+            #attrs
+            unsafe fn batch_step(k: &mut Kernel, toks: &[i32; #l], pos: &[i32; #l], rs: &[f32; #l], maxpos: usize, next: &mut [i32; #l]) {
+                let w = k.weights.as_ptr();
+                let keys = k.keys.as_mut_ptr();
+                let values = k.values.as_mut_ptr();
+                let slot = k.slot;
+                let _: #vi;
+                #body
+            }
+
+            #(#items)*
+        }
+    }
+}

@@ -1,0 +1,693 @@
+//! The CUDA host side (cargo feature `cuda`): NVRTC compiles [`super::render`]'s source, the
+//! driver API launches it. Both libraries are loaded at run time: when either is missing, or no
+//! device answers, every entry point returns a one-line reason instead of panicking.
+
+use super::{CudaSource, arrange, render};
+use crate::sampler::Sampler;
+use crate::stream::{Stream, stream_seed};
+use crate::variant::{Precision, Settings, Variant, VariantInfo};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use microgpt_model::Shape;
+use microgpt_weights::Weights;
+use std::sync::Arc;
+
+/// Whether the NVRTC library can be loaded; the reason when not.
+pub fn nvrtc_present() -> Result<(), String> {
+    // SAFETY: only tries to open the shared library; nothing is called through it.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err("NVRTC not found (libnvrtc.so: install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its lib/ on LD_LIBRARY_PATH)".into())
+    }
+}
+
+/// Whether the driver library can be loaded; the reason when not.
+pub fn driver_present() -> Result<(), String> {
+    // SAFETY: as in `nvrtc_present`.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err("no CUDA driver (libcuda.so not found)".into())
+    }
+}
+
+/// Compiles `source` to PTX for `arch` (e.g. `compute_90`).
+pub fn compile(source: &CudaSource, arch: &str) -> Result<Ptx, String> {
+    nvrtc_present()?;
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        name: Some("microgpt.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(&source.text, opts).map_err(|e| format!("NVRTC: {e}"))
+}
+
+/// The PTX of `shape`'s kernels for `arch`, as text.
+pub fn ptx(shape: &Shape, arch: &str) -> Result<String, String> {
+    Ok(compile(&render(shape), arch)?.to_src())
+}
+
+/// The device's energy counter through NVML (`libnvidia-ml.so.1`, loaded at run time):
+/// `nvmlDeviceGetTotalEnergyConsumption`, millijoules since the driver loaded (Volta and later).
+pub struct Nvml {
+    _lib: libloading::Library,
+    energy: unsafe extern "C" fn(Device, *mut u64) -> i32,
+    device: Device,
+}
+
+/// An `nvmlDevice_t`.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Device(*mut std::ffi::c_void);
+
+// SAFETY: NVML is thread-safe (its documentation says every call may be made from any thread);
+// the handle is an opaque token valid until shutdown, which this program never calls.
+unsafe impl Send for Nvml {}
+
+impl Nvml {
+    /// The NVML handle of the device with this CUDA UUID, or why not.
+    pub fn open(uuid: &[u8; 16]) -> Result<Nvml, String> {
+        // SAFETY: loading NVML runs no code of ours; its initialisers are the driver's.
+        let lib =
+            unsafe { libloading::Library::new("libnvidia-ml.so.1") }.map_err(|e| format!("NVML: {e}"))?;
+        let name = format!(
+            "GPU-{}-{}-{}-{}-{}\0",
+            hex(&uuid[0..4]),
+            hex(&uuid[4..6]),
+            hex(&uuid[6..8]),
+            hex(&uuid[8..10]),
+            hex(&uuid[10..16])
+        );
+        // SAFETY: the signatures are NVML's (nvml.h): nvmlReturn_t nvmlInit_v2(void);
+        // nvmlDeviceGetHandleByUUID(const char*, nvmlDevice_t*);
+        // nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t, unsigned long long*).
+        unsafe {
+            let init: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+                lib.get(b"nvmlInit_v2\0").map_err(|e| format!("NVML: {e}"))?;
+            let by_uuid: libloading::Symbol<
+                unsafe extern "C" fn(*const std::ffi::c_char, *mut Device) -> i32,
+            > = lib
+                .get(b"nvmlDeviceGetHandleByUUID\0")
+                .map_err(|e| format!("NVML: {e}"))?;
+            let energy: libloading::Symbol<unsafe extern "C" fn(Device, *mut u64) -> i32> = lib
+                .get(b"nvmlDeviceGetTotalEnergyConsumption\0")
+                .map_err(|e| format!("NVML: {e}"))?;
+            let energy = *energy;
+            let status = init();
+            if status != 0 {
+                return Err(format!("NVML: nvmlInit_v2 returned {status}"));
+            }
+            let mut device = Device(std::ptr::null_mut());
+            let status = by_uuid(name.as_ptr().cast(), &mut device);
+            if status != 0 {
+                return Err(format!(
+                    "NVML: no device {} ({status})",
+                    name.trim_end_matches('\0')
+                ));
+            }
+            let nvml = Nvml {
+                _lib: lib,
+                energy,
+                device,
+            };
+            nvml.joules().ok_or("NVML: this device has no energy counter")?;
+            Ok(nvml)
+        }
+    }
+
+    /// The counter, in joules.
+    pub fn joules(&self) -> Option<f64> {
+        let mut mj = 0u64;
+        // SAFETY: `energy` is the symbol loaded from `_lib`, which lives as long as `self`;
+        // `device` came from NVML.
+        let status = unsafe { (self.energy)(self.device, &mut mj) };
+        (status == 0).then_some(mj as f64 / 1000.0)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The device the CUDA variants run on, and what the bench prints about it.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    pub name: String,
+    pub sms: u32,
+    /// SM clock and memory clock (MHz).
+    pub clock_mhz: u32,
+    pub memory_clock_mhz: u32,
+    pub compute_capability: (i32, i32),
+    pub shared_optin_bytes: usize,
+    /// The energy counter, or why there is none.
+    pub nvml: Result<Nvml, String>,
+}
+
+fn driver<T>(what: &str, r: Result<T, cudarc::driver::DriverError>) -> Result<T, String> {
+    r.map_err(|e| format!("CUDA {what}: {e}"))
+}
+
+impl Gpu {
+    /// Device 0, or why not.
+    pub fn open() -> Result<Gpu, String> {
+        driver_present()?;
+        nvrtc_present()?;
+        let count = driver("device count", CudaContext::device_count())?;
+        if count < 1 {
+            return Err("no CUDA device".into());
+        }
+        let ctx = driver("context", CudaContext::new(0))?;
+        let attr = |a| driver("attribute", ctx.attribute(a));
+        let sms = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+        let clock_mhz = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)? as u32 / 1000;
+        let memory_clock_mhz = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? as u32 / 1000;
+        let shared_optin_bytes =
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+        let uuid = driver("uuid", ctx.uuid())?;
+        let uuid: [u8; 16] = uuid.bytes.map(|b| b as u8);
+        Ok(Gpu {
+            nvml: Nvml::open(&uuid),
+            name: driver("name", ctx.name())?,
+            compute_capability: driver("compute capability", ctx.compute_capability())?,
+            stream: ctx.default_stream(),
+            ctx,
+            sms,
+            clock_mhz,
+            memory_clock_mhz,
+            shared_optin_bytes,
+        })
+    }
+
+    /// One line for the bench header.
+    pub fn describe(&self) -> String {
+        let (major, minor) = self.compute_capability;
+        format!(
+            "{} (sm_{major}{minor}, {} SMs, {} MHz SM clock, {} MHz memory clock)",
+            self.name, self.sms, self.clock_mhz, self.memory_clock_mhz
+        )
+    }
+
+    fn load(&self, source: &CudaSource) -> Result<Arc<CudaModule>, String> {
+        let (major, minor) = self.compute_capability;
+        let ptx = compile(source, &format!("compute_{major}{minor}"))?;
+        driver("module load", self.ctx.load_module(ptx))
+    }
+}
+
+/// What a CUDA variant keeps on the device.
+struct Loaded {
+    gpu: Gpu,
+    module: Arc<CudaModule>,
+    source: CudaSource,
+    weights: CudaSlice<f32>,
+}
+
+impl Loaded {
+    fn new(weights: &Weights, settings: &Settings) -> Result<Loaded, String> {
+        let gpu = Gpu::open()?;
+        let source = render(weights.shape());
+        let module = gpu.load(&source)?;
+        let w = driver("upload", gpu.stream.clone_htod(&arrange(weights)))?;
+        let loaded = Loaded {
+            gpu,
+            module,
+            source,
+            weights: w,
+        };
+        let set = loaded.function("mg_set_temperature")?;
+        let t = settings.temperature;
+        let mut b = loaded.gpu.stream.launch_builder(&set);
+        b.arg(&t);
+        // SAFETY: mg_set_temperature(float) takes exactly this argument.
+        driver("launch", unsafe { b.launch(one_thread()) })?;
+        Ok(loaded)
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction, String> {
+        driver(name, self.module.load_function(name))
+    }
+
+    /// Lets `f` use `bytes` of dynamic shared memory.
+    fn allow_shared(&self, f: &CudaFunction, bytes: usize) -> Result<(), String> {
+        if bytes > self.gpu.shared_optin_bytes {
+            return Err(format!(
+                "needs {bytes} bytes of shared memory per block; the device allows {}",
+                self.gpu.shared_optin_bytes
+            ));
+        }
+        driver(
+            "shared memory",
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            ),
+        )
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        driver("synchronize", self.gpu.stream.synchronize())
+    }
+
+    fn info(&self, name: &str, streams: usize, note: String) -> VariantInfo {
+        let (major, minor) = self.gpu.compute_capability;
+        let mut info = VariantInfo::new(name, "cuda", format!("sm_{major}{minor}"), Precision::F32);
+        info.streams = streams;
+        info.on_gpu = true;
+        info.notes.push(format!("{}: {note}", self.gpu.describe()));
+        if let Err(why) = &self.gpu.nvml {
+            info.notes.push(format!("power not measured: {why}"));
+        }
+        info
+    }
+
+    fn joules(&self) -> Option<f64> {
+        self.gpu.nvml.as_ref().ok()?.joules()
+    }
+}
+
+fn one_thread() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn one_warp() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A failure inside a variant's `step`/`run` (the trait has no error path): the device has gone
+/// wrong after preparing fine, which nothing can recover from.
+fn fail(e: String) -> ! {
+    panic!("CUDA failed after a successful prepare: {e}")
+}
+
+/// The `cuda-*` variants' registry entries. Each declines with the reason when this machine has
+/// no usable CUDA.
+pub fn variants() -> Vec<crate::VariantSpec> {
+    use crate::VariantSpec;
+    vec![
+        VariantSpec::new("cuda-naive", "cuda", Precision::F32, |w, s| {
+            Ok(Box::new(Naive::new(w, s)?) as Box<dyn Variant>)
+        }),
+        VariantSpec::new("cuda-persistent", "cuda", Precision::F32, |w, s| {
+            Ok(Box::new(Persistent::new(w, s, Layout::OneWarp)?) as Box<dyn Variant>)
+        }),
+        VariantSpec::new("cuda-streams", "cuda", Precision::F32, |w, s| {
+            Ok(Box::new(Persistent::new(w, s, Layout::ThreadPerStream)?) as Box<dyn Variant>)
+        }),
+        VariantSpec::new("cuda-streams-warp", "cuda", Precision::F32, |w, s| {
+            Ok(Box::new(Persistent::new(w, s, Layout::WarpPerStream)?) as Box<dyn Variant>)
+        }),
+    ]
+}
+
+/// `cuda-naive`: one launch per op, the logits copied back and the token drawn on the host.
+pub struct Naive {
+    info: VariantInfo,
+    dev: Loaded,
+    ops: Vec<CudaFunction>,
+    scratch: CudaSlice<f32>,
+    sampler: Sampler,
+    logits: Vec<f32>,
+    stream: Stream,
+}
+
+impl Naive {
+    pub fn new(weights: &Weights, settings: &Settings) -> Result<Naive, String> {
+        let dev = Loaded::new(weights, settings)?;
+        let ops: Vec<CudaFunction> = dev
+            .source
+            .op_kernels
+            .iter()
+            .map(|k| dev.function(k))
+            .collect::<Result<_, _>>()?;
+        let scratch = driver(
+            "alloc",
+            dev.gpu.stream.alloc_zeros::<f32>(dev.source.scratch_floats),
+        )?;
+        let shape = *weights.shape();
+        let info = dev.info(
+            "cuda-naive",
+            1,
+            format!(
+                "{} launches of one warp per token, logits copied back, drawn on the host",
+                ops.len()
+            ),
+        );
+        Ok(Naive {
+            info,
+            dev,
+            ops,
+            scratch,
+            sampler: Sampler::new(settings.temperature),
+            logits: vec![0.0; shape.vocab],
+            stream: Stream::new(&shape, crate::sampler::DEFAULT_SEED),
+        })
+    }
+
+    fn forward(&mut self, tok: usize, pos: usize) -> Result<(), String> {
+        let (tok, pos) = (tok as i32, pos as i32);
+        for f in &self.ops {
+            let mut b = self.dev.gpu.stream.launch_builder(f);
+            b.arg(&self.dev.weights)
+                .arg(&mut self.scratch)
+                .arg(&tok)
+                .arg(&pos);
+            // SAFETY: every mg_op_<i> takes (const float* w, float* s, int tok, int pos); the
+            // scratch holds MG_SCRATCH floats and tok, pos are in range (the stream's).
+            driver("launch", unsafe { b.launch(one_warp()) })?;
+        }
+        let at = self.dev.source.logits_offset;
+        let view = self.scratch.slice(at..at + self.logits.len());
+        self.logits = driver("copy", self.dev.gpu.stream.clone_dtoh(&view))?;
+        Ok(())
+    }
+}
+
+impl Variant for Naive {
+    fn info(&self) -> &VariantInfo {
+        &self.info
+    }
+
+    fn shape(&self) -> Shape {
+        self.dev.source.shape
+    }
+
+    fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
+        self.forward(tok, pos).unwrap_or_else(|e| fail(e));
+        self.sampler.draw(&self.logits, r)
+    }
+
+    fn logits(&self) -> Vec<f32> {
+        self.logits.clone()
+    }
+
+    fn device_energy_joules(&self) -> Option<f64> {
+        self.dev.joules()
+    }
+
+    fn reset(&mut self, seed: u32) {
+        self.stream = Stream::new(&self.dev.source.shape, seed);
+    }
+
+    fn run(&mut self, tokens: u64) -> u64 {
+        let mut stream = self.stream;
+        let sum = stream.run(tokens, |t, p, r| self.step(t, p, r));
+        self.stream = stream;
+        sum
+    }
+}
+
+/// How a persistent variant maps streams onto the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One stream on one warp: `mg_persistent` <<<1, 32>>>.
+    OneWarp,
+    /// One stream per warp, as many warps as fit on every SM: `mg_persistent`.
+    WarpPerStream,
+    /// One stream per thread, as many threads as fit on every SM: `mg_streams`.
+    ThreadPerStream,
+}
+
+/// `cuda-persistent`, `cuda-streams`, `cuda-streams-warp`: whole timed windows in one launch.
+pub struct Persistent {
+    info: VariantInfo,
+    dev: Loaded,
+    layout: Layout,
+    run_fn: CudaFunction,
+    step_fn: CudaFunction,
+    config: LaunchConfig,
+    streams: usize,
+    /// (tok, pos, rng) per stream.
+    state: CudaSlice<u32>,
+    kv: CudaSlice<f32>,
+    checksums: CudaSlice<u64>,
+    /// The teacher-forced step's scratch (warp) or KV cache (thread), and its outputs.
+    step_scratch: CudaSlice<f32>,
+    step_logits: CudaSlice<f32>,
+    step_next: CudaSlice<i32>,
+    logits: Vec<f32>,
+}
+
+impl Persistent {
+    pub fn new(weights: &Weights, settings: &Settings, layout: Layout) -> Result<Persistent, String> {
+        let dev = Loaded::new(weights, settings)?;
+        let src = &dev.source;
+        let (run_name, step_name) = match layout {
+            Layout::ThreadPerStream => ("mg_streams", "mg_thread_step"),
+            _ => ("mg_persistent", "mg_warp_step"),
+        };
+        let run_fn = dev.function(run_name)?;
+        let step_fn = dev.function(step_name)?;
+        let sms = dev.gpu.sms;
+        let (config, streams, name, note) = match layout {
+            Layout::OneWarp => {
+                let bytes = src.shared_bytes(1);
+                dev.allow_shared(&run_fn, bytes)?;
+                (
+                    LaunchConfig {
+                        grid_dim: (1, 1, 1),
+                        block_dim: (32, 1, 1),
+                        shared_mem_bytes: bytes as u32,
+                    },
+                    1,
+                    "cuda-persistent",
+                    "one warp, the whole window in one launch".to_string(),
+                )
+            }
+            Layout::WarpPerStream => {
+                // As many warps per block as shared memory allows, up to 8.
+                let warps = (1..=8usize)
+                    .rev()
+                    .find(|&k| src.shared_bytes(k) <= dev.gpu.shared_optin_bytes)
+                    .ok_or("not even one warp's scratch fits in shared memory")?;
+                let bytes = src.shared_bytes(warps);
+                dev.allow_shared(&run_fn, bytes)?;
+                let threads = 32 * warps as u32;
+                let per_sm = driver(
+                    "occupancy",
+                    run_fn.occupancy_max_active_blocks_per_multiprocessor(threads, bytes, None),
+                )?
+                .max(1);
+                let blocks = per_sm * sms;
+                (
+                    LaunchConfig {
+                        grid_dim: (blocks, 1, 1),
+                        block_dim: (threads, 1, 1),
+                        shared_mem_bytes: bytes as u32,
+                    },
+                    blocks as usize * warps,
+                    "cuda-streams-warp",
+                    format!("{blocks} blocks of {warps} warps, one stream per warp"),
+                )
+            }
+            Layout::ThreadPerStream => {
+                let bytes = src.streams_shared_bytes();
+                dev.allow_shared(&run_fn, bytes)?;
+                let threads = 256u32;
+                let per_sm = driver(
+                    "occupancy",
+                    run_fn.occupancy_max_active_blocks_per_multiprocessor(threads, bytes, None),
+                )?
+                .max(1);
+                let blocks = per_sm * sms;
+                (
+                    LaunchConfig {
+                        grid_dim: (blocks, 1, 1),
+                        block_dim: (threads, 1, 1),
+                        shared_mem_bytes: bytes as u32,
+                    },
+                    (blocks * threads) as usize,
+                    "cuda-streams",
+                    format!("{blocks} blocks of {threads} threads, one stream per thread"),
+                )
+            }
+        };
+        let stream = &dev.gpu.stream;
+        let step_floats = match layout {
+            Layout::ThreadPerStream => src.kv_floats,
+            _ => src.scratch_floats,
+        };
+        let info = dev.info(name, streams, note);
+        let mut v = Persistent {
+            state: driver("alloc", stream.alloc_zeros::<u32>(3 * streams))?,
+            kv: driver("alloc", stream.alloc_zeros::<f32>(streams * src.kv_floats))?,
+            checksums: driver("alloc", stream.alloc_zeros::<u64>(streams))?,
+            step_scratch: driver("alloc", stream.alloc_zeros::<f32>(step_floats))?,
+            step_logits: driver("alloc", stream.alloc_zeros::<f32>(src.shape.vocab))?,
+            step_next: driver("alloc", stream.alloc_zeros::<i32>(1))?,
+            logits: vec![0.0; src.shape.vocab],
+            info,
+            layout,
+            run_fn,
+            step_fn,
+            config,
+            streams,
+            dev,
+        };
+        v.self_check()?;
+        v.reset(crate::sampler::DEFAULT_SEED);
+        Ok(v)
+    }
+
+    /// The persistent loop must reproduce the step kernel run in the shared generation loop:
+    /// stream 0, 2,048 tokens from the default seed, the same checksum.
+    fn self_check(&mut self) -> Result<(), String> {
+        const TOKENS: u64 = 2048;
+        let shape = self.dev.source.shape;
+        let mut stream = Stream::new(&shape, stream_seed(crate::sampler::DEFAULT_SEED, 0));
+        let mut error = None;
+        let want = stream.run(TOKENS, |t, p, r| {
+            self.try_step(t, p, r).unwrap_or_else(|e| {
+                error.get_or_insert(e);
+                0
+            })
+        });
+        if let Some(e) = error {
+            return Err(e);
+        }
+        self.reset(crate::sampler::DEFAULT_SEED);
+        let got = self.launch(TOKENS)?;
+        if got[0] != want {
+            return Err(format!(
+                "the persistent loop's stream 0 differs from its own step kernel's over {TOKENS} tokens"
+            ));
+        }
+        Ok(())
+    }
+
+    fn try_step(&mut self, tok: usize, pos: usize, r: f32) -> Result<usize, String> {
+        let (t, p) = (tok as i32, pos as i32);
+        let stream = self.dev.gpu.stream.clone();
+        let mut b = stream.launch_builder(&self.step_fn);
+        match self.layout {
+            Layout::ThreadPerStream => {
+                b.arg(&self.dev.weights)
+                    .arg(&mut self.step_scratch)
+                    .arg(&t)
+                    .arg(&p)
+                    .arg(&r)
+                    .arg(&mut self.step_logits)
+                    .arg(&mut self.step_next);
+                // SAFETY: mg_thread_step(const float*, float* kv[MG_KV], int, int, float,
+                // float* logits[MG_VOCAB], int* next), all sized as allocated above.
+                driver("launch", unsafe { b.launch(one_thread()) })?;
+                self.logits = driver("copy", stream.clone_dtoh(&self.step_logits))?;
+            }
+            _ => {
+                b.arg(&self.dev.weights)
+                    .arg(&mut self.step_scratch)
+                    .arg(&t)
+                    .arg(&p)
+                    .arg(&r)
+                    .arg(&mut self.step_next);
+                // SAFETY: mg_warp_step(const float*, float* s[MG_SCRATCH], int, int, float,
+                // int* next), all sized as allocated above.
+                driver("launch", unsafe { b.launch(one_warp()) })?;
+                let at = self.dev.source.logits_offset;
+                let view = self.step_scratch.slice(at..at + self.logits.len());
+                self.logits = driver("copy", stream.clone_dtoh(&view))?;
+            }
+        }
+        let next = driver("copy", stream.clone_dtoh(&self.step_next))?[0];
+        Ok(next as usize)
+    }
+
+    /// Runs every stream `steps` steps in one launch; the per-stream checksums.
+    fn launch(&mut self, steps: u64) -> Result<Vec<u64>, String> {
+        let streams = self.streams as i32;
+        let steps = steps as i64;
+        let stream = self.dev.gpu.stream.clone();
+        let mut b = stream.launch_builder(&self.run_fn);
+        b.arg(&self.dev.weights)
+            .arg(&mut self.state)
+            .arg(&mut self.kv)
+            .arg(&streams)
+            .arg(&steps)
+            .arg(&mut self.checksums);
+        // SAFETY: mg_persistent and mg_streams take (const float* w, unsigned* state[3 streams],
+        // float* kv[MG_KV streams], int streams, long long steps, unsigned long long*
+        // checksums[streams]); the grid covers at least `streams` warps or threads and the
+        // dynamic shared memory is what the kernel was allowed above.
+        driver("launch", unsafe { b.launch(self.config) })?;
+        let sums = driver("copy", stream.clone_dtoh(&self.checksums))?;
+        self.dev.sync()?;
+        Ok(sums)
+    }
+}
+
+impl Variant for Persistent {
+    fn info(&self) -> &VariantInfo {
+        &self.info
+    }
+
+    fn shape(&self) -> Shape {
+        self.dev.source.shape
+    }
+
+    fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
+        self.try_step(tok, pos, r).unwrap_or_else(|e| fail(e))
+    }
+
+    fn logits(&self) -> Vec<f32> {
+        self.logits.clone()
+    }
+
+    fn device_energy_joules(&self) -> Option<f64> {
+        self.dev.joules()
+    }
+
+    fn reset(&mut self, seed: u32) {
+        let bos = self.dev.source.shape.bos() as u32;
+        let state: Vec<u32> = (0..self.streams)
+            .flat_map(|s| [bos, 0, stream_seed(seed, s)])
+            .collect();
+        let stream = self.dev.gpu.stream.clone();
+        driver("upload", stream.memcpy_htod(&state, &mut self.state)).unwrap_or_else(|e| fail(e));
+    }
+
+    /// `tokens` in all, rounded up to whole steps of every stream.
+    fn run(&mut self, tokens: u64) -> u64 {
+        let steps = tokens.div_ceil(self.streams as u64);
+        let sums = self.launch(steps).unwrap_or_else(|e| fail(e));
+        sums.iter().fold(0u64, |a, &s| a.wrapping_mul(31).wrapping_add(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use microgpt_weights::default_weights;
+
+    /// Whatever this machine has (no driver, no device, no NVRTC, or a GPU), preparing the CUDA
+    /// variants returns a variant or a one-line reason: it never panics.
+    #[test]
+    fn preparing_never_panics_and_reasons_are_one_line() {
+        let weights = default_weights();
+        for spec in variants() {
+            match spec.prepare(&weights, &Settings::default()) {
+                Ok(v) => assert!(v.info().on_gpu, "{}", spec.name),
+                Err(why) => {
+                    assert!(!why.is_empty() && !why.contains('\n'), "{}: {why:?}", spec.name);
+                    eprintln!("{}: skipped: {why}", spec.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uuid_formatting() {
+        assert_eq!(hex(&[0x0a, 0xff, 0x00]), "0aff00");
+    }
+}

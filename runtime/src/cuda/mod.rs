@@ -1,0 +1,776 @@
+//! CUDA C rendered from the op list, for any shape, and (with the cargo feature `cuda`) the host
+//! side that compiles it with NVRTC and runs it through the driver API.
+//!
+//! One source per shape holds every kernel; all of them are built from the same per-op device
+//! code:
+//!
+//! - **warp ops**: each op of the list as a call to a one-warp device function (lanes split the
+//!   rows of a matvec, warp shuffles reduce RMSNorm sums and softmax maxima and sums), over a
+//!   *scratch* area holding the buffers, the KV cache and the attention probabilities;
+//!   `mg_op_<i>` wraps op `i` alone as a kernel (the naive variant launches them one by one and
+//!   samples on the host), `mg_warp_step` runs a whole step and the canonical sampler, and
+//!   `mg_persistent` runs whole benchmark streams in one launch, one warp per stream, with the
+//!   weights copied into shared memory;
+//! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
+//!   registers, the KV cache in global memory interleaved across streams so that neighbouring
+//!   threads touch neighbouring words; `mg_streams` runs one stream per thread, `mg_thread_step`
+//!   one step of one stream (for the checks).
+//!
+//! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
+//! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
+//! `r` of `W·x` touch consecutive words.
+//!
+//! Streams follow [`crate::stream::Stream`]: BOS at position 0, restart after drawing BOS or
+//! filling the block; stream `s` of a run with seed `seed` starts from
+//! [`crate::stream::stream_seed`]`(seed, s)`. The per-launch checksum is [`Stream::run`]'s.
+//!
+//! [`Stream::run`]: crate::stream::Stream::run
+
+#[cfg(feature = "cuda")]
+pub mod host;
+
+use crate::VariantSpec;
+use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
+use microgpt_weights::Weights;
+use std::fmt::Write;
+
+/// Shared memory the generated kernels may plan on per block (bytes): the H100's opt-in maximum
+/// is 227 KiB; leave room for the scratch of a few warps.
+pub const SHARED_WEIGHTS_LIMIT: usize = 160 * 1024;
+
+/// The rendered source of one shape and the facts its host needs.
+#[derive(Clone, Debug)]
+pub struct CudaSource {
+    pub shape: Shape,
+    pub text: String,
+    /// Floats of the arranged weights.
+    pub weight_floats: usize,
+    /// Whether the persistent kernels copy the weights into shared memory (else they read them
+    /// from global memory, through the cache).
+    pub weights_in_shared: bool,
+    /// Floats of one warp's scratch (buffers, KV cache, probabilities).
+    pub scratch_floats: usize,
+    /// Floats of one stream's KV cache.
+    pub kv_floats: usize,
+    /// Where the logits sit in a warp scratch (floats).
+    pub logits_offset: usize,
+    /// One kernel per op, `mg_op_0 ..`, in op-list order.
+    pub op_kernels: Vec<String>,
+}
+
+impl CudaSource {
+    /// Dynamic shared memory of a persistent block with `warps` warps (bytes).
+    pub fn shared_bytes(&self, warps: usize) -> usize {
+        4 * (self.shared_weight_floats() + warps * self.scratch_floats)
+    }
+
+    /// Dynamic shared memory of a thread-per-stream block (bytes).
+    pub fn streams_shared_bytes(&self) -> usize {
+        4 * self.shared_weight_floats()
+    }
+
+    fn shared_weight_floats(&self) -> usize {
+        if self.weights_in_shared {
+            self.weight_floats.next_multiple_of(32)
+        } else {
+            0
+        }
+    }
+
+    /// Every `extern "C"` kernel of the source.
+    pub fn kernels(&self) -> Vec<String> {
+        let mut names = self.op_kernels.clone();
+        names.extend(
+            [
+                "mg_set_temperature",
+                "mg_warp_step",
+                "mg_persistent",
+                "mg_thread_step",
+                "mg_streams",
+            ]
+            .map(String::from),
+        );
+        names
+    }
+}
+
+/// The CUDA variants: `cuda-naive` (one launch per op, the token drawn on the host),
+/// `cuda-persistent` (one warp, a whole window per launch), `cuda-streams` (one stream per
+/// thread on every SM) and `cuda-streams-warp` (one stream per warp). Built without the `cuda`
+/// feature, or where CUDA is missing, they are skipped with the reason.
+pub fn variants() -> Vec<VariantSpec> {
+    #[cfg(feature = "cuda")]
+    {
+        host::variants()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        [
+            "cuda-naive",
+            "cuda-persistent",
+            "cuda-streams",
+            "cuda-streams-warp",
+        ]
+        .into_iter()
+        .map(|name| {
+            VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| {
+                Err(
+                    "built without the `cuda` feature (cargo run --release --features cuda --example bench)"
+                        .into(),
+                )
+            })
+        })
+        .collect()
+    }
+}
+
+/// The weights in the order the kernels read them (see the module docs).
+pub fn arrange(weights: &Weights) -> Vec<f32> {
+    let layout = weights.layout();
+    let mut out = weights.data().to_vec();
+    for t in layout.tensors() {
+        if transposed(t.param) {
+            let src = &weights.data()[t.range()];
+            let dst = &mut out[t.range()];
+            for r in 0..t.rows {
+                for c in 0..t.cols {
+                    dst[c * t.rows + r] = src[r * t.cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn transposed(p: Param) -> bool {
+    !matches!(p, Param::Wte | Param::Wpe)
+}
+
+fn buffer_name(b: Buffer) -> String {
+    format!("{b:?}").to_lowercase()
+}
+
+fn param_macro(p: Param) -> String {
+    format!("MG_W_{}", p.name().to_uppercase().replace('.', "_"))
+}
+
+/// Renders the CUDA C of `shape`.
+pub fn render(shape: &Shape) -> CudaSource {
+    let program = Program::forward(*shape);
+    let layout = Layout::new(*shape);
+    let (e, hd, block, vocab) = (shape.embd, shape.head_dim(), shape.block, shape.vocab);
+    let kv_floats = 2 * shape.layers * block * e;
+    let weight_floats = layout.param_count();
+    let weights_in_shared = 4 * weight_floats <= SHARED_WEIGHTS_LIMIT;
+
+    // Scratch layout of the warp kernels: every buffer, then the KV cache, then probabilities.
+    let mut scratch = Vec::new();
+    let mut at = 0;
+    for b in Buffer::ALL {
+        scratch.push((format!("MG_S_{}", buffer_name(b).to_uppercase()), at));
+        at += b.len(shape).next_multiple_of(4);
+    }
+    scratch.push(("MG_S_KV".into(), at));
+    at += kv_floats;
+    scratch.push(("MG_S_PROBS".into(), at));
+    at += shape.heads * block;
+    let scratch_floats = at.next_multiple_of(32);
+    let logits_offset = scratch[Buffer::Logits.index()].1;
+
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(
+        w,
+        "// microGPT, shape vocab={vocab} block={block} embd={e} heads={} layers={} mlp={}:\n\
+         // rendered from the model's op list ({} ops). Weights: {} floats, canonical order, every\n\
+         // matrix but the embeddings transposed to [in][out].\n",
+        shape.heads,
+        shape.layers,
+        shape.mlp,
+        program.ops().len(),
+        weight_floats
+    );
+    for (name, value) in [
+        ("MG_VOCAB", vocab),
+        ("MG_BLOCK", block),
+        ("MG_EMBD", e),
+        ("MG_HEADS", shape.heads),
+        ("MG_HEAD_DIM", hd),
+        ("MG_MLP", shape.mlp),
+        ("MG_BOS", shape.bos()),
+        ("MG_WEIGHTS", weight_floats),
+        (
+            "MG_WEIGHTS_SHARED",
+            if weights_in_shared {
+                weight_floats.next_multiple_of(32)
+            } else {
+                0
+            },
+        ),
+        ("MG_KV", kv_floats),
+        ("MG_SCRATCH", scratch_floats),
+    ] {
+        let _ = writeln!(w, "#define {name} {value}");
+    }
+    for t in layout.tensors() {
+        let _ = writeln!(
+            w,
+            "#define {} {}  // {} x {}",
+            param_macro(t.param),
+            t.offset,
+            t.rows,
+            t.cols
+        );
+    }
+    for (name, value) in &scratch {
+        let _ = writeln!(w, "#define {name} {value}");
+    }
+    let _ = writeln!(w, "#define MG_RMS_EPS {:?}f", RMS_EPS as f32);
+    w.push_str(PRELUDE);
+
+    // Warp ops: one statement per op, over scratch `s` and weights `w`.
+    let warp_ops: Vec<String> = program.ops().iter().map(|op| warp_op(shape, op)).collect();
+    let mut op_kernels = Vec::new();
+    for (i, (op, code)) in program.ops().iter().zip(&warp_ops).enumerate() {
+        let name = format!("mg_op_{i}");
+        let _ = writeln!(
+            w,
+            "// op {i}: {op}\nextern \"C\" __global__ void {name}(const float* __restrict__ w, float* s, int tok, int pos) {{\n    {code}\n}}\n"
+        );
+        op_kernels.push(name);
+    }
+    let _ = writeln!(
+        w,
+        "// One step of one stream by one warp: the op list, then the canonical draw.\n\
+         __device__ __forceinline__ int mg_step_warp(const float* __restrict__ w, float* s, int tok, int pos, float r) {{"
+    );
+    for (op, code) in program.ops().iter().zip(&warp_ops) {
+        let _ = writeln!(w, "    {code}  // {op}");
+    }
+    let _ = writeln!(
+        w,
+        "    int next = 0;\n    if ((threadIdx.x & 31) == 0) next = mg_sample(s + MG_S_LOGITS, r);\n    \
+         return __shfl_sync(0xffffffffu, next, 0);\n}}\n"
+    );
+
+    // Thread ops: the same list as scalar code over register arrays.
+    let _ = writeln!(
+        w,
+        "// One step of one stream by one thread. The KV cache element i of position t, layer l is\n\
+         // kv[((2l + {{0 keys, 1 values}}) * MG_BLOCK + t) * MG_EMBD + i) * stride].\n\
+         __device__ __forceinline__ int mg_step_thread(const float* __restrict__ w, float* kv, int stride, int tok, int pos, float r, float* logits_out) {{"
+    );
+    for b in Buffer::ALL {
+        let _ = writeln!(w, "    float {}[{}];", buffer_name(b), b.len(shape));
+    }
+    let ops = program.ops();
+    let mut i = 0;
+    while i < ops.len() {
+        if let Some(code) = thread_mlp(shape, &ops[i..]) {
+            let _ = writeln!(
+                w,
+                "    // {}\n    // {}\n    // {}\n{code}",
+                ops[i],
+                ops[i + 1],
+                ops[i + 2]
+            );
+            i += 3;
+        } else {
+            let _ = writeln!(w, "    // {}\n{}", ops[i], thread_op(shape, &ops[i]));
+            i += 1;
+        }
+    }
+    let _ = writeln!(
+        w,
+        "    if (logits_out) {{\n        #pragma unroll\n        for (int i = 0; i < MG_VOCAB; i++) logits_out[i] = logits[i];\n    }}\n    \
+         return mg_sample(logits, r);\n}}\n"
+    );
+    w.push_str(KERNELS);
+    CudaSource {
+        shape: *shape,
+        text: s,
+        weight_floats,
+        weights_in_shared,
+        scratch_floats,
+        kv_floats,
+        logits_offset,
+        op_kernels,
+    }
+}
+
+/// One op as a call of a warp device function.
+fn warp_op(shape: &Shape, op: &Op) -> String {
+    let buf = |b: Buffer| format!("s + MG_S_{}", buffer_name(b).to_uppercase());
+    let (e, block) = (shape.embd, shape.block);
+    match *op {
+        Op::Embed { out } => format!("mg_w_embed<{e}>(w, tok, pos, {});", buf(out)),
+        Op::RmsNorm { input, out } => format!("mg_w_rmsnorm<{e}>({}, {});", buf(input), buf(out)),
+        Op::MatVec { weight, input, out } => {
+            let (rows, cols) = weight.dims(shape);
+            format!(
+                "mg_w_matvec<{rows}, {cols}>(w + {}, {}, {});",
+                param_macro(weight),
+                buf(input),
+                buf(out)
+            )
+        }
+        Op::Logits { input } => {
+            let (rows, cols) = Param::LmHead.dims(shape);
+            format!(
+                "mg_w_matvec<{rows}, {cols}>(w + {}, {}, {});",
+                param_macro(Param::LmHead),
+                buf(input),
+                buf(Buffer::Logits)
+            )
+        }
+        Op::Attention { layer, q, k, v, out } => format!(
+            "mg_w_attention<{e}, {}, {block}>(s + MG_S_KV + {}, s + MG_S_KV + {}, {}, {}, {}, {}, s + MG_S_PROBS, pos);",
+            shape.heads,
+            2 * layer * block * e,
+            (2 * layer + 1) * block * e,
+            buf(q),
+            buf(k),
+            buf(v),
+            buf(out)
+        ),
+        Op::Add { input, into } => {
+            format!("mg_w_add<{}>({}, {});", into.len(shape), buf(input), buf(into))
+        }
+        Op::Relu { buf: b } => format!("mg_w_relu<{}>({});", b.len(shape), buf(b)),
+    }
+}
+
+/// One op as scalar code over the thread's register arrays.
+fn thread_op(shape: &Shape, op: &Op) -> String {
+    let n = buffer_name;
+    let e = shape.embd;
+    let unroll = "#pragma unroll";
+    match *op {
+        Op::Embed { out } => format!(
+            "    {unroll}\n    for (int i = 0; i < {e}; i++) {o}[i] = w[MG_W_WTE + tok * {e} + i] + w[MG_W_WPE + pos * {e} + i];",
+            o = n(out)
+        ),
+        Op::RmsNorm { input, out } => format!(
+            "    {{\n        float ss = 0.0f;\n        {unroll}\n        for (int i = 0; i < {e}; i++) ss += {x}[i] * {x}[i];\n        \
+             const float scale = 1.0f / sqrtf(ss / {e}.0f + MG_RMS_EPS);\n        {unroll}\n        \
+             for (int i = 0; i < {e}; i++) {o}[i] = {x}[i] * scale;\n    }}",
+            x = n(input),
+            o = n(out)
+        ),
+        Op::MatVec { weight, input, out } => thread_matvec(shape, weight, input, out),
+        Op::Logits { input } => thread_matvec(shape, Param::LmHead, input, Buffer::Logits),
+        Op::Attention { layer, q, k, v, out } => format!(
+            "    mg_t_attention<{e}, {}, {}>(kv + {} * stride, kv + {} * stride, stride, {}, {}, {}, {}, pos);",
+            shape.heads,
+            shape.block,
+            2 * layer * shape.block * e,
+            (2 * layer + 1) * shape.block * e,
+            n(q),
+            n(k),
+            n(v),
+            n(out)
+        ),
+        Op::Add { input, into } => format!(
+            "    {unroll}\n    for (int i = 0; i < {}; i++) {o}[i] += {x}[i];",
+            into.len(shape),
+            o = n(into),
+            x = n(input)
+        ),
+        Op::Relu { buf } => format!(
+            "    {unroll}\n    for (int i = 0; i < {}; i++) {b}[i] = fmaxf({b}[i], 0.0f);",
+            buf.len(shape),
+            b = n(buf)
+        ),
+    }
+}
+
+/// `up · x → h; relu(h); down · h → y` as one loop over the hidden units, so that the hidden
+/// vector never has to live in registers (it would not fit beside the rest at larger shapes).
+/// `y[r]` still sums its terms in the reference's order.
+fn thread_mlp(shape: &Shape, ops: &[Op]) -> Option<String> {
+    let [
+        Op::MatVec {
+            weight: up,
+            input,
+            out: hidden,
+        },
+        Op::Relu { buf },
+        Op::MatVec {
+            weight: down,
+            input: h2,
+            out,
+        },
+        ..,
+    ] = *ops
+    else {
+        return None;
+    };
+    if buf != hidden || h2 != hidden || input == hidden || out == hidden {
+        return None;
+    }
+    let (mlp, cols) = up.dims(shape);
+    let (rows, mlp2) = down.dims(shape);
+    if mlp != mlp2 {
+        return None;
+    }
+    Some(format!(
+        "    {{\n        const float* up = w + {};\n        const float* down = w + {};\n        #pragma unroll\n        \
+         for (int r = 0; r < {rows}; r++) {y}[r] = 0.0f;\n        #pragma unroll 1\n        for (int j = 0; j < {mlp}; j++) {{\n            \
+         float h = 0.0f;\n            #pragma unroll\n            for (int c = 0; c < {cols}; c++) h = fmaf(up[c * {mlp} + j], {x}[c], h);\n            \
+         h = fmaxf(h, 0.0f);\n            #pragma unroll\n            for (int r = 0; r < {rows}; r++) {y}[r] = fmaf(down[j * {rows} + r], h, {y}[r]);\n        \
+         }}\n    }}",
+        param_macro(up),
+        param_macro(down),
+        x = buffer_name(input),
+        y = buffer_name(out)
+    ))
+}
+
+fn thread_matvec(shape: &Shape, weight: Param, input: Buffer, out: Buffer) -> String {
+    let (rows, cols) = weight.dims(shape);
+    format!(
+        "    {{\n        const float* m = w + {};\n        #pragma unroll\n        for (int r = 0; r < {rows}; r++) {{\n            \
+         float acc = 0.0f;\n            #pragma unroll\n            for (int c = 0; c < {cols}; c++) acc = fmaf(m[c * {rows} + r], {x}[c], acc);\n            \
+         {o}[r] = acc;\n        }}\n    }}",
+        param_macro(weight),
+        x = buffer_name(input),
+        o = buffer_name(out)
+    )
+}
+
+/// Device helpers shared by every kernel.
+const PRELUDE: &str = r#"
+#define MG_FULL 0xffffffffu
+#define MG_NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ unsigned mg_xorshift32(unsigned x) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return x;
+}
+
+// model.md's draw: the top 24 bits as a float in [0, 1).
+__device__ __forceinline__ float mg_uniform24(unsigned x) {
+    return (float)(x >> 8) * (1.0f / 16777216.0f);
+}
+
+__device__ __forceinline__ float mg_warp_sum(float v) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(MG_FULL, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float mg_warp_max(float v) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(MG_FULL, v, o));
+    return v;
+}
+
+// The canonical sampler, sequentially as the reference does it: softmax(logits / T) with the
+// maximum subtracted and sums left to right, then the first i < vocab - 1 whose running sum
+// exceeds r, else BOS.
+__device__ float mg_temperature = 0.5f;
+
+__device__ __forceinline__ int mg_sample(const float* logits, float r) {
+    const float t = mg_temperature;
+    float m = MG_NEG_INF;
+    #pragma unroll
+    for (int i = 0; i < MG_VOCAB; i++) m = fmaxf(m, logits[i] / t);
+    float e[MG_VOCAB];
+    float sum = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < MG_VOCAB; i++) {
+        e[i] = expf(logits[i] / t - m);
+        sum += e[i];
+    }
+    float c = 0.0f;
+    int chosen = MG_VOCAB - 1;
+    #pragma unroll
+    for (int i = 0; i < MG_VOCAB - 1; i++) {
+        c += e[i] / sum;
+        if (r < c && chosen == MG_VOCAB - 1) chosen = i;
+    }
+    return chosen;
+}
+
+template <int E>
+__device__ __forceinline__ void mg_w_embed(const float* __restrict__ w, int tok, int pos, float* out) {
+    for (int i = threadIdx.x & 31; i < E; i += 32) out[i] = w[MG_W_WTE + tok * E + i] + w[MG_W_WPE + pos * E + i];
+    __syncwarp();
+}
+
+template <int N>
+__device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
+    const int lane = threadIdx.x & 31;
+    float ss = 0.0f;
+    for (int i = lane; i < N; i += 32) ss += x[i] * x[i];
+    ss = mg_warp_sum(ss);
+    const float scale = 1.0f / sqrtf(ss / (float)N + MG_RMS_EPS);
+    for (int i = lane; i < N; i += 32) out[i] = x[i] * scale;
+    __syncwarp();
+}
+
+// y = W x with W stored transposed ([COLS][ROWS]): lane r owns rows r, r + 32, ...
+template <int ROWS, int COLS>
+__device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
+    for (int r = threadIdx.x & 31; r < ROWS; r += 32) {
+        float acc = 0.0f;
+        #pragma unroll
+        for (int c = 0; c < COLS; c++) acc = fmaf(wt[c * ROWS + r], x[c], acc);
+        y[r] = acc;
+    }
+    __syncwarp();
+}
+
+template <int N>
+__device__ __forceinline__ void mg_w_add(const float* x, float* into) {
+    for (int i = threadIdx.x & 31; i < N; i += 32) into[i] += x[i];
+    __syncwarp();
+}
+
+template <int N>
+__device__ __forceinline__ void mg_w_relu(float* b) {
+    for (int i = threadIdx.x & 31; i < N; i += 32) b[i] = fmaxf(b[i], 0.0f);
+    __syncwarp();
+}
+
+// Causal attention at `pos`: store k and v, then per head softmax(q.K[t] / sqrt(hd)) over t <= pos
+// (lanes own positions) and out = sum_t p_t V[t] (lanes own channels). keys/values: [T][E].
+template <int E, int H, int T>
+__device__ __forceinline__ void mg_w_attention(float* keys, float* values, const float* q, const float* k,
+                                               const float* v, float* out, float* probs, int pos) {
+    constexpr int HD = E / H;
+    const int lane = threadIdx.x & 31;
+    for (int i = lane; i < E; i += 32) {
+        keys[pos * E + i] = k[i];
+        values[pos * E + i] = v[i];
+    }
+    __syncwarp();
+    const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
+    #pragma unroll
+    for (int h = 0; h < H; h++) {
+        float m = MG_NEG_INF;
+        for (int t = lane; t <= pos; t += 32) {
+            float d = 0.0f;
+            #pragma unroll
+            for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[t * E + h * HD + j], d);
+            d *= inv_sqrt_hd;
+            probs[h * T + t] = d;
+            m = fmaxf(m, d);
+        }
+        m = mg_warp_max(m);
+        float sum = 0.0f;
+        for (int t = lane; t <= pos; t += 32) {
+            const float p = expf(probs[h * T + t] - m);
+            probs[h * T + t] = p;
+            sum += p;
+        }
+        sum = mg_warp_sum(sum);
+        for (int t = lane; t <= pos; t += 32) probs[h * T + t] /= sum;
+    }
+    __syncwarp();
+    for (int i = lane; i < E; i += 32) {
+        const float* p = probs + (i / HD) * T;
+        float acc = 0.0f;
+        for (int t = 0; t <= pos; t++) acc = fmaf(p[t], values[t * E + i], acc);
+        out[i] = acc;
+    }
+    __syncwarp();
+}
+
+// The same attention for one thread; keys/values element (t, i) at [(t * E + i) * stride].
+// Positions are unrolled over the whole block and predicated on t <= pos, so that the scores
+// stay in registers.
+template <int E, int H, int T>
+__device__ __forceinline__ void mg_t_attention(float* keys, float* values, int stride, const float* q,
+                                               const float* k, const float* v, float* out, int pos) {
+    constexpr int HD = E / H;
+    #pragma unroll
+    for (int i = 0; i < E; i++) {
+        keys[(pos * E + i) * stride] = k[i];
+        values[(pos * E + i) * stride] = v[i];
+    }
+    const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
+    #pragma unroll
+    for (int h = 0; h < H; h++) {
+        float p[T];
+        float m = MG_NEG_INF;
+        #pragma unroll
+        for (int t = 0; t < T; t++) {
+            float d = 0.0f;
+            if (t <= pos) {
+                #pragma unroll
+                for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[(t * E + h * HD + j) * stride], d);
+                d *= inv_sqrt_hd;
+                m = fmaxf(m, d);
+            }
+            p[t] = d;
+        }
+        float sum = 0.0f;
+        #pragma unroll
+        for (int t = 0; t < T; t++) {
+            p[t] = t <= pos ? expf(p[t] - m) : 0.0f;
+            sum += p[t];
+        }
+        #pragma unroll
+        for (int j = 0; j < HD; j++) {
+            float acc = 0.0f;
+            #pragma unroll
+            for (int t = 0; t < T; t++) {
+                if (t <= pos) acc = fmaf(p[t] / sum, values[(t * E + h * HD + j) * stride], acc);
+            }
+            out[h * HD + j] = acc;
+        }
+    }
+}
+
+"#;
+
+/// The whole-step and whole-stream kernels.
+const KERNELS: &str = r#"
+// Sets the sampling temperature of every kernel of this module.
+extern "C" __global__ void mg_set_temperature(float t) { mg_temperature = t; }
+
+// One teacher-forced step by one warp (launch <<<1, 32>>>); s: a global scratch of MG_SCRATCH
+// floats that keeps the KV cache between launches. The logits stay at s + MG_S_LOGITS.
+extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, int tok, int pos, float r, int* next) {
+    const int drawn = mg_step_warp(w, s, tok, pos, r);
+    if (threadIdx.x == 0) *next = drawn;
+}
+
+// Whole benchmark streams, one per warp, `steps` steps each. state: (tok, pos, rng) per stream;
+// kv: MG_KV floats per stream, loaded at the start and saved at the end so that consecutive
+// launches continue the same streams. checksums: Stream::run's checksum of this launch.
+extern "C" __global__ void mg_persistent(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
+                                         long long steps, unsigned long long* checksums) {
+    extern __shared__ float smem[];
+    const float* w = wg;
+    if (MG_WEIGHTS_SHARED > 0) {
+        for (int i = threadIdx.x; i < MG_WEIGHTS; i += blockDim.x) smem[i] = wg[i];
+        w = smem;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int stream = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (stream >= streams) return;
+    float* s = smem + MG_WEIGHTS_SHARED + (threadIdx.x >> 5) * MG_SCRATCH;
+    for (int i = lane; i < MG_KV; i += 32) s[MG_S_KV + i] = kv[(long long)stream * MG_KV + i];
+    __syncwarp();
+    int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
+    unsigned rng = state[3 * stream + 2];
+    unsigned long long sum = 0;
+    for (long long n = 0; n < steps; n++) {
+        rng = mg_xorshift32(rng);
+        const int next = mg_step_warp(w, s, tok, pos, mg_uniform24(rng));
+        sum = sum * 31ull + (unsigned long long)next;
+        if (next == MG_BOS || pos + 1 == MG_BLOCK) {
+            tok = MG_BOS;
+            pos = 0;
+        } else {
+            tok = next;
+            pos += 1;
+        }
+    }
+    for (int i = lane; i < MG_KV; i += 32) kv[(long long)stream * MG_KV + i] = s[MG_S_KV + i];
+    if (lane == 0) {
+        state[3 * stream] = (unsigned)tok;
+        state[3 * stream + 1] = (unsigned)pos;
+        state[3 * stream + 2] = rng;
+        checksums[stream] = sum;
+    }
+}
+
+// One teacher-forced step by one thread (launch <<<1, 1>>>); kv: MG_KV floats kept between
+// launches; logits: MG_VOCAB floats out.
+extern "C" __global__ void mg_thread_step(const float* __restrict__ w, float* kv, int tok, int pos, float r,
+                                          float* logits, int* next) {
+    *next = mg_step_thread(w, kv, 1, tok, pos, r, logits);
+}
+
+// Not inlined into the token loop: inlined, the compiler hoists the step's weight loads out of the
+// loop (they do not change from token to token) and runs out of registers.
+__device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, float* kv, int stride, int tok, int pos, float r) {
+    return mg_step_thread(w, kv, stride, tok, pos, r, 0);
+}
+
+// Whole benchmark streams, one per thread; kv: MG_KV x streams floats, element j of stream s at
+// [j * streams + s]. state and checksums as mg_persistent's.
+extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
+                                      long long steps, unsigned long long* checksums) {
+    extern __shared__ float smem[];
+    const float* w = wg;
+    if (MG_WEIGHTS_SHARED > 0) {
+        for (int i = threadIdx.x; i < MG_WEIGHTS; i += blockDim.x) smem[i] = wg[i];
+        w = smem;
+    }
+    __syncthreads();
+    const int stream = blockIdx.x * blockDim.x + threadIdx.x;
+    if (stream >= streams) return;
+    int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
+    unsigned rng = state[3 * stream + 2];
+    unsigned long long sum = 0;
+    for (long long n = 0; n < steps; n++) {
+        rng = mg_xorshift32(rng);
+        const int next = mg_step_thread_call(w, kv + stream, streams, tok, pos, mg_uniform24(rng));
+        sum = sum * 31ull + (unsigned long long)next;
+        if (next == MG_BOS || pos + 1 == MG_BLOCK) {
+            tok = MG_BOS;
+            pos = 0;
+        } else {
+            tok = next;
+            pos += 1;
+        }
+    }
+    state[3 * stream] = (unsigned)tok;
+    state[3 * stream + 1] = (unsigned)pos;
+    state[3 * stream + 2] = rng;
+    checksums[stream] = sum;
+}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_has_a_kernel_and_a_line_in_both_steps() {
+        for shape in [
+            Shape::default(),
+            Shape::parse("embd=32,layers=2,mlp=128").unwrap(),
+        ] {
+            let src = render(&shape);
+            let ops = Program::forward(shape).ops().len();
+            assert_eq!(src.op_kernels.len(), ops);
+            for k in src.kernels() {
+                assert!(src.text.contains(&format!("void {k}(")), "{k} missing");
+            }
+            for op in Program::forward(shape).ops() {
+                assert!(src.text.matches(&format!("// {op}")).count() >= 2, "{op}");
+            }
+        }
+    }
+
+    #[test]
+    fn arrange_transposes_matrices_only() {
+        let w = Weights::random(Shape::default(), 3, 0.5);
+        let a = arrange(&w);
+        let layout = w.layout();
+        let wte = layout.tensor(Param::Wte).range();
+        assert_eq!(a[wte.clone()], w.data()[wte]);
+        let t = layout.tensor(Param::Fc1(0));
+        let (rows, cols) = (t.rows, t.cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(a[t.offset + c * rows + r], w.data()[t.offset + r * cols + c]);
+            }
+        }
+    }
+
+    #[test]
+    fn large_shapes_read_weights_from_global_memory() {
+        let big = Shape::parse("embd=128,layers=4,mlp=512").unwrap();
+        assert!(!render(&big).weights_in_shared);
+        assert!(render(&Shape::default()).weights_in_shared);
+    }
+}
