@@ -213,9 +213,14 @@ pub fn render(shape: &Shape) -> CudaSource {
         let _ = writeln!(w, "#define {name} {value}");
     }
     for t in layout.tensors() {
+        let stored = if transposed(t.param) {
+            ", stored transposed"
+        } else {
+            ""
+        };
         let _ = writeln!(
             w,
-            "#define {} {}  // {} x {}",
+            "#define {} {}  // {} x {}{stored}",
             param_macro(t.param),
             t.offset,
             t.rows,
@@ -450,7 +455,7 @@ __device__ __forceinline__ unsigned mg_xorshift32(unsigned x) {
     return x;
 }
 
-// model.md's draw: the top 24 bits as a float in [0, 1).
+// The canonical draw: the top 24 bits as a float in [0, 1).
 __device__ __forceinline__ float mg_uniform24(unsigned x) {
     return (float)(x >> 8) * (1.0f / 16777216.0f);
 }
