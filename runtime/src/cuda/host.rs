@@ -249,10 +249,6 @@ impl Loaded {
         )
     }
 
-    fn sync(&self) -> Result<(), String> {
-        driver("synchronize", self.gpu.stream.synchronize())
-    }
-
     fn info(&self, name: &str, streams: usize, note: String) -> VariantInfo {
         let (major, minor) = self.gpu.compute_capability;
         let mut info = VariantInfo::new(name, "cuda", format!("sm_{major}{minor}"), Precision::F32);
@@ -268,6 +264,16 @@ impl Loaded {
     fn joules(&self) -> Option<f64> {
         self.gpu.nvml.as_ref().ok()?.joules()
     }
+}
+
+/// Blocks of `threads` threads and `bytes` of shared memory that keep every one of `sms` SMs as
+/// busy as the occupancy calculator allows (at least one block per SM).
+fn fill_sms(f: &CudaFunction, threads: u32, bytes: usize, sms: u32) -> Result<u32, String> {
+    let per_sm = driver(
+        "occupancy",
+        f.occupancy_max_active_blocks_per_multiprocessor(threads, bytes, None),
+    )?;
+    Ok(per_sm.max(1) * sms)
 }
 
 fn one_thread() -> LaunchConfig {
@@ -475,12 +481,7 @@ impl Persistent {
                 let bytes = src.shared_bytes(warps);
                 dev.allow_shared(&run_fn, bytes)?;
                 let threads = 32 * warps as u32;
-                let per_sm = driver(
-                    "occupancy",
-                    run_fn.occupancy_max_active_blocks_per_multiprocessor(threads, bytes, None),
-                )?
-                .max(1);
-                let blocks = per_sm * sms;
+                let blocks = fill_sms(&run_fn, threads, bytes, sms)?;
                 (
                     LaunchConfig {
                         grid_dim: (blocks, 1, 1),
@@ -496,12 +497,7 @@ impl Persistent {
                 let bytes = src.streams_shared_bytes();
                 dev.allow_shared(&run_fn, bytes)?;
                 let threads = 256u32;
-                let per_sm = driver(
-                    "occupancy",
-                    run_fn.occupancy_max_active_blocks_per_multiprocessor(threads, bytes, None),
-                )?
-                .max(1);
-                let blocks = per_sm * sms;
+                let blocks = fill_sms(&run_fn, threads, bytes, sms)?;
                 (
                     LaunchConfig {
                         grid_dim: (blocks, 1, 1),
@@ -621,9 +617,8 @@ impl Persistent {
         // checksums[streams]); the grid covers at least `streams` warps or threads and the
         // dynamic shared memory is what the kernel was allowed above.
         driver("launch", unsafe { b.launch(self.config) })?;
-        let sums = driver("copy", stream.clone_dtoh(&self.checksums))?;
-        self.dev.sync()?;
-        Ok(sums)
+        // The copy waits for the kernel: the window ends when the checksums are on the host.
+        driver("copy", stream.clone_dtoh(&self.checksums))
     }
 }
 

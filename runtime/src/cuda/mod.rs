@@ -634,6 +634,28 @@ __device__ __forceinline__ void mg_t_attention(float* keys, float* values, int s
 
 /// The whole-step and whole-stream kernels.
 const KERNELS: &str = r#"
+// The weights a block reads: copied into its shared memory when they fit (MG_WEIGHTS_SHARED),
+// else the global copy. Every thread of the block must call it.
+__device__ __forceinline__ const float* mg_block_weights(const float* __restrict__ wg, float* smem) {
+    if (MG_WEIGHTS_SHARED > 0) {
+        for (int i = threadIdx.x; i < MG_WEIGHTS; i += blockDim.x) smem[i] = wg[i];
+    }
+    __syncthreads();
+    return MG_WEIGHTS_SHARED > 0 ? smem : wg;
+}
+
+// The stream loop's advance (Stream::advance): after drawing `next`, restart at BOS, position 0,
+// when it is BOS or the block is full, else feed it back.
+__device__ __forceinline__ void mg_advance(int next, int* tok, int* pos) {
+    if (next == MG_BOS || *pos + 1 == MG_BLOCK) {
+        *tok = MG_BOS;
+        *pos = 0;
+    } else {
+        *tok = next;
+        *pos += 1;
+    }
+}
+
 // Sets the sampling temperature of every kernel of this module.
 extern "C" __global__ void mg_set_temperature(float t) { mg_temperature = t; }
 
@@ -650,12 +672,7 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
 extern "C" __global__ void mg_persistent(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                          long long steps, unsigned long long* checksums) {
     extern __shared__ float smem[];
-    const float* w = wg;
-    if (MG_WEIGHTS_SHARED > 0) {
-        for (int i = threadIdx.x; i < MG_WEIGHTS; i += blockDim.x) smem[i] = wg[i];
-        w = smem;
-    }
-    __syncthreads();
+    const float* w = mg_block_weights(wg, smem);
     const int lane = threadIdx.x & 31;
     const int stream = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (stream >= streams) return;
@@ -669,13 +686,7 @@ extern "C" __global__ void mg_persistent(const float* __restrict__ wg, unsigned*
         rng = mg_xorshift32(rng);
         const int next = mg_step_warp(w, s, tok, pos, mg_uniform24(rng));
         sum = sum * 31ull + (unsigned long long)next;
-        if (next == MG_BOS || pos + 1 == MG_BLOCK) {
-            tok = MG_BOS;
-            pos = 0;
-        } else {
-            tok = next;
-            pos += 1;
-        }
+        mg_advance(next, &tok, &pos);
     }
     for (int i = lane; i < MG_KV; i += 32) kv[(long long)stream * MG_KV + i] = s[MG_S_KV + i];
     if (lane == 0) {
@@ -704,12 +715,7 @@ __device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, flo
 extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                       long long steps, unsigned long long* checksums) {
     extern __shared__ float smem[];
-    const float* w = wg;
-    if (MG_WEIGHTS_SHARED > 0) {
-        for (int i = threadIdx.x; i < MG_WEIGHTS; i += blockDim.x) smem[i] = wg[i];
-        w = smem;
-    }
-    __syncthreads();
+    const float* w = mg_block_weights(wg, smem);
     const int stream = blockIdx.x * blockDim.x + threadIdx.x;
     if (stream >= streams) return;
     int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
@@ -719,13 +725,7 @@ extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* st
         rng = mg_xorshift32(rng);
         const int next = mg_step_thread_call(w, kv + stream, streams, tok, pos, mg_uniform24(rng));
         sum = sum * 31ull + (unsigned long long)next;
-        if (next == MG_BOS || pos + 1 == MG_BLOCK) {
-            tok = MG_BOS;
-            pos = 0;
-        } else {
-            tok = next;
-            pos += 1;
-        }
+        mg_advance(next, &tok, &pos);
     }
     state[3 * stream] = (unsigned)tok;
     state[3 * stream + 1] = (unsigned)pos;
