@@ -252,11 +252,7 @@ pub fn render(shape: &Shape) -> CudaSource {
     for (op, code) in program.ops().iter().zip(&warp_ops) {
         let _ = writeln!(w, "    {code}  // {op}");
     }
-    let _ = writeln!(
-        w,
-        "    int next = 0;\n    if ((threadIdx.x & 31) == 0) next = mg_sample(s + MG_S_LOGITS, r);\n    \
-         return __shfl_sync(0xffffffffu, next, 0);\n}}\n"
-    );
+    let _ = writeln!(w, "    return mg_w_sample(s + MG_S_LOGITS, r);\n}}\n");
 
     // Thread ops: the same list as scalar code over register arrays.
     let _ = writeln!(
@@ -389,9 +385,9 @@ fn thread_op(shape: &Shape, op: &Op) -> String {
     }
 }
 
-/// `up · x → h; relu(h); down · h → y` as one loop over the hidden units, so that the hidden
-/// vector never has to live in registers (it would not fit beside the rest at larger shapes).
-/// `y[r]` still sums its terms in the reference's order.
+/// `up · x → h; relu(h); down · h → y` as one `mg_t_mlp` call: one loop over the hidden units, so
+/// that the hidden vector never has to live in registers (it would not fit beside the rest at
+/// larger shapes). `y[r]` still sums its terms in the reference's order.
 fn thread_mlp(shape: &Shape, ops: &[Op]) -> Option<String> {
     let [
         Op::MatVec {
@@ -419,28 +415,32 @@ fn thread_mlp(shape: &Shape, ops: &[Op]) -> Option<String> {
         return None;
     }
     Some(format!(
-        "    {{\n        const float* up = w + {};\n        const float* down = w + {};\n        #pragma unroll\n        \
-         for (int r = 0; r < {rows}; r++) {y}[r] = 0.0f;\n        #pragma unroll 1\n        for (int j = 0; j < {mlp}; j++) {{\n            \
-         float h = 0.0f;\n            #pragma unroll\n            for (int c = 0; c < {cols}; c++) h = fmaf(up[c * {mlp} + j], {x}[c], h);\n            \
-         h = fmaxf(h, 0.0f);\n            #pragma unroll\n            for (int r = 0; r < {rows}; r++) {y}[r] = fmaf(down[j * {rows} + r], h, {y}[r]);\n        \
-         }}\n    }}",
+        "    mg_t_mlp<{rows}, {cols}, {mlp}, {}>(w + {}, w + {}, {}, {});",
+        quads(shape, up) && quads(shape, down),
         param_macro(up),
         param_macro(down),
-        x = buffer_name(input),
-        y = buffer_name(out)
+        buffer_name(input),
+        buffer_name(out)
     ))
 }
 
 fn thread_matvec(shape: &Shape, weight: Param, input: Buffer, out: Buffer) -> String {
     let (rows, cols) = weight.dims(shape);
     format!(
-        "    {{\n        const float* m = w + {};\n        #pragma unroll\n        for (int r = 0; r < {rows}; r++) {{\n            \
-         float acc = 0.0f;\n            #pragma unroll\n            for (int c = 0; c < {cols}; c++) acc = fmaf(m[c * {rows} + r], {x}[c], acc);\n            \
-         {o}[r] = acc;\n        }}\n    }}",
+        "    mg_t_matvec<{rows}, {cols}, {}>(w + {}, {}, {});",
+        quads(shape, weight),
         param_macro(weight),
-        x = buffer_name(input),
-        o = buffer_name(out)
+        buffer_name(input),
+        buffer_name(out)
     )
+}
+
+/// Whether the thread kernels may read `p`'s transposed rows four at a time (`float4`): its row
+/// count and its offset are multiples of 4, so that every such load is 16-byte aligned (the
+/// weights start 16-byte aligned in global and in shared memory).
+fn quads(shape: &Shape, p: Param) -> bool {
+    let offset = Layout::new(*shape).tensor(p).offset;
+    transposed(p) && p.dims(shape).0.is_multiple_of(4) && offset.is_multiple_of(4)
 }
 
 /// Device helpers shared by every kernel.
@@ -499,6 +499,39 @@ __device__ __forceinline__ int mg_sample(const float* logits, float r) {
     return chosen;
 }
 
+// The same draw by a warp, with the same result bit for bit: lanes own logits (lane, lane + 32,
+// ...) for the maximum, the exponentials and the divisions; the two running sums are still taken
+// left to right, by every lane, over values gathered with shuffles.
+__device__ __forceinline__ int mg_w_sample(const float* logits, float r) {
+    constexpr int K = (MG_VOCAB + 31) / 32;
+    const int lane = threadIdx.x & 31;
+    const float t = mg_temperature;
+    float e[K];
+    float m = MG_NEG_INF;
+    #pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int i = lane + 32 * k;
+        e[k] = i < MG_VOCAB ? logits[i] / t : MG_NEG_INF;
+        m = fmaxf(m, e[k]);
+    }
+    m = mg_warp_max(m);
+    #pragma unroll
+    for (int k = 0; k < K; k++) e[k] = lane + 32 * k < MG_VOCAB ? expf(e[k] - m) : 0.0f;
+    float sum = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < MG_VOCAB; i++) sum += __shfl_sync(MG_FULL, e[i / 32], i % 32);
+    #pragma unroll
+    for (int k = 0; k < K; k++) e[k] = e[k] / sum;
+    float c = 0.0f;
+    int chosen = MG_VOCAB - 1;
+    #pragma unroll
+    for (int i = 0; i < MG_VOCAB - 1; i++) {
+        c += __shfl_sync(MG_FULL, e[i / 32], i % 32);
+        if (r < c && chosen == MG_VOCAB - 1) chosen = i;
+    }
+    return chosen;
+}
+
 template <int E>
 __device__ __forceinline__ void mg_w_embed(const float* __restrict__ w, int tok, int pos, float* out) {
     for (int i = threadIdx.x & 31; i < E; i += 32) out[i] = w[MG_W_WTE + tok * E + i] + w[MG_W_WPE + pos * E + i];
@@ -516,14 +549,25 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
     __syncwarp();
 }
 
-// y = W x with W stored transposed ([COLS][ROWS]): lane r owns rows r, r + 32, ...
+// y = W x with W stored transposed ([COLS][ROWS]): lane r owns rows r, r + 32, ..., whose sums
+// (each over c in order) interleave.
 template <int ROWS, int COLS>
 __device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
-    for (int r = threadIdx.x & 31; r < ROWS; r += 32) {
-        float acc = 0.0f;
+    constexpr int K = (ROWS + 31) / 32;
+    const int lane = threadIdx.x & 31;
+    float acc[K];
+    #pragma unroll
+    for (int k = 0; k < K; k++) acc[k] = 0.0f;
+    #pragma unroll
+    for (int c = 0; c < COLS; c++) {
         #pragma unroll
-        for (int c = 0; c < COLS; c++) acc = fmaf(wt[c * ROWS + r], x[c], acc);
-        y[r] = acc;
+        for (int k = 0; k < K; k++) {
+            if (lane + 32 * k < ROWS) acc[k] = fmaf(wt[c * ROWS + lane + 32 * k], x[c], acc[k]);
+        }
+    }
+    #pragma unroll
+    for (int k = 0; k < K; k++) {
+        if (lane + 32 * k < ROWS) y[lane + 32 * k] = acc[k];
     }
     __syncwarp();
 }
@@ -541,7 +585,9 @@ __device__ __forceinline__ void mg_w_relu(float* b) {
 }
 
 // Causal attention at `pos`: store k and v, then per head softmax(q.K[t] / sqrt(hd)) over t <= pos
-// (lanes own positions) and out = sum_t p_t V[t] (lanes own channels). keys/values: [T][E].
+// and out = sum_t p_t V[t] (lanes own channels). keys/values: [T][E]. When the heads divide the
+// warp, each head gets 32 / H lanes (positions g, g + 32 / H, ...) and every head's maximum and
+// sum are reduced at once; else the heads take turns, lanes owning positions.
 template <int E, int H, int T>
 __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const float* q, const float* k,
                                                const float* v, float* out, float* probs, int pos) {
@@ -553,26 +599,63 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
     }
     __syncwarp();
     const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
-    #pragma unroll
-    for (int h = 0; h < H; h++) {
+    if constexpr (32 % H == 0) {
+        constexpr int G = 32 / H;
+        constexpr int K = (T + G - 1) / G;
+        const int h = lane / G, g = lane % G;
+        float d[K];
         float m = MG_NEG_INF;
-        for (int t = lane; t <= pos; t += 32) {
-            float d = 0.0f;
-            #pragma unroll
-            for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[t * E + h * HD + j], d);
-            d *= inv_sqrt_hd;
-            probs[h * T + t] = d;
-            m = fmaxf(m, d);
+        #pragma unroll
+        for (int j = 0; j < K; j++) {
+            const int t = g + j * G;
+            d[j] = 0.0f;
+            if (t <= pos) {
+                float acc = 0.0f;
+                #pragma unroll
+                for (int c = 0; c < HD; c++) acc = fmaf(q[h * HD + c], keys[t * E + h * HD + c], acc);
+                d[j] = acc * inv_sqrt_hd;
+                m = fmaxf(m, d[j]);
+            }
         }
-        m = mg_warp_max(m);
+        #pragma unroll
+        for (int o = G / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(MG_FULL, m, o));
         float sum = 0.0f;
-        for (int t = lane; t <= pos; t += 32) {
-            const float p = expf(probs[h * T + t] - m);
-            probs[h * T + t] = p;
-            sum += p;
+        #pragma unroll
+        for (int j = 0; j < K; j++) {
+            if (g + j * G <= pos) {
+                d[j] = expf(d[j] - m);
+                sum += d[j];
+            }
         }
-        sum = mg_warp_sum(sum);
-        for (int t = lane; t <= pos; t += 32) probs[h * T + t] /= sum;
+        #pragma unroll
+        for (int o = G / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(MG_FULL, sum, o);
+        #pragma unroll
+        for (int j = 0; j < K; j++) {
+            const int t = g + j * G;
+            if (t <= pos) probs[h * T + t] = d[j] / sum;
+        }
+    } else {
+        #pragma unroll
+        for (int h = 0; h < H; h++) {
+            float m = MG_NEG_INF;
+            for (int t = lane; t <= pos; t += 32) {
+                float d = 0.0f;
+                #pragma unroll
+                for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[t * E + h * HD + j], d);
+                d *= inv_sqrt_hd;
+                probs[h * T + t] = d;
+                m = fmaxf(m, d);
+            }
+            m = mg_warp_max(m);
+            float sum = 0.0f;
+            for (int t = lane; t <= pos; t += 32) {
+                const float p = expf(probs[h * T + t] - m);
+                probs[h * T + t] = p;
+                sum += p;
+            }
+            sum = mg_warp_sum(sum);
+            for (int t = lane; t <= pos; t += 32) probs[h * T + t] /= sum;
+        }
     }
     __syncwarp();
     for (int i = lane; i < E; i += 32) {
@@ -582,6 +665,83 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
         out[i] = acc;
     }
     __syncwarp();
+}
+
+// y = W x for one thread, W stored transposed ([COLS][ROWS]): column by column, so that with QUADS
+// (ROWS and the offset multiples of 4) four rows come in one 16-byte load. Each y[r] still sums
+// c = 0..COLS-1 in order, as the reference does.
+template <int ROWS, int COLS, bool QUADS>
+__device__ __forceinline__ void mg_t_matvec(const float* __restrict__ wt, const float* x, float* y) {
+    #pragma unroll
+    for (int r = 0; r < ROWS; r++) y[r] = 0.0f;
+    #pragma unroll
+    for (int c = 0; c < COLS; c++) {
+        if constexpr (QUADS) {
+            #pragma unroll
+            for (int r = 0; r < ROWS; r += 4) {
+                const float4 q = *reinterpret_cast<const float4*>(wt + c * ROWS + r);
+                y[r] = fmaf(q.x, x[c], y[r]);
+                y[r + 1] = fmaf(q.y, x[c], y[r + 1]);
+                y[r + 2] = fmaf(q.z, x[c], y[r + 2]);
+                y[r + 3] = fmaf(q.w, x[c], y[r + 3]);
+            }
+        } else {
+            #pragma unroll
+            for (int r = 0; r < ROWS; r++) y[r] = fmaf(wt[c * ROWS + r], x[c], y[r]);
+        }
+    }
+}
+
+// `up · x → h; relu(h); down · h → y` for one thread, four hidden units at a time, so that the
+// hidden vector never lives in registers (it would not fit beside the rest at larger shapes).
+// up: [COLS][HIDDEN], down: [HIDDEN][ROWS] (transposed). h_j sums c in order and y[r] sums j in
+// order, as the reference does.
+template <int ROWS, int COLS, int HIDDEN, bool QUADS>
+__device__ __forceinline__ void mg_t_mlp(const float* __restrict__ up, const float* __restrict__ down,
+                                         const float* x, float* y) {
+    #pragma unroll
+    for (int r = 0; r < ROWS; r++) y[r] = 0.0f;
+    #pragma unroll 1
+    for (int j = 0; j < HIDDEN; j += 4) {
+        float h[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++) h[k] = 0.0f;
+        #pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            if constexpr (QUADS) {
+                const float4 q = *reinterpret_cast<const float4*>(up + c * HIDDEN + j);
+                h[0] = fmaf(q.x, x[c], h[0]);
+                h[1] = fmaf(q.y, x[c], h[1]);
+                h[2] = fmaf(q.z, x[c], h[2]);
+                h[3] = fmaf(q.w, x[c], h[3]);
+            } else {
+                #pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (j + k < HIDDEN) h[k] = fmaf(up[c * HIDDEN + j + k], x[c], h[k]);
+                }
+            }
+        }
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (QUADS || j + k < HIDDEN) {
+                const float hk = fmaxf(h[k], 0.0f);
+                const float* d = down + (j + k) * ROWS;
+                if constexpr (QUADS) {
+                    #pragma unroll
+                    for (int r = 0; r < ROWS; r += 4) {
+                        const float4 q = *reinterpret_cast<const float4*>(d + r);
+                        y[r] = fmaf(q.x, hk, y[r]);
+                        y[r + 1] = fmaf(q.y, hk, y[r + 1]);
+                        y[r + 2] = fmaf(q.z, hk, y[r + 2]);
+                        y[r + 3] = fmaf(q.w, hk, y[r + 3]);
+                    }
+                } else {
+                    #pragma unroll
+                    for (int r = 0; r < ROWS; r++) y[r] = fmaf(d[r], hk, y[r]);
+                }
+            }
+        }
+    }
 }
 
 // The same attention for one thread; keys/values element (t, i) at [(t * E + i) * stride].
@@ -671,7 +831,7 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
 // launches continue the same streams. checksums: Stream::run's checksum of this launch.
 extern "C" __global__ void mg_persistent(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                          long long steps, unsigned long long* checksums) {
-    extern __shared__ float smem[];
+    extern __shared__ __align__(16) float smem[];
     const float* w = mg_block_weights(wg, smem);
     const int lane = threadIdx.x & 31;
     const int stream = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -714,7 +874,7 @@ __device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, flo
 // [j * streams + s]. state and checksums as mg_persistent's.
 extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                       long long steps, unsigned long long* checksums) {
-    extern __shared__ float smem[];
+    extern __shared__ __align__(16) float smem[];
     const float* w = mg_block_weights(wg, smem);
     const int stream = blockIdx.x * blockDim.x + threadIdx.x;
     if (stream >= streams) return;

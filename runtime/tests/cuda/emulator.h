@@ -17,6 +17,11 @@
 #define __shared__
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
+#define __align__(n) __attribute__((aligned(n)))
+
+struct __align__(16) float4 {
+    float x, y, z, w;
+};
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -26,7 +31,7 @@ thread_local dim3 threadIdx;
 dim3 blockIdx, blockDim, gridDim;
 
 // Dynamic shared memory of the running block (`extern __shared__ float smem[]`).
-float smem[1 << 20];
+float smem[1 << 20] __align__(16);
 
 struct Warp {
     std::barrier<> sync{32};
