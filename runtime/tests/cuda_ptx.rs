@@ -128,3 +128,21 @@ fn ptxas_log_parsing() {
         }]
     );
 }
+
+/// NVRTC runs once per source and architecture in a process: the second compile of a shape is
+/// the first one's PTX, and another architecture is compiled anew.
+#[test]
+fn each_source_is_compiled_once_per_architecture() {
+    if let Err(e) = host::nvrtc_present() {
+        return missing(&e);
+    }
+    // A shape no other test here compiles.
+    let source = render(&Shape::parse("embd=8,heads=2,mlp=16").unwrap());
+    assert!(!host::is_compiled(&source, "compute_90"));
+    let first = host::compile(&source, "compute_90").unwrap().to_src();
+    assert!(host::is_compiled(&source, "compute_90"));
+    assert!(!host::is_compiled(&source, "compute_80"));
+    assert_eq!(host::compile(&source, "compute_90").unwrap().to_src(), first);
+    let other = host::compile(&source, "compute_80").unwrap().to_src();
+    assert!(other.contains("sm_80") && first.contains("sm_90"));
+}

@@ -13,7 +13,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use microgpt_model::Shape;
 use microgpt_weights::Weights;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Whether the NVRTC library can be loaded; the reason when not.
 pub fn nvrtc_present() -> Result<(), String> {
@@ -35,15 +35,41 @@ pub fn driver_present() -> Result<(), String> {
     }
 }
 
-/// Compiles `source` to PTX for `arch` (e.g. `compute_90`).
+/// PTX already made in this process: (architecture, source text, PTX).
+static COMPILED: Mutex<Vec<(String, String, Ptx)>> = Mutex::new(Vec::new());
+
+fn compiled_before(source: &CudaSource, arch: &str) -> Option<Ptx> {
+    let list = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
+    list.iter()
+        .find(|(a, text, _)| a == arch && *text == source.text)
+        .map(|(_, _, ptx)| ptx.clone())
+}
+
+/// Whether [`compile`] has already made the PTX of `source` for `arch` in this process.
+pub fn is_compiled(source: &CudaSource, arch: &str) -> bool {
+    compiled_before(source, arch).is_some()
+}
+
+/// Compiles `source` to PTX for `arch` (e.g. `compute_90`). NVRTC runs once per source and
+/// architecture in a process: it takes seconds at larger shapes (about 30 s for embd 32 and two
+/// layers on one Zen 5 core), and every CUDA variant of a shape loads the same source.
 pub fn compile(source: &CudaSource, arch: &str) -> Result<Ptx, String> {
     nvrtc_present()?;
+    if let Some(ptx) = compiled_before(source, arch) {
+        return Ok(ptx);
+    }
     let opts = CompileOptions {
         options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
         name: Some("microgpt.cu".into()),
         ..Default::default()
     };
-    compile_ptx_with_opts(&source.text, opts).map_err(|e| format!("NVRTC: {e}"))
+    let ptx = compile_ptx_with_opts(&source.text, opts).map_err(|e| format!("NVRTC: {e}"))?;
+    COMPILED.lock().unwrap_or_else(PoisonError::into_inner).push((
+        arch.to_string(),
+        source.text.clone(),
+        ptx.clone(),
+    ));
+    Ok(ptx)
 }
 
 /// The PTX of `shape`'s kernels for `arch`, as text.
