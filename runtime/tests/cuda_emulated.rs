@@ -221,3 +221,14 @@ fn a_shape_wider_than_a_warp_matches_the_reference() {
         0.2,
     ));
 }
+
+#[test]
+fn a_shape_off_the_fast_paths_matches_the_reference() {
+    // Three heads do not divide a warp (the heads take turns in the warp attention), and rows of
+    // 18 and 42 are not multiples of 4 (the thread kernels read weights one at a time).
+    check_all(&Weights::random(
+        Shape::parse("embd=18,heads=3,layers=1,mlp=42").unwrap(),
+        11,
+        0.3,
+    ));
+}

@@ -30,7 +30,7 @@ struct dim3 {
 thread_local dim3 threadIdx;
 dim3 blockIdx, blockDim, gridDim;
 
-// Dynamic shared memory of the running block (`extern __shared__ float smem[]`).
+// Dynamic shared memory of the running block (`extern __shared__ __align__(16) float smem[]`).
 float smem[1 << 20] __align__(16);
 
 struct Warp {
