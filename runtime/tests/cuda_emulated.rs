@@ -7,7 +7,7 @@
 //! speed. Needs g++ with C++20: outside CI the test skips with a message when it is missing.
 
 use microgpt_model::Shape;
-use microgpt_runtime::cuda::{CudaSource, arrange, render};
+use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, arrange, render};
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
 use microgpt_weights::{Weights, default_weights};
@@ -193,9 +193,10 @@ fn check_all(weights: &Weights) {
     for mode in ["naive", "warp", "thread"] {
         check_steps(&h, weights, mode);
     }
-    // Two blocks of two warps, the last one partial; then two blocks of 32 threads, ditto.
+    // Two blocks of two warps, the last one partial; then two blocks of threads, ditto (the KV
+    // caches interleave within a block).
     check_loop(&h, weights, "persistent", 2, 3);
-    check_loop(&h, weights, "streams", 32, 40);
+    check_loop(&h, weights, "streams", STREAM_THREADS, STREAM_THREADS + 9);
 }
 
 #[test]

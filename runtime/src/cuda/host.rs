@@ -446,7 +446,7 @@ impl Variant for Naive {
 pub enum Layout {
     /// One stream on one warp: `mg_persistent` <<<1, 32>>>.
     OneWarp,
-    /// One stream per warp, as many warps as fit on every SM: `mg_persistent`.
+    /// One stream per warp, as many warps as fit on every SM: `mg_streams_warp`.
     WarpPerStream,
     /// One stream per thread, as many threads as fit on every SM: `mg_streams`.
     ThreadPerStream,
@@ -478,7 +478,8 @@ impl Persistent {
         let src = &dev.source;
         let (run_name, step_name) = match layout {
             Layout::ThreadPerStream => ("mg_streams", "mg_thread_step"),
-            _ => ("mg_persistent", "mg_warp_step"),
+            Layout::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
+            Layout::OneWarp => ("mg_persistent", "mg_warp_step"),
         };
         let run_fn = dev.function(run_name)?;
         let step_fn = dev.function(step_name)?;
@@ -499,8 +500,8 @@ impl Persistent {
                 )
             }
             Layout::WarpPerStream => {
-                // As many warps per block as shared memory allows, up to 8.
-                let warps = (1..=8usize)
+                // As many warps per block as shared memory allows, up to WARPS_PER_BLOCK.
+                let warps = (1..=super::WARPS_PER_BLOCK)
                     .rev()
                     .find(|&k| src.shared_bytes(k) <= dev.gpu.shared_optin_bytes)
                     .ok_or("not even one warp's scratch fits in shared memory")?;
@@ -522,7 +523,7 @@ impl Persistent {
             Layout::ThreadPerStream => {
                 let bytes = src.streams_shared_bytes();
                 dev.allow_shared(&run_fn, bytes)?;
-                let threads = 256u32;
+                let threads = super::STREAM_THREADS as u32;
                 let blocks = fill_sms(&run_fn, threads, bytes, sms)?;
                 (
                     LaunchConfig {
@@ -638,7 +639,7 @@ impl Persistent {
             .arg(&streams)
             .arg(&steps)
             .arg(&mut self.checksums);
-        // SAFETY: mg_persistent and mg_streams take (const float* w, unsigned* state[3 streams],
+        // SAFETY: mg_persistent, mg_streams_warp and mg_streams take (const float* w, unsigned* state[3 streams],
         // float* kv[MG_KV streams], int streams, long long steps, unsigned long long*
         // checksums[streams]); the grid covers at least `streams` warps or threads and the
         // dynamic shared memory is what the kernel was allowed above.

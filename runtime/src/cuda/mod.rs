@@ -4,17 +4,20 @@
 //! One source per shape holds every kernel; all of them are built from the same per-op device
 //! code:
 //!
-//! - **warp ops**: each op of the list as a call to a one-warp device function (lanes split the
-//!   rows of a matvec, warp shuffles reduce RMSNorm sums and softmax maxima and sums), over a
-//!   *scratch* area holding the buffers, the KV cache and the attention probabilities;
-//!   `mg_op_<i>` wraps op `i` alone as a kernel (the naive variant launches them one by one and
-//!   samples on the host), `mg_warp_step` runs a whole step and the canonical sampler, and
-//!   `mg_persistent` runs whole benchmark streams in one launch, one warp per stream, with the
-//!   weights copied into shared memory;
+//! - **warp ops**: each op of the list as a call to a one-warp device function over a *scratch*
+//!   area holding the buffers, the KV cache, the attention probabilities and the sampler's vector.
+//!   Lanes own the rows of a matvec (groups of lanes split its columns when the rows are fewer
+//!   than the lanes); short vectors are read whole by every lane (RMSNorm, the sampler's maximum
+//!   and running sums) instead of reduced by shuffles. `mg_op_<i>` wraps op `i` alone as a kernel
+//!   (the naive variant launches them one by one and samples on the host), `mg_warp_step` runs a
+//!   whole step and the canonical sampler, and `mg_persistent` (one warp) and `mg_streams_warp`
+//!   (one stream per warp, registers capped for occupancy) run whole benchmark streams in one
+//!   launch, with the weights copied into shared memory;
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
-//!   registers, the KV cache in global memory interleaved across streams so that neighbouring
-//!   threads touch neighbouring words; `mg_streams` runs one stream per thread, `mg_thread_step`
-//!   one step of one stream (for the checks).
+//!   registers, each key and value vector stored in the cache as soon as it is made, the KV cache
+//!   in global memory interleaved across the threads of a block so that neighbouring threads
+//!   touch neighbouring words at offsets known at compile time; `mg_streams` runs one stream per
+//!   thread, `mg_thread_step` one step of one stream (for the checks).
 //!
 //! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
 //! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
@@ -37,6 +40,17 @@ use std::fmt::Write;
 /// Shared memory the generated kernels may plan on per block (bytes): the H100's opt-in maximum
 /// is 227 KiB; leave room for the scratch of a few warps.
 pub const SHARED_WEIGHTS_LIMIT: usize = 160 * 1024;
+
+/// Shared memory of one SM that the occupancy of `mg_streams_warp` is planned for (bytes): the
+/// H100's 228 KiB less 1 KiB per block reserved by the driver.
+pub const SHARED_PER_SM: usize = 224 * 1024;
+
+/// Warps per block of `mg_streams_warp` (one stream each), fewer where their scratch does not fit.
+pub const WARPS_PER_BLOCK: usize = 8;
+
+/// Threads per block of `mg_streams`; the KV caches of a block interleave with this stride, so
+/// that every cache access has a constant offset from the thread's base address.
+pub const STREAM_THREADS: usize = 64;
 
 /// The rendered source of one shape and the facts its host needs.
 #[derive(Clone, Debug)]
@@ -85,6 +99,7 @@ impl CudaSource {
                 "mg_set_temperature",
                 "mg_warp_step",
                 "mg_persistent",
+                "mg_streams_warp",
                 "mg_thread_step",
                 "mg_streams",
             ]
@@ -163,7 +178,8 @@ pub fn render(shape: &Shape) -> CudaSource {
     let weight_floats = layout.param_count();
     let weights_in_shared = 4 * weight_floats <= SHARED_WEIGHTS_LIMIT;
 
-    // Scratch layout of the warp kernels: every buffer, then the KV cache, then probabilities.
+    // Scratch layout of the warp kernels: every buffer, then the KV cache, the attention
+    // probabilities and the sampler's vector (each 16-byte aligned).
     let mut scratch = Vec::new();
     let mut at = 0;
     for b in Buffer::ALL {
@@ -173,8 +189,17 @@ pub fn render(shape: &Shape) -> CudaSource {
     scratch.push(("MG_S_KV".into(), at));
     at += kv_floats;
     scratch.push(("MG_S_PROBS".into(), at));
-    at += shape.heads * block;
+    at += (shape.heads * block).next_multiple_of(4);
+    scratch.push(("MG_S_DRAW".into(), at));
+    at += vocab.next_multiple_of(4);
     let scratch_floats = at.next_multiple_of(32);
+    let shared_weights = if weights_in_shared {
+        weight_floats.next_multiple_of(32)
+    } else {
+        0
+    };
+    let warp_block_bytes = 4 * (shared_weights + WARPS_PER_BLOCK * scratch_floats);
+    let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, 8);
     let logits_offset = scratch[Buffer::Logits.index()].1;
 
     let mut s = String::new();
@@ -199,16 +224,12 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_MLP", shape.mlp),
         ("MG_BOS", shape.bos()),
         ("MG_WEIGHTS", weight_floats),
-        (
-            "MG_WEIGHTS_SHARED",
-            if weights_in_shared {
-                weight_floats.next_multiple_of(32)
-            } else {
-                0
-            },
-        ),
+        ("MG_WEIGHTS_SHARED", shared_weights),
         ("MG_KV", kv_floats),
+        ("MG_STREAM_THREADS", STREAM_THREADS),
         ("MG_SCRATCH", scratch_floats),
+        ("MG_WARPS_PER_BLOCK", WARPS_PER_BLOCK),
+        ("MG_WARP_BLOCKS_PER_SM", warp_blocks_per_sm),
     ] {
         let _ = writeln!(w, "#define {name} {value}");
     }
@@ -252,14 +273,18 @@ pub fn render(shape: &Shape) -> CudaSource {
     for (op, code) in program.ops().iter().zip(&warp_ops) {
         let _ = writeln!(w, "    {code}  // {op}");
     }
-    let _ = writeln!(w, "    return mg_w_sample(s + MG_S_LOGITS, r);\n}}\n");
+    let _ = writeln!(
+        w,
+        "    return mg_w_sample(s + MG_S_LOGITS, s + MG_S_DRAW, r);\n}}\n"
+    );
 
     // Thread ops: the same list as scalar code over register arrays.
     let _ = writeln!(
         w,
         "// One step of one stream by one thread. The KV cache element i of position t, layer l is\n\
-         // kv[((2l + {{0 keys, 1 values}}) * MG_BLOCK + t) * MG_EMBD + i) * stride].\n\
-         __device__ __forceinline__ int mg_step_thread(const float* __restrict__ w, float* kv, int stride, int tok, int pos, float r, float* logits_out) {{"
+         // kv[((2l + {{0 keys, 1 values}}) * MG_BLOCK + t) * MG_EMBD + i) * S].\n\
+         template <int S>\n\
+         __device__ __forceinline__ int mg_step_thread(const float* __restrict__ w, float* kv, int tok, int pos, float r, float* logits_out) {{"
     );
     for b in Buffer::ALL {
         let _ = writeln!(w, "    float {}[{}];", buffer_name(b), b.len(shape));
@@ -278,6 +303,9 @@ pub fn render(shape: &Shape) -> CudaSource {
             i += 3;
         } else {
             let _ = writeln!(w, "    // {}\n{}", ops[i], thread_op(shape, &ops[i]));
+            if let Some(line) = thread_cache_store(shape, ops, i) {
+                let _ = writeln!(w, "{line}");
+            }
             i += 1;
         }
     }
@@ -361,15 +389,14 @@ fn thread_op(shape: &Shape, op: &Op) -> String {
         Op::MatVec { weight, input, out } => thread_matvec(shape, weight, input, out),
         Op::Logits { input } => thread_matvec(shape, Param::LmHead, input, Buffer::Logits),
         Op::Attention { layer, q, k, v, out } => format!(
-            "    mg_t_attention<{e}, {}, {}>(kv + {} * stride, kv + {} * stride, stride, {}, {}, {}, {}, pos);",
+            "    mg_t_attention<{e}, {}, S>(kv + {} * S, kv + {} * S, {}, {}, pos);  // {} and {} are in the cache",
             shape.heads,
-            shape.block,
             2 * layer * shape.block * e,
             (2 * layer + 1) * shape.block * e,
             n(q),
+            n(out),
             n(k),
             n(v),
-            n(out)
         ),
         Op::Add { input, into } => format!(
             "    {unroll}\n    for (int i = 0; i < {}; i++) {o}[i] += {x}[i];",
@@ -383,6 +410,34 @@ fn thread_op(shape: &Shape, op: &Op) -> String {
             b = n(buf)
         ),
     }
+}
+
+/// When op `i` makes the key or value vector of a later attention op (nothing writing it in
+/// between), the thread step stores it in that layer's cache right away, so that it need not stay
+/// in registers until the attention (the attention op itself stores nothing).
+fn thread_cache_store(shape: &Shape, ops: &[Op], i: usize) -> Option<String> {
+    let made = ops[i].output();
+    for op in &ops[i + 1..] {
+        if let Op::Attention { layer, k, v, .. } = *op {
+            let values = if k == made {
+                0
+            } else if v == made {
+                1
+            } else {
+                continue;
+            };
+            let at = (2 * layer + values) * shape.block * shape.embd;
+            return Some(format!(
+                "    mg_t_cache_store<{}, S>(kv + {at} * S, {}, pos);  // cache[pos] of layer {layer}",
+                shape.embd,
+                buffer_name(made)
+            ));
+        }
+        if op.output() == made {
+            return None;
+        }
+    }
+    None
 }
 
 /// `up · x → h; relu(h); down · h → y` as one `mg_t_mlp` call: one loop over the hidden units, so
@@ -447,6 +502,9 @@ fn quads(shape: &Shape, p: Param) -> bool {
 const PRELUDE: &str = r#"
 #define MG_FULL 0xffffffffu
 #define MG_NEG_INF __int_as_float(0xff800000)
+// Warp code visits element i = lane + 32 k of an N-vector for k < MG_LANE_STEPS(N): unrolled and
+// predicated, no loop.
+#define MG_LANE_STEPS(N) (((N) + 31) / 32)
 
 __device__ __forceinline__ unsigned mg_xorshift32(unsigned x) {
     x ^= x << 13;
@@ -499,88 +557,173 @@ __device__ __forceinline__ int mg_sample(const float* logits, float r) {
     return chosen;
 }
 
-// The same draw by a warp, with the same result bit for bit: lanes own logits (lane, lane + 32,
-// ...) for the maximum, the exponentials and the divisions; the two running sums are still taken
-// left to right, by every lane, over values gathered with shuffles.
-__device__ __forceinline__ int mg_w_sample(const float* logits, float r) {
-    constexpr int K = (MG_VOCAB + 31) / 32;
+// The same draw by a warp, with the same result bit for bit. The lane owning logit i (i = lane +
+// 32 k) takes its division, exponential and normalisation; the vectors go through `draw` (a
+// scratch of MG_VOCAB floats, 16-byte aligned) so that every lane reads them whole, as broadcasts,
+// for the maximum and the two running sums, which it takes left to right as mg_sample does. The
+// running sums never decrease, so the first i whose sum exceeds r is the count of those that do
+// not.
+//
+// mg_w_share: lane-owned v (element lane + 32 k in v[k]) into `all`, whole, in every lane.
+__device__ __forceinline__ void mg_w_share(float* draw, const float* v, float* all) {
+    __syncwarp();  // every lane has read the previous vector
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(MG_VOCAB); k++) {
+        const int i = (threadIdx.x & 31) + 32 * k;
+        if (i < MG_VOCAB) draw[i] = v[k];
+    }
+    __syncwarp();
+    #pragma unroll
+    for (int j = 0; j < (MG_VOCAB + 3) / 4; j++) {
+        const float4 q = reinterpret_cast<const float4*>(draw)[j];
+        all[4 * j] = q.x;
+        all[4 * j + 1] = q.y;
+        all[4 * j + 2] = q.z;
+        all[4 * j + 3] = q.w;
+    }
+}
+
+__device__ __forceinline__ int mg_w_sample(const float* logits, float* draw, float r) {
+    constexpr int K = MG_LANE_STEPS(MG_VOCAB);
     const int lane = threadIdx.x & 31;
     const float t = mg_temperature;
-    float e[K];
-    float m = MG_NEG_INF;
+    float v[K], all[(MG_VOCAB + 3) / 4 * 4];
     #pragma unroll
     for (int k = 0; k < K; k++) {
         const int i = lane + 32 * k;
-        e[k] = i < MG_VOCAB ? logits[i] / t : MG_NEG_INF;
-        m = fmaxf(m, e[k]);
+        v[k] = i < MG_VOCAB ? logits[i] / t : 0.0f;
     }
-    m = mg_warp_max(m);
+    mg_w_share(draw, v, all);
+    float mq[4] = {MG_NEG_INF, MG_NEG_INF, MG_NEG_INF, MG_NEG_INF};
     #pragma unroll
-    for (int k = 0; k < K; k++) e[k] = lane + 32 * k < MG_VOCAB ? expf(e[k] - m) : 0.0f;
+    for (int i = 0; i < MG_VOCAB; i++) mq[i % 4] = fmaxf(mq[i % 4], all[i]);
+    const float m = fmaxf(fmaxf(mq[0], mq[1]), fmaxf(mq[2], mq[3]));
+    #pragma unroll
+    for (int k = 0; k < K; k++) v[k] = expf(v[k] - m);
+    mg_w_share(draw, v, all);
     float sum = 0.0f;
     #pragma unroll
-    for (int i = 0; i < MG_VOCAB; i++) sum += __shfl_sync(MG_FULL, e[i / 32], i % 32);
+    for (int i = 0; i < MG_VOCAB; i++) sum += all[i];
     #pragma unroll
-    for (int k = 0; k < K; k++) e[k] = e[k] / sum;
+    for (int k = 0; k < K; k++) v[k] = v[k] / sum;
+    mg_w_share(draw, v, all);
     float c = 0.0f;
-    int chosen = MG_VOCAB - 1;
+    int chosen = 0;
     #pragma unroll
     for (int i = 0; i < MG_VOCAB - 1; i++) {
-        c += __shfl_sync(MG_FULL, e[i / 32], i % 32);
-        if (r < c && chosen == MG_VOCAB - 1) chosen = i;
+        c += all[i];
+        chosen += c <= r ? 1 : 0;
     }
     return chosen;
 }
 
 template <int E>
 __device__ __forceinline__ void mg_w_embed(const float* __restrict__ w, int tok, int pos, float* out) {
-    for (int i = threadIdx.x & 31; i < E; i += 32) out[i] = w[MG_W_WTE + tok * E + i] + w[MG_W_WPE + pos * E + i];
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(E); k++) {
+        const int i = (threadIdx.x & 31) + 32 * k;
+        if (i < E) out[i] = w[MG_W_WTE + tok * E + i] + w[MG_W_WPE + pos * E + i];
+    }
     __syncwarp();
 }
 
+// Every lane takes the whole sum of squares itself (the vector read as broadcasts, four partial
+// sums) where that is shorter than a warp reduction; longer vectors are reduced across lanes.
 template <int N>
 __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
     const int lane = threadIdx.x & 31;
-    float ss = 0.0f;
-    for (int i = lane; i < N; i += 32) ss += x[i] * x[i];
-    ss = mg_warp_sum(ss);
+    float ss;
+    if constexpr (N <= 64 && N % 4 == 0) {
+        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        #pragma unroll
+        for (int i = 0; i < N; i += 4) {
+            const float4 q = *reinterpret_cast<const float4*>(x + i);
+            a[0] = fmaf(q.x, q.x, a[0]);
+            a[1] = fmaf(q.y, q.y, a[1]);
+            a[2] = fmaf(q.z, q.z, a[2]);
+            a[3] = fmaf(q.w, q.w, a[3]);
+        }
+        ss = (a[0] + a[1]) + (a[2] + a[3]);
+        __syncwarp();  // out may be x: every lane has read it
+    } else {
+        ss = 0.0f;
+        #pragma unroll
+        for (int k = 0; k < MG_LANE_STEPS(N); k++) {
+            const int i = lane + 32 * k;
+            if (i < N) ss = fmaf(x[i], x[i], ss);
+        }
+        ss = mg_warp_sum(ss);
+    }
     const float scale = 1.0f / sqrtf(ss / (float)N + MG_RMS_EPS);
-    for (int i = lane; i < N; i += 32) out[i] = x[i] * scale;
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(N); k++) {
+        const int i = lane + 32 * k;
+        if (i < N) out[i] = x[i] * scale;
+    }
     __syncwarp();
 }
 
-// y = W x with W stored transposed ([COLS][ROWS]): lane r owns rows r, r + 32, ..., whose sums
-// (each over c in order) interleave.
+// y = W x with W stored transposed ([COLS][ROWS]). Lane r owns rows r, r + 32, ...; when ROWS
+// leaves lanes idle (ROWS <= 16), G groups of lanes split the columns (group g takes c = g, g + G,
+// ..., so that the groups read different banks) and shuffles add the groups' sums. Each lane sums
+// its columns into A interleaved partial sums, to shorten the dependency chain.
 template <int ROWS, int COLS>
 __device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
-    constexpr int K = (ROWS + 31) / 32;
+    constexpr int RP = ROWS <= 1 ? 1 : ROWS <= 2 ? 2 : ROWS <= 4 ? 4 : ROWS <= 8 ? 8 : ROWS <= 16 ? 16 : 32;
+    constexpr int G = 32 / RP;
+    constexpr int K = MG_LANE_STEPS(ROWS);
+    constexpr int CG = (COLS + G - 1) / G;
+    constexpr int A = CG >= 16 ? 4 : CG >= 2 ? 2 : 1;
     const int lane = threadIdx.x & 31;
-    float acc[K];
+    const int row = lane % RP, g = lane / RP;
+    float acc[K][A];
     #pragma unroll
-    for (int k = 0; k < K; k++) acc[k] = 0.0f;
-    #pragma unroll
-    for (int c = 0; c < COLS; c++) {
+    for (int k = 0; k < K; k++) {
         #pragma unroll
-        for (int k = 0; k < K; k++) {
-            if (lane + 32 * k < ROWS) acc[k] = fmaf(wt[c * ROWS + lane + 32 * k], x[c], acc[k]);
+        for (int a = 0; a < A; a++) acc[k][a] = 0.0f;
+    }
+    #pragma unroll
+    for (int j = 0; j < CG; j++) {
+        const int c = j * G + g;
+        if (c < COLS) {
+            const float xc = x[c];
+            #pragma unroll
+            for (int k = 0; k < K; k++) {
+                const int r = row + 32 * k;
+                if (r < ROWS) acc[k][j % A] = fmaf(wt[c * ROWS + r], xc, acc[k][j % A]);
+            }
         }
     }
     #pragma unroll
     for (int k = 0; k < K; k++) {
-        if (lane + 32 * k < ROWS) y[lane + 32 * k] = acc[k];
+        float v = acc[k][0];
+        #pragma unroll
+        for (int a = 1; a < A; a++) v += acc[k][a];
+        #pragma unroll
+        for (int o = RP; o < 32; o <<= 1) v += __shfl_xor_sync(MG_FULL, v, o);
+        const int r = row + 32 * k;
+        if (g == 0 && r < ROWS) y[r] = v;
     }
     __syncwarp();
 }
 
 template <int N>
 __device__ __forceinline__ void mg_w_add(const float* x, float* into) {
-    for (int i = threadIdx.x & 31; i < N; i += 32) into[i] += x[i];
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(N); k++) {
+        const int i = (threadIdx.x & 31) + 32 * k;
+        if (i < N) into[i] += x[i];
+    }
     __syncwarp();
 }
 
 template <int N>
 __device__ __forceinline__ void mg_w_relu(float* b) {
-    for (int i = threadIdx.x & 31; i < N; i += 32) b[i] = fmaxf(b[i], 0.0f);
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(N); k++) {
+        const int i = (threadIdx.x & 31) + 32 * k;
+        if (i < N) b[i] = fmaxf(b[i], 0.0f);
+    }
     __syncwarp();
 }
 
@@ -593,9 +736,13 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
                                                const float* v, float* out, float* probs, int pos) {
     constexpr int HD = E / H;
     const int lane = threadIdx.x & 31;
-    for (int i = lane; i < E; i += 32) {
-        keys[pos * E + i] = k[i];
-        values[pos * E + i] = v[i];
+    #pragma unroll
+    for (int j = 0; j < MG_LANE_STEPS(E); j++) {
+        const int i = lane + 32 * j;
+        if (i < E) {
+            keys[pos * E + i] = k[i];
+            values[pos * E + i] = v[i];
+        }
     }
     __syncwarp();
     const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
@@ -658,11 +805,18 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
         }
     }
     __syncwarp();
-    for (int i = lane; i < E; i += 32) {
-        const float* p = probs + (i / HD) * T;
-        float acc = 0.0f;
-        for (int t = 0; t <= pos; t++) acc = fmaf(p[t], values[t * E + i], acc);
-        out[i] = acc;
+    #pragma unroll
+    for (int j = 0; j < MG_LANE_STEPS(E); j++) {
+        const int i = lane + 32 * j;
+        if (i < E) {
+            const float* p = probs + (i / HD) * T;
+            float acc[2] = {0.0f, 0.0f};  // even and odd positions: half the chain
+            #pragma unroll
+            for (int t = 0; t < T; t++) {
+                if (t <= pos) acc[t % 2] = fmaf(p[t], values[t * E + i], acc[t % 2]);
+            }
+            out[i] = acc[0] + acc[1];
+        }
     }
     __syncwarp();
 }
@@ -744,49 +898,59 @@ __device__ __forceinline__ void mg_t_mlp(const float* __restrict__ up, const flo
     }
 }
 
-// The same attention for one thread; keys/values element (t, i) at [(t * E + i) * stride].
-// Positions are unrolled over the whole block and predicated on t <= pos, so that the scores
-// stay in registers.
-template <int E, int H, int T>
-__device__ __forceinline__ void mg_t_attention(float* keys, float* values, int stride, const float* q,
-                                               const float* k, const float* v, float* out, int pos) {
-    constexpr int HD = E / H;
+// Stores one thread's key or value vector as position `pos` of a cache ([T][E], stride S).
+template <int E, int S>
+__device__ __forceinline__ void mg_t_cache_store(float* cache, const float* x, int pos) {
     #pragma unroll
-    for (int i = 0; i < E; i++) {
-        keys[(pos * E + i) * stride] = k[i];
-        values[(pos * E + i) * stride] = v[i];
-    }
+    for (int i = 0; i < E; i++) cache[(pos * E + i) * S] = x[i];
+}
+
+// The same attention for one thread, with this position's key and value already stored
+// (mg_t_cache_store); keys/values element (t, i) at [(t * E + i) * S]. One pass over the positions
+// (a loop, two at a time, rather than code unrolled over the whole block) with every head's
+// softmax taken online: a running maximum, the sum and the weighted values rescaled whenever the
+// maximum grows, divided by the sum at the end. The same quantities as the reference's, rounded
+// differently; few registers (no scores kept), and only positions 0..pos are visited.
+template <int E, int H, int S>
+__device__ __forceinline__ void mg_t_attention(const float* keys, const float* values, const float* q, float* out,
+                                               int pos) {
+    constexpr int HD = E / H;
     const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
+    float m[H], l[H];
     #pragma unroll
     for (int h = 0; h < H; h++) {
-        float p[T];
-        float m = MG_NEG_INF;
+        m[h] = MG_NEG_INF;
+        l[h] = 0.0f;
+    }
+    #pragma unroll
+    for (int i = 0; i < E; i++) out[i] = 0.0f;
+    #pragma unroll 2
+    for (int t = 0; t <= pos; t++) {
+        float kt[E], vt[E];
         #pragma unroll
-        for (int t = 0; t < T; t++) {
+        for (int i = 0; i < E; i++) {
+            kt[i] = keys[(t * E + i) * S];
+            vt[i] = values[(t * E + i) * S];
+        }
+        #pragma unroll
+        for (int h = 0; h < H; h++) {
             float d = 0.0f;
-            if (t <= pos) {
-                #pragma unroll
-                for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[(t * E + h * HD + j) * stride], d);
-                d *= inv_sqrt_hd;
-                m = fmaxf(m, d);
-            }
-            p[t] = d;
-        }
-        float sum = 0.0f;
-        #pragma unroll
-        for (int t = 0; t < T; t++) {
-            p[t] = t <= pos ? expf(p[t] - m) : 0.0f;
-            sum += p[t];
-        }
-        #pragma unroll
-        for (int j = 0; j < HD; j++) {
-            float acc = 0.0f;
             #pragma unroll
-            for (int t = 0; t < T; t++) {
-                if (t <= pos) acc = fmaf(p[t] / sum, values[(t * E + h * HD + j) * stride], acc);
-            }
-            out[h * HD + j] = acc;
+            for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], kt[h * HD + j], d);
+            d *= inv_sqrt_hd;
+            const float mn = fmaxf(m[h], d);
+            const float c = expf(m[h] - mn);  // 0 at t = 0, 1 while the maximum holds
+            const float p = expf(d - mn);
+            l[h] = fmaf(l[h], c, p);
+            #pragma unroll
+            for (int j = 0; j < HD; j++) out[h * HD + j] = fmaf(out[h * HD + j], c, p * vt[h * HD + j]);
+            m[h] = mn;
         }
+    }
+    #pragma unroll
+    for (int h = 0; h < H; h++) {
+        #pragma unroll
+        for (int j = 0; j < HD; j++) out[h * HD + j] = out[h * HD + j] / l[h];
     }
 }
 
@@ -829,8 +993,8 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
 // Whole benchmark streams, one per warp, `steps` steps each. state: (tok, pos, rng) per stream;
 // kv: MG_KV floats per stream, loaded at the start and saved at the end so that consecutive
 // launches continue the same streams. checksums: Stream::run's checksum of this launch.
-extern "C" __global__ void mg_persistent(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
-                                         long long steps, unsigned long long* checksums) {
+__device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
+                                                long long steps, unsigned long long* checksums) {
     extern __shared__ __align__(16) float smem[];
     const float* w = mg_block_weights(wg, smem);
     const int lane = threadIdx.x & 31;
@@ -857,33 +1021,51 @@ extern "C" __global__ void mg_persistent(const float* __restrict__ wg, unsigned*
     }
 }
 
+// One warp alone (launch <<<1, 32>>>): as many registers as the compiler likes, to keep loads in
+// flight along the one dependency chain.
+extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent(const float* __restrict__ wg, unsigned* state, float* kv,
+                                                                  int streams, long long steps,
+                                                                  unsigned long long* checksums) {
+    mg_warp_streams(wg, state, kv, streams, steps, checksums);
+}
+
+// Many warps, MG_WARPS_PER_BLOCK per block: registers capped so that as many blocks fit on an SM
+// as its shared memory allows (MG_WARP_BLOCKS_PER_SM).
+extern "C" __global__ void __launch_bounds__(32 * MG_WARPS_PER_BLOCK, MG_WARP_BLOCKS_PER_SM)
+    mg_streams_warp(const float* __restrict__ wg, unsigned* state, float* kv, int streams, long long steps,
+                    unsigned long long* checksums) {
+    mg_warp_streams(wg, state, kv, streams, steps, checksums);
+}
+
 // One teacher-forced step by one thread (launch <<<1, 1>>>); kv: MG_KV floats kept between
 // launches; logits: MG_VOCAB floats out.
 extern "C" __global__ void mg_thread_step(const float* __restrict__ w, float* kv, int tok, int pos, float r,
                                           float* logits, int* next) {
-    *next = mg_step_thread(w, kv, 1, tok, pos, r, logits);
+    *next = mg_step_thread<1>(w, kv, tok, pos, r, logits);
 }
 
 // Not inlined into the token loop: inlined, the compiler hoists the step's weight loads out of the
 // loop (they do not change from token to token) and runs out of registers.
-__device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, float* kv, int stride, int tok, int pos, float r) {
-    return mg_step_thread(w, kv, stride, tok, pos, r, 0);
+__device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, float* kv, int tok, int pos, float r) {
+    return mg_step_thread<MG_STREAM_THREADS>(w, kv, tok, pos, r, 0);
 }
 
-// Whole benchmark streams, one per thread; kv: MG_KV x streams floats, element j of stream s at
-// [j * streams + s]. state and checksums as mg_persistent's.
+// Whole benchmark streams, one per thread, in blocks of MG_STREAM_THREADS threads; kv: MG_KV
+// floats per stream, interleaved within a block: element j of the stream of thread i of block b at
+// [(b * MG_KV + j) * MG_STREAM_THREADS + i]. state and checksums as mg_persistent's.
 extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                       long long steps, unsigned long long* checksums) {
     extern __shared__ __align__(16) float smem[];
     const float* w = mg_block_weights(wg, smem);
-    const int stream = blockIdx.x * blockDim.x + threadIdx.x;
+    const int stream = blockIdx.x * MG_STREAM_THREADS + threadIdx.x;
     if (stream >= streams) return;
+    float* my_kv = kv + (long long)blockIdx.x * MG_KV * MG_STREAM_THREADS + threadIdx.x;
     int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
     unsigned rng = state[3 * stream + 2];
     unsigned long long sum = 0;
     for (long long n = 0; n < steps; n++) {
         rng = mg_xorshift32(rng);
-        const int next = mg_step_thread_call(w, kv + stream, streams, tok, pos, mg_uniform24(rng));
+        const int next = mg_step_thread_call(w, my_kv, tok, pos, mg_uniform24(rng));
         sum = sum * 31ull + (unsigned long long)next;
         mg_advance(next, &tok, &pos);
     }
@@ -908,8 +1090,21 @@ mod tests {
             let ops = Program::forward(shape).ops().len();
             assert_eq!(src.op_kernels.len(), ops);
             for k in src.kernels() {
-                assert!(src.text.contains(&format!("void {k}(")), "{k} missing");
+                // `extern "C" __global__ void [__launch_bounds__(..)] k(`
+                let at = src.text.find(&format!(" {k}(")).expect(&k);
+                let head = &src.text[src.text[..at].rfind('\n').unwrap_or(0)..at];
+                let head = if head.contains("__global__") {
+                    head
+                } else {
+                    &src.text[src.text[..at - head.len()].rfind('\n').unwrap_or(0)..at]
+                };
+                assert!(head.contains("extern \"C\" __global__ void"), "{k}: {head}");
             }
+            // The thread step stores every layer's key and value vectors in the cache.
+            assert_eq!(
+                src.text.matches("    mg_t_cache_store<").count(),
+                2 * shape.layers
+            );
             for op in Program::forward(shape).ops() {
                 assert!(src.text.matches(&format!("// {op}")).count() >= 2, "{op}");
             }

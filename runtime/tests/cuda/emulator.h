@@ -18,6 +18,7 @@
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
 
 struct __align__(16) float4 {
     float x, y, z, w;

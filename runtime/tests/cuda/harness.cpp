@@ -4,7 +4,8 @@
 // harness WEIGHTS MODE [ARGS]; WEIGHTS: the arranged weights, little-endian f32.
 //   step modes (naive, warp, thread): stdin has lines "tok pos r_bits" (r as its f32 bits); each
 //   prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to the host);
-//   persistent WARPS STREAMS STEPS LAUNCHES, streams THREADS STREAMS STEPS LAUNCHES: stdin has
+//   persistent WARPS STREAMS STEPS LAUNCHES, streams THREADS STREAMS STEPS LAUNCHES (THREADS per
+//   block: any number of warps for persistent, MG_STREAM_THREADS for streams): stdin has
 //   "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
 
@@ -76,7 +77,13 @@ int main(int argc, char** argv) {
         for (auto& s : state) {
             if (std::scanf("%u", &s) != 1) return 2;
         }
-        std::vector<float> kv((size_t)MG_KV * streams, 0.0f);
+        if (mode == "streams" && per_block != MG_STREAM_THREADS) {
+            std::fprintf(stderr, "mg_streams runs blocks of %d threads\n", MG_STREAM_THREADS);
+            return 2;
+        }
+        // mg_streams's KV caches interleave within whole blocks.
+        const unsigned stream_blocks = (streams + MG_STREAM_THREADS - 1) / MG_STREAM_THREADS;
+        std::vector<float> kv((size_t)MG_KV * MG_STREAM_THREADS * stream_blocks, 0.0f);
         std::vector<unsigned long long> sums(streams);
         for (int l = 0; l < launches; l++) {
             if (mode == "persistent") {
@@ -85,8 +92,7 @@ int main(int argc, char** argv) {
                     mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                 });
             } else {
-                const unsigned blocks = (streams + per_block - 1) / per_block;
-                launch(blocks, per_block, [&] {
+                launch(stream_blocks, MG_STREAM_THREADS, [&] {
                     mg_streams(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                 });
             }
