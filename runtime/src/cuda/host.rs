@@ -38,16 +38,17 @@ pub fn driver_present() -> Result<(), String> {
 /// PTX already made in this process: (architecture, source text, PTX).
 static COMPILED: Mutex<Vec<(String, String, Ptx)>> = Mutex::new(Vec::new());
 
-fn compiled_before(source: &CudaSource, arch: &str) -> Option<Ptx> {
+/// `then` of the PTX already made for `source` and `arch`, if any.
+fn compiled_before<T>(source: &CudaSource, arch: &str, then: impl FnOnce(&Ptx) -> T) -> Option<T> {
     let list = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
     list.iter()
         .find(|(a, text, _)| a == arch && *text == source.text)
-        .map(|(_, _, ptx)| ptx.clone())
+        .map(|(_, _, ptx)| then(ptx))
 }
 
 /// Whether [`compile`] has already made the PTX of `source` for `arch` in this process.
 pub fn is_compiled(source: &CudaSource, arch: &str) -> bool {
-    compiled_before(source, arch).is_some()
+    compiled_before(source, arch, |_| ()).is_some()
 }
 
 /// Compiles `source` to PTX for `arch` (e.g. `compute_90`). NVRTC runs once per source and
@@ -55,7 +56,7 @@ pub fn is_compiled(source: &CudaSource, arch: &str) -> bool {
 /// layers on one Zen 5 core), and every CUDA variant of a shape loads the same source.
 pub fn compile(source: &CudaSource, arch: &str) -> Result<Ptx, String> {
     nvrtc_present()?;
-    if let Some(ptx) = compiled_before(source, arch) {
+    if let Some(ptx) = compiled_before(source, arch, Ptx::clone) {
         return Ok(ptx);
     }
     let opts = CompileOptions {
