@@ -193,8 +193,9 @@ fn check_all(weights: &Weights) {
     for mode in ["naive", "warp", "thread"] {
         check_steps(&h, weights, mode);
     }
-    // Two blocks of two warps, the last one partial; then two blocks of threads, ditto (the KV
-    // caches interleave within a block).
+    // One warp (mg_persistent); two blocks of two warps, the last one partial (mg_streams_warp);
+    // then two blocks of threads, ditto (the KV caches interleave within a block).
+    check_loop(&h, weights, "persistent", 1, 1);
     check_loop(&h, weights, "persistent", 2, 3);
     check_loop(&h, weights, "streams", STREAM_THREADS, STREAM_THREADS + 9);
 }

@@ -4,8 +4,9 @@
 // harness WEIGHTS MODE [ARGS]; WEIGHTS: the arranged weights, little-endian f32.
 //   step modes (naive, warp, thread): stdin has lines "tok pos r_bits" (r as its f32 bits); each
 //   prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to the host);
-//   persistent WARPS STREAMS STEPS LAUNCHES, streams THREADS STREAMS STEPS LAUNCHES (THREADS per
-//   block: any number of warps for persistent, MG_STREAM_THREADS for streams): stdin has
+//   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
+//   mg_streams_warp, as the host does), streams THREADS STREAMS STEPS LAUNCHES (THREADS per block:
+//   MG_STREAM_THREADS): stdin has
 //   "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
 
@@ -89,7 +90,11 @@ int main(int argc, char** argv) {
             if (mode == "persistent") {
                 const unsigned blocks = (streams + per_block - 1) / per_block;
                 launch(blocks, 32 * per_block, [&] {
-                    mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
+                    if (per_block == 1) {
+                        mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
+                    } else {
+                        mg_streams_warp(w.data(), state.data(), kv.data(), streams, steps, sums.data());
+                    }
                 });
             } else {
                 launch(stream_blocks, MG_STREAM_THREADS, [&] {
