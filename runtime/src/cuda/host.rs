@@ -640,9 +640,9 @@ impl Persistent {
             .arg(&streams)
             .arg(&steps)
             .arg(&mut self.checksums);
-        // SAFETY: mg_persistent, mg_streams_warp and mg_streams take (const float* w, unsigned* state[3 streams],
-        // float* kv[MG_KV streams], int streams, long long steps, unsigned long long*
-        // checksums[streams]); the grid covers at least `streams` warps or threads and the
+        // SAFETY: mg_persistent, mg_streams_warp and mg_streams take (const float* w, unsigned*
+        // state[3 streams], float* kv[MG_KV streams], int streams, long long steps, unsigned long
+        // long* checksums[streams]); the grid covers at least `streams` warps or threads and the
         // dynamic shared memory is what the kernel was allowed above.
         driver("launch", unsafe { b.launch(self.config) })?;
         // The copy waits for the kernel: the window ends when the checksums are on the host.

@@ -45,6 +45,10 @@ pub const SHARED_WEIGHTS_LIMIT: usize = 160 * 1024;
 /// H100's 228 KiB less 1 KiB per block reserved by the driver.
 pub const SHARED_PER_SM: usize = 224 * 1024;
 
+/// Warps an SM holds at most (sm_90): `mg_streams_warp`'s register cap plans for no more blocks
+/// than fill it.
+pub const MAX_WARPS_PER_SM: usize = 64;
+
 /// Warps per block of `mg_streams_warp` (one stream each), fewer where their scratch does not fit.
 pub const WARPS_PER_BLOCK: usize = 8;
 
@@ -59,9 +63,9 @@ pub struct CudaSource {
     pub text: String,
     /// Floats of the arranged weights.
     pub weight_floats: usize,
-    /// Whether the persistent kernels copy the weights into shared memory (else they read them
-    /// from global memory, through the cache).
-    pub weights_in_shared: bool,
+    /// Floats of shared memory a block gives its copy of the weights (rounded up to 32); 0 when
+    /// they do not fit and the kernels read them from global memory, through the cache.
+    pub shared_weight_floats: usize,
     /// Floats of one warp's scratch (buffers, KV cache, probabilities).
     pub scratch_floats: usize,
     /// Floats of one stream's KV cache.
@@ -75,20 +79,17 @@ pub struct CudaSource {
 impl CudaSource {
     /// Dynamic shared memory of a persistent block with `warps` warps (bytes).
     pub fn shared_bytes(&self, warps: usize) -> usize {
-        4 * (self.shared_weight_floats() + warps * self.scratch_floats)
+        block_shared_bytes(self.shared_weight_floats, warps, self.scratch_floats)
     }
 
     /// Dynamic shared memory of a thread-per-stream block (bytes).
     pub fn streams_shared_bytes(&self) -> usize {
-        4 * self.shared_weight_floats()
+        4 * self.shared_weight_floats
     }
 
-    fn shared_weight_floats(&self) -> usize {
-        if self.weights_in_shared {
-            self.weight_floats.next_multiple_of(32)
-        } else {
-            0
-        }
+    /// Whether the blocks copy the weights into shared memory.
+    pub fn weights_in_shared(&self) -> bool {
+        self.shared_weight_floats > 0
     }
 
     /// Every `extern "C"` kernel of the source.
@@ -169,6 +170,12 @@ fn param_macro(p: Param) -> String {
     format!("MG_W_{}", p.name().to_uppercase().replace('.', "_"))
 }
 
+/// Dynamic shared memory of a block of `warps` warps (bytes): its copy of the weights, then each
+/// warp's scratch.
+fn block_shared_bytes(shared_weight_floats: usize, warps: usize, scratch_floats: usize) -> usize {
+    4 * (shared_weight_floats + warps * scratch_floats)
+}
+
 /// Renders the CUDA C of `shape`.
 pub fn render(shape: &Shape) -> CudaSource {
     let program = Program::forward(*shape);
@@ -176,7 +183,11 @@ pub fn render(shape: &Shape) -> CudaSource {
     let (e, hd, block, vocab) = (shape.embd, shape.head_dim(), shape.block, shape.vocab);
     let kv_floats = 2 * shape.layers * block * e;
     let weight_floats = layout.param_count();
-    let weights_in_shared = 4 * weight_floats <= SHARED_WEIGHTS_LIMIT;
+    let shared_weight_floats = if 4 * weight_floats <= SHARED_WEIGHTS_LIMIT {
+        weight_floats.next_multiple_of(32)
+    } else {
+        0
+    };
 
     // Scratch layout of the warp kernels: every buffer, then the KV cache, the attention
     // probabilities and the sampler's vector (each 16-byte aligned).
@@ -193,13 +204,8 @@ pub fn render(shape: &Shape) -> CudaSource {
     scratch.push(("MG_S_DRAW".into(), at));
     at += vocab.next_multiple_of(4);
     let scratch_floats = at.next_multiple_of(32);
-    let shared_weights = if weights_in_shared {
-        weight_floats.next_multiple_of(32)
-    } else {
-        0
-    };
-    let warp_block_bytes = 4 * (shared_weights + WARPS_PER_BLOCK * scratch_floats);
-    let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, 8);
+    let warp_block_bytes = block_shared_bytes(shared_weight_floats, WARPS_PER_BLOCK, scratch_floats);
+    let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, MAX_WARPS_PER_SM / WARPS_PER_BLOCK);
     let logits_offset = scratch[Buffer::Logits.index()].1;
 
     let mut s = String::new();
@@ -224,7 +230,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_MLP", shape.mlp),
         ("MG_BOS", shape.bos()),
         ("MG_WEIGHTS", weight_floats),
-        ("MG_WEIGHTS_SHARED", shared_weights),
+        ("MG_WEIGHTS_SHARED", shared_weight_floats),
         ("MG_KV", kv_floats),
         ("MG_STREAM_THREADS", STREAM_THREADS),
         ("MG_SCRATCH", scratch_floats),
@@ -319,7 +325,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         shape: *shape,
         text: s,
         weight_floats,
-        weights_in_shared,
+        shared_weight_floats,
         scratch_floats,
         kv_floats,
         logits_offset,
@@ -1130,7 +1136,7 @@ mod tests {
     #[test]
     fn large_shapes_read_weights_from_global_memory() {
         let big = Shape::parse("embd=128,layers=4,mlp=512").unwrap();
-        assert!(!render(&big).weights_in_shared);
-        assert!(render(&Shape::default()).weights_in_shared);
+        assert!(!render(&big).weights_in_shared());
+        assert!(render(&Shape::default()).weights_in_shared());
     }
 }
