@@ -66,10 +66,6 @@ impl<'a> BatchGen<'a> {
         quote! { [#v; #n] }
     }
 
-    fn offset(&self, p: Param) -> usize {
-        self.layout.tensor(p).offset
-    }
-
     /// The op functions and the step body.
     pub fn render(mut self) -> (Vec<T>, T) {
         let t = self.t;
@@ -81,8 +77,17 @@ impl<'a> BatchGen<'a> {
             let pos = t.load_i32(quote! { pos.as_ptr() });
             quote! { let tokv = #tok; let posv = #pos; }
         });
-        for (index, op) in self.program.ops().to_vec().iter().enumerate() {
-            self.render_op(index, op, &mut body, &mut vals);
+        let ops = self.program.ops().to_vec();
+        let mut index = 0;
+        while index < ops.len() {
+            // A matvec whose output the next op rectifies takes the rectifier into its last
+            // instructions (so the hidden vector is written once).
+            let relu = matches!(
+                (&ops[index], ops.get(index + 1)),
+                (Op::MatVec { out, .. }, Some(Op::Relu { buf })) if out == buf
+            );
+            self.render_op(index, &ops[index], relu, &mut body, &mut vals);
+            index += if relu { 2 } else { 1 };
         }
         let logits = vals[&Buffer::Logits].clone();
         let vocab = self.shape.vocab;
@@ -124,7 +129,16 @@ impl<'a> BatchGen<'a> {
         (self.items, body.into_tokens())
     }
 
-    fn render_op(&mut self, index: usize, op: &Op, body: &mut Body, vals: &mut HashMap<Buffer, Ident>) {
+    /// Renders one op; `relu`: the op is a matvec and the next op (skipped by the caller) a
+    /// rectifier of its output.
+    fn render_op(
+        &mut self,
+        index: usize,
+        op: &Op,
+        relu: bool,
+        body: &mut Body,
+        vals: &mut HashMap<Buffer, Ident>,
+    ) {
         let t = self.t;
         let s = self.shape;
         let (e, l) = (s.embd, self.l());
@@ -134,46 +148,67 @@ impl<'a> BatchGen<'a> {
         let ty_e = self.arr(e);
         match *op {
             Op::Embed { out } => {
-                let (wte, wpe) = (self.offset(Param::Wte), self.offset(Param::Wpe));
                 let q = self.q412();
-                // The Q4.12 kernels keep the embedding tables as i32: wte rows, then wpe rows.
-                let wte_len = s.vocab * e;
+                let table = EmbTable::new(t, s);
+                let load = |at: usize| {
+                    if q {
+                        t.load_i32(quote! { emb.add(#at) })
+                    } else {
+                        t.load(quote! { emb.add(#at) })
+                    }
+                };
                 let regs: Vec<T> = (0..e)
                     .map(|c| {
-                        let (a, b) = if q {
-                            (
-                                t.gather(quote! { emb.add(#c) }, quote! { te }, true),
-                                t.gather(quote! { emb.add(#wte_len + #c) }, quote! { pe }, true),
-                            )
-                        } else {
-                            (
-                                t.gather(quote! { w.add(#wte + #c) }, quote! { te }, false),
-                                t.gather(quote! { w.add(#wpe + #c) }, quote! { pe }, false),
-                            )
+                        let (a, b) = match table.padded {
+                            // One or two registers hold a column of each table; a permute picks
+                            // every lane's entry.
+                            Some((pt, pp)) => {
+                                let te: Vec<T> = (0..pt / l).map(|i| load(c * pt + i * l)).collect();
+                                let pe: Vec<T> = (0..pp / l).map(|i| load(e * pt + c * pp + i * l)).collect();
+                                (t.lookup(&te, quote! { tok }, q), t.lookup(&pe, quote! { pos }, q))
+                            }
+                            None => {
+                                let wte_len = s.vocab * e;
+                                (
+                                    t.gather(quote! { emb.add(#c) }, quote! { te }, q),
+                                    t.gather(quote! { emb.add(#wte_len + #c) }, quote! { pe }, q),
+                                )
+                            }
                         };
                         if q { t.wrap16(t.add_i32(a, b)) } else { t.add(a, b) }
                     })
                     .collect();
-                let te = t.mul_i32(quote! { tok }, t.splat_i32(quote! { #e as i32 }));
-                let pe = t.mul_i32(quote! { pos }, t.splat_i32(quote! { #e as i32 }));
-                let vi = t.vi();
-                let (src, src_name) = if q {
-                    (quote! { emb: *const i32 }, quote! { k.emb.as_ptr() })
+                let pre = if table.padded.is_some() {
+                    quote! {}
                 } else {
-                    (quote! { w: *const f32 }, quote! { w })
+                    let te = t.mul_i32(quote! { tok }, t.splat_i32(quote! { #e as i32 }));
+                    let pe = t.mul_i32(quote! { pos }, t.splat_i32(quote! { #e as i32 }));
+                    quote! { let te = #te; let pe = #pe; }
+                };
+                let vi = t.vi();
+                let elem = if q {
+                    quote! { i32 }
+                } else {
+                    quote! { f32 }
                 };
                 let name = format_ident!("op{:02}_embed", index);
-                let doc = format!("{doc_head} Each lane's rows gathered from the embedding tables.");
+                let doc = format!(
+                    "{doc_head} Each lane's entries of the embedding tables, {}.",
+                    if table.padded.is_some() {
+                        "picked from table columns held in registers by a permute"
+                    } else {
+                        "gathered from the tables' rows"
+                    }
+                );
                 self.items.push(quote! {
                     #[doc = #doc]
                     #attrs
-                    unsafe fn #name(#src, tok: #vi, pos: #vi) -> #ty_e {
-                        let te = #te;
-                        let pe = #pe;
+                    unsafe fn #name(emb: *const #elem, tok: #vi, pos: #vi) -> #ty_e {
+                        #pre
                         [#(#regs),*]
                     }
                 });
-                let id = body.bind(out.name(), quote! { #name(#src_name, tokv, posv) });
+                let id = body.bind(out.name(), quote! { #name(k.emb.as_ptr(), tokv, posv) });
                 vals.insert(out, id);
             }
             Op::RmsNorm { input, out } => {
@@ -255,15 +290,20 @@ impl<'a> BatchGen<'a> {
             }
             Op::MatVec { weight, input, out } => {
                 let x = vals[&input].clone();
-                let name = format_ident!("op{:02}_matvec_{}", index, weight.name().replace('.', "_"));
-                self.matvec_fn(&name, &doc_head, weight);
+                let name = format_ident!(
+                    "op{:02}_matvec_{}{}",
+                    index,
+                    weight.name().replace('.', "_"),
+                    if relu { "_relu" } else { "" }
+                );
+                self.matvec_fn(&name, &doc_head, weight, relu);
                 let id = body.bind(out.name(), quote! { #name(w, #x) });
                 vals.insert(out, id);
             }
             Op::Logits { input } => {
                 let x = vals[&input].clone();
                 let name = format_ident!("op{:02}_logits", index);
-                self.matvec_fn(&name, &doc_head, Param::LmHead);
+                self.matvec_fn(&name, &doc_head, Param::LmHead, false);
                 let id = body.bind("logits", quote! { #name(w, #x) });
                 vals.insert(Buffer::Logits, id);
             }
@@ -327,12 +367,13 @@ impl<'a> BatchGen<'a> {
     }
 
     /// `W · x` with each weight broadcast from memory and multiplied by the register holding one
-    /// input for every lane; rows a block at a time so their sums stay in registers.
-    fn matvec_fn(&mut self, name: &Ident, doc_head: &str, weight: Param) {
+    /// input for every lane; rows a block at a time so their sums stay in registers. With `relu`,
+    /// negative outputs become zero (the rectifier that follows the matvec in the op list).
+    fn matvec_fn(&mut self, name: &Ident, doc_head: &str, weight: Param, relu: bool) {
         let t = self.t;
         let tensor = self.layout.tensor(weight).clone();
         let (rows, cols, off) = (tensor.rows, tensor.cols, tensor.offset);
-        let block = row_block(t, rows, cols);
+        let block = row_block(t, rows);
         let mut body = Body::default();
         let mut outs = Vec::new();
         let q = self.q412();
@@ -356,14 +397,21 @@ impl<'a> BatchGen<'a> {
                 .collect();
             body.push(quote! { let xp = [#(#pairs),*]; });
         }
+        // The inputs the loop reads, one vector per step: as given, as i16 halves (NEON Q4.12),
+        // or as i16 pairs (x86 Q4.12).
+        let xs = match (q, t) {
+            (true, Target::Neon) => quote! { xh },
+            (true, _) => quote! { xp },
+            _ => quote! { x },
+        };
+        let steps = if q && t != Target::Neon {
+            cols.div_ceil(2)
+        } else {
+            cols
+        };
         for first in (0..rows).step_by(block) {
             let rs: Vec<usize> = (first..(first + block).min(rows)).collect();
             let accs: Vec<Ident> = rs.iter().map(|_| body.fresh("acc")).collect();
-            let steps: Vec<usize> = if q && t != Target::Neon {
-                (0..cols.div_ceil(2)).collect()
-            } else {
-                (0..cols).collect()
-            };
             // Accumulators start from zero behind a fence, so a block starts after the one before
             // it has finished instead of interleaving with it (and spilling).
             let zero = if q { t.zero_i32() } else { t.zero() };
@@ -371,31 +419,46 @@ impl<'a> BatchGen<'a> {
                 body.push(quote! { let mut #acc = #zero; });
             }
             body.push(t.pin(&accs));
-            for &c in &steps {
-                for (&r, acc) in rs.iter().zip(&accs) {
+            let fmas: Vec<T> = rs
+                .iter()
+                .zip(&accs)
+                .map(|(&r, acc)| {
                     let at = off + r * cols;
                     let expr = match (q, t) {
-                        (false, Target::Neon) => quote! { vfmaq_n_f32(#acc, x[#c], *w.add(#at + #c)) },
+                        (false, Target::Neon) => quote! { vfmaq_n_f32(#acc, xc, *w.add(#at + c)) },
                         (false, _) => t.fma(
-                            quote! { x[#c] },
-                            t.splat(quote! { *w.add(#at + #c) }),
+                            quote! { xc },
+                            t.splat(quote! { *w.add(#at + c) }),
                             quote! { #acc },
                         ),
-                        (true, Target::Neon) => quote! { vmlal_n_s16(#acc, xh[#c], *w.add(#at + #c)) },
+                        (true, Target::Neon) => quote! { vmlal_n_s16(#acc, xc, *w.add(#at + c)) },
                         (true, _) => {
-                            let pair = quote! { (w.add(#at + 2 * #c) as *const i32).read_unaligned() };
-                            t.pair_dot(quote! { #acc }, quote! { xp[#c] }, pair, self.vnni)
+                            let pair = quote! { (w.add(#at + 2 * c) as *const i32).read_unaligned() };
+                            t.pair_dot(quote! { #acc }, quote! { xc }, pair, self.vnni)
                         }
                     };
-                    body.push(quote! { #acc = #expr; });
+                    quote! { #acc = #expr; }
+                })
+                .collect();
+            // One loop over the columns, kept rolled: the counter goes through an empty `asm!`
+            // so the compiler cannot unroll it (unrolled, every FMA carries a 32-bit weight
+            // offset and a step's code outgrows the instruction cache).
+            body.push(quote! {
+                let mut c = 0usize;
+                while c < #steps {
+                    let xc = *#xs.as_ptr().add(c);
+                    #(#fmas)*
+                    c += 1;
+                    ::core::arch::asm!("/* {0} */", inout(reg) c, options(nomem, nostack, preserves_flags));
                 }
-            }
+            });
             body.push(t.pin(&accs));
             for acc in accs {
-                outs.push(if q {
-                    t.sat16(t.shr12(quote! { #acc }))
-                } else {
-                    quote! { #acc }
+                outs.push(match (q, relu) {
+                    (true, false) => t.sat16(t.shr12(quote! { #acc })),
+                    (true, true) => t.max0_i32(t.sat16(t.shr12(quote! { #acc }))),
+                    (false, false) => quote! { #acc },
+                    (false, true) => t.max(quote! { #acc }, t.zero()),
                 });
             }
         }
@@ -408,9 +471,14 @@ impl<'a> BatchGen<'a> {
         };
         let doc = format!(
             "{doc_head} A {rows}×{cols} matrix times a vector per lane: each weight broadcast from \
-             memory{}, rows {block} at a time.",
+             memory{}, rows {block} at a time in one loop over the columns{}.",
             if q && t != Target::Neon {
                 " as a pair of i16 (two inputs per 32-bit lane)"
+            } else {
+                ""
+            },
+            if relu {
+                "; then the rectifier (the next op)"
             } else {
                 ""
             }
@@ -539,43 +607,29 @@ impl<'a> BatchGen<'a> {
         } else {
             quote! { *mut f32 }
         };
-        // The Q4.12 sums run oldest first, as the reference's; masked lanes add exact zeros.
-        let (pass2, pass3) = if q {
-            (
-                quote! {
-                    let mut sum: [#vf; #heads] = [#zero; #heads];
-                    for age in (0..=maxpos).rev() {
-                        let valid = #ge_valid;
-                        let sc = scores[age];
-                        let ex: [#vf; #heads] = [#(#exps),*];
-                        sum = [#(#sums),*];
-                        scores[age] = ex;
-                    }
-                    let mut acc: [#vf; #e] = [#zero; #e];
-                    for age in (0..=maxpos).rev() {
-                        let ex = scores[age];
-                        let vt = values.add(#base + ((slot + #block - age) % #block) * #row);
-                        acc = [#(#accs),*];
-                    }
-                },
-                quote! {},
-            )
+        // The exponentials and their sums in one loop, then the weighted sum of values in
+        // another (one fused loop holds too many live registers). The Q4.12 sums run oldest
+        // first, as the reference's; masked lanes add exact zeros.
+        let ages = if q {
+            quote! { (0..=maxpos).rev() }
         } else {
-            (
-                quote! {
-                    let mut sum: [#vf; #heads] = [#zero; #heads];
-                    let mut acc: [#vf; #e] = [#zero; #e];
-                    for age in 0..=maxpos {
-                        let valid = #ge_valid;
-                        let sc = scores[age];
-                        let ex: [#vf; #heads] = [#(#exps),*];
-                        let vt = values.add(#base + ((slot + #block - age) % #block) * #row);
-                        sum = [#(#sums),*];
-                        acc = [#(#accs),*];
-                    }
-                },
-                quote! {},
-            )
+            quote! { 0..=maxpos }
+        };
+        let pass2 = quote! {
+            let mut sum: [#vf; #heads] = [#zero; #heads];
+            for age in #ages {
+                let valid = #ge_valid;
+                let sc = scores[age].assume_init();
+                let ex: [#vf; #heads] = [#(#exps),*];
+                sum = [#(#sums),*];
+                scores[age].write(ex);
+            }
+            let mut acc: [#vf; #e] = [#zero; #e];
+            for age in #ages {
+                let ex = scores[age].assume_init();
+                let vt = values.add(#base + ((slot + #block - age) % #block) * #row);
+                acc = [#(#accs),*];
+            }
         };
         let doc = format!(
             "{doc_head} Stores the lanes' key and value at the ring slot of this step, then per lane \
@@ -590,17 +644,18 @@ impl<'a> BatchGen<'a> {
             unsafe fn #name(keys: #keys_ty, values: *mut f32, slot: usize, maxpos: usize, posv: #vi, q: #ty, k: #ty, v: #ty) -> #ty {
                 #(#stores)*
                 #prelude
-                let mut scores: [[#vf; #heads]; #block] = [[#zero; #heads]; #block];
+                // Written for ages 0..=maxpos below, and only those are read.
+                let mut scores: [::core::mem::MaybeUninit<[#vf; #heads]>; #block] =
+                    [const { ::core::mem::MaybeUninit::uninit() }; #block];
                 let mut m: [#vf; #heads] = [#neg_inf; #heads];
                 for age in 0..=maxpos {
                     let valid = #ge_valid;
                     let kt = keys.add(#base + ((slot + #block - age) % #block) * #row);
                     let sc: [#vf; #heads] = [#(#scores),*];
                     m = [#(#maxes),*];
-                    scores[age] = sc;
+                    scores[age].write(sc);
                 }
                 #pass2
-                #pass3
                 [#(#outs),*]
             }
         });
@@ -642,14 +697,22 @@ impl<'a> BatchGen<'a> {
         let total = running.expect("vocab >= 2");
         let thr = t.mul(t.load(quote! { rs.as_ptr() }), quote! { #total });
         body.push(quote! { let thr = #thr; });
-        // Bound one step at a time: `count_where` may use its count twice.
-        let mut count = body.bind("n", t.zero_i32());
-        for c in cums.iter().take(vocab - 1) {
-            count = body.bind(
-                "n",
-                t.count_where(quote! { #count }, t.le(quote! { #c }, quote! { thr })),
-            );
-        }
+        // Four independent counts (a shorter chain), added at the end. Bound one step at a time:
+        // `count_where` may use its count twice.
+        let sums = cums[..vocab - 1].chunks((vocab - 1).div_ceil(4));
+        let counts: Vec<T> = sums
+            .map(|chunk| {
+                let mut count = body.bind("n", t.zero_i32());
+                for c in chunk {
+                    count = body.bind(
+                        "n",
+                        t.count_where(quote! { #count }, t.le(quote! { #c }, quote! { thr })),
+                    );
+                }
+                quote! { #count }
+            })
+            .collect();
+        let count = body.bind("n", tree(counts, |a, b| t.add_i32(a, b)));
         let store = t.store_i32(quote! { next.as_mut_ptr() }, quote! { #count });
         let attrs = self.attrs();
         let b = body.into_tokens();
@@ -667,17 +730,60 @@ impl<'a> BatchGen<'a> {
     }
 }
 
-/// Rows per accumulator block of a `rows × cols` matvec: as many accumulators as the vector
-/// registers hold besides the input (kept in registers when it fits with a dozen accumulators,
-/// else streamed a column at a time) and a scratch register, split evenly over the rows. Within a
-/// block each input column is read once and updates every accumulator.
-fn row_block(t: Target, rows: usize, cols: usize) -> usize {
+/// How a batch kernel keeps the embedding tables (`emb`, f32 or the Q4.12 words as i32): on
+/// AVX-512, when both tables have at most 32 rows, column by column with each column padded to 16
+/// or 32 entries (one or two registers: a lane's entry is then one permute away); otherwise row by
+/// row, wte then wpe, for gathers.
+struct EmbTable {
+    /// The padded column lengths of wte and wpe, when laid out by columns.
+    padded: Option<(usize, usize)>,
+}
+
+impl EmbTable {
+    fn new(t: Target, s: Shape) -> EmbTable {
+        let pad = |n: usize| if n <= 16 { 16 } else { 32 };
+        let padded =
+            (t == Target::Avx512 && s.vocab <= 32 && s.block <= 32).then(|| (pad(s.vocab), pad(s.block)));
+        EmbTable { padded }
+    }
+
+    /// An expression building the table from `words` (the whole parameter vector as `elem`s)
+    /// and `layout` (the weights' layout).
+    fn build(&self, s: Shape, elem: &T) -> T {
+        let (e, vocab, block) = (s.embd, s.vocab, s.block);
+        let order = match self.padded {
+            Some((pt, pp)) => quote! {
+                for (range, rows, pad) in [(wte, #vocab, #pt), (wpe, #block, #pp)] {
+                    let table = &words[range];
+                    for c in 0..#e {
+                        out.extend((0..pad).map(|r| if r < rows { table[r * #e + c] } else { #elem::default() }));
+                    }
+                }
+            },
+            None => quote! {
+                out.extend_from_slice(&words[wte]);
+                out.extend_from_slice(&words[wpe]);
+            },
+        };
+        quote! {{
+            let wte = layout.tensor(::microgpt_model::Param::Wte).range();
+            let wpe = layout.tensor(::microgpt_model::Param::Wpe).range();
+            let mut out: ::std::vec::Vec<#elem> = ::std::vec::Vec::new();
+            #order
+            ::microgpt_runtime::kernel::Aligned::from_slice(&out)
+        }}
+    }
+}
+
+/// Rows per accumulator block of a matvec with `rows` rows: as many accumulators as the vector
+/// registers hold besides the input column being read and a scratch register, split evenly over
+/// the rows. Within a block each input column is loaded once and updates every accumulator.
+fn row_block(t: Target, rows: usize) -> usize {
     let regs = match t {
         Target::Avx512 | Target::Neon => 32,
         _ => 16,
     };
-    let x_regs = if cols + 12 <= regs - 2 { cols } else { 1 };
-    let most = regs - 2 - x_regs;
+    let most = regs - 3;
     rows.div_ceil(rows.div_ceil(most))
 }
 
@@ -712,22 +818,13 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
     let cache = layers * block * e * l;
     let lm = Layout::new(s).tensor(Param::LmHead).range();
     let (lm_start, lm_end) = (lm.start, lm.end);
-    let (precision, weights_ty, keys_ty, fill, emb_field, emb_init, logits_scale) = if q {
+    let (precision, weights_ty, keys_ty, fill, words, logits_scale) = if q {
         (
             quote! { Q412 },
             quote! { i16 },
             quote! { i32 },
             quote! { ::microgpt_runtime::kernel::Aligned::from_slice(&weights.quantized()) },
-            quote! { emb: ::microgpt_runtime::kernel::Aligned<i32>, },
-            quote! {
-                emb: {
-                    let words = weights.quantized();
-                    let wte = weights.layout().tensor(::microgpt_model::Param::Wte).range();
-                    let wpe = weights.layout().tensor(::microgpt_model::Param::Wpe).range();
-                    let both: ::std::vec::Vec<i32> = words[wte].iter().chain(&words[wpe]).map(|&v| v as i32).collect();
-                    ::microgpt_runtime::kernel::Aligned::from_slice(&both)
-                },
-            },
+            quote! { weights.quantized().iter().map(|&v| v as i32).collect::<::std::vec::Vec<i32>>() },
             quote! { 1.0f32 },
         )
     } else {
@@ -743,11 +840,11 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                 }
                 ::microgpt_runtime::kernel::Aligned::from_slice(&data)
             }},
-            quote! {},
-            quote! {},
+            quote! { weights.data().to_vec() },
             quote! { (1.0 / self.inv_temperature) },
         )
     };
+    let emb_init = EmbTable::new(t, s).build(s, &keys_ty);
     let g = BatchGen::new(id, program);
     let (items, body) = g.render();
     let doc = format!(
@@ -772,7 +869,8 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
             #[doc = #doc]
             pub struct Kernel {
                 weights: ::microgpt_runtime::kernel::Aligned<#weights_ty>,
-                #emb_field
+                /// The embedding tables (see the embedding op for their order).
+                emb: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
                 /// `[layer][ring slot][channel][lane]`.
                 keys: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
                 values: ::microgpt_runtime::kernel::Aligned<f32>,
@@ -802,7 +900,11 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                     ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
                     Ok(Kernel {
                         weights: #fill,
-                        #emb_init
+                        emb: {
+                            let words = #words;
+                            let layout = weights.layout();
+                            #emb_init
+                        },
                         keys: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
                         values: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
                         logits: ::microgpt_runtime::kernel::Aligned::zeroed(#vocab * #l),
@@ -816,14 +918,17 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                     let mut t = [0i32; #l];
                     let mut p = [0i32; #l];
                     let mut r = [0f32; #l];
-                    let mut maxpos = 0;
+                    // Branch-free, so that it vectorises; the largest token and position are
+                    // checked after the loop, before anything reads them.
+                    let (mut maxtok, mut maxpos) = (0, 0);
                     for i in 0..#l {
-                        assert!(toks[i] < VOCAB && pos[i] < BLOCK, "token {} or position {} out of range", toks[i], pos[i]);
                         t[i] = toks[i] as i32;
                         p[i] = pos[i] as i32;
                         r[i] = rs[i];
+                        maxtok = maxtok.max(toks[i]);
                         maxpos = maxpos.max(pos[i]);
                     }
+                    assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
                     let mut out = [0i32; #l];
                     // SAFETY: `prepare` checked the CPU features and sized every buffer for the
                     // generated offsets; tokens and positions were just checked.

@@ -688,6 +688,18 @@ impl Target {
         }
     }
 
+    /// Every lane's entry `idx` of a table of up to 32 entries held in one or two registers
+    /// (AVX-512 only: one full-width permute).
+    pub fn lookup(self, table: &[T], idx: T, int: bool) -> T {
+        match (self, table, int) {
+            (Target::Avx512, [a], false) => quote! { _mm512_permutexvar_ps(#idx, #a) },
+            (Target::Avx512, [a], true) => quote! { _mm512_permutexvar_epi32(#idx, #a) },
+            (Target::Avx512, [a, b], false) => quote! { _mm512_permutex2var_ps(#a, #idx, #b) },
+            (Target::Avx512, [a, b], true) => quote! { _mm512_permutex2var_epi32(#a, #idx, #b) },
+            _ => unreachable!("register table lookups are generated for AVX-512 with up to two registers"),
+        }
+    }
+
     /// Two i32 vectors of i16-range values packed as (low, high) i16 pairs per 32-bit lane.
     pub fn pack_pairs(self, lo: T, hi: T) -> T {
         match self {

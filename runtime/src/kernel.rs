@@ -2,6 +2,7 @@
 //! [`Kernel`] for each kernel they emit, and [`kernel_spec`] turns any of them into a registry
 //! entry, so the glue between a generated kernel and the bench is written once.
 
+use crate::sampler::XorShift32;
 use crate::stream::Stream;
 use crate::variant::{Precision, Settings, Variant, VariantInfo, VariantSpec};
 use microgpt_model::Shape;
@@ -155,15 +156,22 @@ pub trait BatchKernel: Sized + Send + 'static {
 /// A batch kernel as a variant: `LANES` benchmark streams, stream `l` seeded with
 /// [`crate::stream::stream_seed`]`(seed, l)`; teacher-forced steps feed every lane the same
 /// inputs and report lane 0.
+///
+/// The streams are kept as arrays (token, position and RNG of every lane), so that the work
+/// between two steps (a draw per lane, then each lane's next input, without branches) is a few
+/// vector instructions rather than a loop over stream objects.
 pub struct BatchVariant<K: BatchKernel> {
     info: VariantInfo,
     kernel: K,
-    streams: Vec<Stream>,
     first_stream: usize,
+    /// Every stream's next input and RNG.
     toks: Vec<usize>,
     pos: Vec<usize>,
+    rngs: Vec<XorShift32>,
+    /// Scratch: the draws, the drawn tokens, a teacher-forced step's inputs.
     rs: Vec<f32>,
     next: Vec<usize>,
+    forced: (Vec<usize>, Vec<usize>),
 }
 
 impl<K: BatchKernel> BatchVariant<K> {
@@ -176,12 +184,13 @@ impl<K: BatchKernel> BatchVariant<K> {
         let mut v = BatchVariant {
             info,
             kernel,
-            streams: Vec::new(),
             first_stream: 0,
             toks: vec![0; n],
             pos: vec![0; n],
+            rngs: Vec::new(),
             rs: vec![0.0; n],
             next: vec![0; n],
+            forced: (vec![0; n], vec![0; n]),
         };
         v.reset(crate::sampler::DEFAULT_SEED);
         Ok(v)
@@ -204,10 +213,11 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
     }
 
     fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
-        self.toks.fill(tok);
-        self.pos.fill(pos);
+        self.forced.0.fill(tok);
+        self.forced.1.fill(pos);
         self.rs.fill(r);
-        self.kernel.step(&self.toks, &self.pos, &self.rs, &mut self.next);
+        self.kernel
+            .step(&self.forced.0, &self.forced.1, &self.rs, &mut self.next);
         self.next[0]
     }
 
@@ -217,25 +227,29 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
 
     fn reset(&mut self, seed: u32) {
         let shape = K::shape();
-        self.streams = (0..K::LANES)
-            .map(|l| Stream::new(&shape, crate::stream::stream_seed(seed, self.first_stream + l)))
+        self.toks.fill(shape.bos());
+        self.pos.fill(0);
+        self.rngs = (0..K::LANES)
+            .map(|l| XorShift32::new(crate::stream::stream_seed(seed, self.first_stream + l)))
             .collect();
     }
 
     /// `tokens` rounded up to whole batch steps.
     fn run(&mut self, tokens: u64) -> u64 {
+        let shape = K::shape();
+        let (bos, block) = (shape.bos(), shape.block);
         let steps = tokens.div_ceil(K::LANES as u64);
         let mut sum = 0u64;
         for _ in 0..steps {
-            for (l, s) in self.streams.iter_mut().enumerate() {
-                self.toks[l] = s.tok;
-                self.pos[l] = s.pos;
-                self.rs[l] = s.rng.uniform();
+            for (r, rng) in self.rs.iter_mut().zip(&mut self.rngs) {
+                *r = rng.uniform();
             }
             self.kernel.step(&self.toks, &self.pos, &self.rs, &mut self.next);
-            for (s, &n) in self.streams.iter_mut().zip(&self.next) {
+            for &n in &self.next {
                 sum = sum.wrapping_mul(31).wrapping_add(n as u64);
-                s.advance(n);
+            }
+            for ((tok, pos), &n) in self.toks.iter_mut().zip(&mut self.pos).zip(&self.next) {
+                (*tok, *pos) = crate::stream::next_input(bos, block, *pos, n);
             }
         }
         sum

@@ -31,13 +31,7 @@ impl Stream {
     /// or the block is full (the KV cache is then logically cleared), else feed `next` back.
     #[inline(always)]
     pub fn advance(&mut self, next: usize) {
-        if next == self.bos || self.pos + 1 == self.block {
-            self.tok = self.bos;
-            self.pos = 0;
-        } else {
-            self.tok = next;
-            self.pos += 1;
-        }
+        (self.tok, self.pos) = next_input(self.bos, self.block, self.pos, next);
     }
 
     /// Runs `tokens` steps, every step counting as one token. Returns a checksum of the drawn
@@ -53,6 +47,15 @@ impl Stream {
         }
         sum
     }
+}
+
+/// The input of the step after drawing `next` at position `pos`: BOS at position 0 when `next`
+/// is BOS or the block is full, else `next` at `pos + 1`. Written without branches, so that a
+/// loop over many streams' arrays compiles to vector selects.
+#[inline(always)]
+pub fn next_input(bos: usize, block: usize, pos: usize, next: usize) -> (usize, usize) {
+    let reset = (next == bos) | (pos + 1 == block);
+    (if reset { bos } else { next }, if reset { 0 } else { pos + 1 })
 }
 
 /// The seed of stream `index` of a multi-stream run started with `seed`: stream 0 gets `seed`
