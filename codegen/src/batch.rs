@@ -775,9 +775,10 @@ impl EmbTable {
     }
 }
 
-/// Rows per accumulator block of a matvec with `rows` rows: as many accumulators as the vector
-/// registers hold besides the input column being read and a scratch register, split evenly over
-/// the rows. Within a block each input column is loaded once and updates every accumulator.
+/// Rows per accumulator block of a matvec with `rows` rows: the vector registers less three (the
+/// input column being read, a scratch register for a product, one to spare) as accumulators,
+/// split evenly over the rows. Within a block each input column is loaded once and updates every
+/// accumulator.
 fn row_block(t: Target, rows: usize) -> usize {
     let regs = match t {
         Target::Avx512 | Target::Neon => 32,
