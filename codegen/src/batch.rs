@@ -841,7 +841,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                 }
                 ::microgpt_runtime::kernel::Aligned::from_slice(&data)
             }},
-            quote! { weights.data().to_vec() },
+            quote! { weights.data() },
             quote! { (1.0 / self.inv_temperature) },
         )
     };
@@ -918,22 +918,21 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                     assert!(toks.len() == #l && pos.len() == #l && rs.len() == #l && next.len() == #l);
                     let mut t = [0i32; #l];
                     let mut p = [0i32; #l];
-                    let mut r = [0f32; #l];
                     // Branch-free, so that it vectorises; the largest token and position are
                     // checked after the loop, before anything reads them.
                     let (mut maxtok, mut maxpos) = (0, 0);
                     for i in 0..#l {
                         t[i] = toks[i] as i32;
                         p[i] = pos[i] as i32;
-                        r[i] = rs[i];
                         maxtok = maxtok.max(toks[i]);
                         maxpos = maxpos.max(pos[i]);
                     }
                     assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
+                    let r: &[f32; #l] = rs.try_into().expect("one draw per lane");
                     let mut out = [0i32; #l];
                     // SAFETY: `prepare` checked the CPU features and sized every buffer for the
                     // generated offsets; tokens and positions were just checked.
-                    unsafe { batch_step(self, &t, &p, &r, maxpos, &mut out) };
+                    unsafe { batch_step(self, &t, &p, r, maxpos, &mut out) };
                     self.slot = (self.slot + 1) % BLOCK;
                     for (n, &o) in next.iter_mut().zip(&out) {
                         *n = o as usize;
