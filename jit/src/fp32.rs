@@ -5,10 +5,11 @@
 //! applied where a value must be materialised, and every attention head's score is replicated
 //! over the head's lanes so the softmax is vertical. Attention loops over cached positions.
 
+use crate::attn::{Cache, for_positions};
 use crate::cl::{Cl, LANES};
 use crate::state::{StateLayout, padded};
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I32};
+use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{BlockArg, InstBuilder, SourceLoc, Value};
 use microgpt_model::{Buffer, Op, Param, Program, RMS_EPS};
 use std::collections::HashMap;
@@ -271,19 +272,9 @@ fn attention(
     v: &[Value],
 ) -> Vec<Value> {
     let s = lay.shape;
-    let (epad, hd) = (padded(s.embd), s.head_dim());
-    let r = epad / LANES;
-    let row = epad * 4;
-    let cache = layer * s.block * row;
-    let keys = cl.b.ins().iadd_imm_s(p.base, (lay.keys + cache) as i64);
-    let values = cl.b.ins().iadd_imm_s(p.base, (lay.values + cache) as i64);
-    let scratch = cl.b.ins().iadd_imm_s(p.base, lay.scratch as i64);
-    let here_k = cl.index(keys, p.pos, row);
-    let here_v = cl.index(values, p.pos, row);
-    for i in 0..r {
-        cl.store(k[i], here_k, 16 * i);
-        cl.store(v[i], here_v, 16 * i);
-    }
+    let hd = s.head_dim();
+    let cache = Cache::store(cl, lay, p, layer, k, v);
+    let r = cache.regs;
     // At position 0 the softmax of one score is exactly 1: the output is the value itself.
     let (general, join) = (cl.b.create_block(), cl.b.create_block());
     for _ in 0..r {
@@ -297,41 +288,15 @@ fn attention(
     let q: Vec<Value> = q.iter().map(|&x| cl.fmul(x, inv_sqrt)).collect();
 
     // Pass 1: scores (stored) and their running max.
-    let t = cl.b.declare_var(I32);
-    let ms: Vec<_> = (0..r).map(|_| cl.b.declare_var(F32X4)).collect();
-    let zero_i = cl.b.ins().iconst(I32, 0);
-    cl.b.def_var(t, zero_i);
-    let neg_inf = cl.splat_f(f32::NEG_INFINITY);
-    for &m in &ms {
-        cl.b.def_var(m, neg_inf);
-    }
-    let (head1, body1, exit1) = (cl.b.create_block(), cl.b.create_block(), cl.b.create_block());
-    cl.b.ins().jump(head1, &[]);
-    cl.b.switch_to_block(head1);
-    let tv = cl.b.use_var(t);
-    let done = cl.b.ins().icmp(IntCC::SignedGreaterThan, tv, p.pos);
-    cl.b.ins().brif(done, exit1, &[], body1, &[]);
-    cl.b.switch_to_block(body1);
-    let kt = cl.index(keys, tv, row);
-    let prods: Vec<Value> = (0..r)
-        .map(|i| {
-            let kv = cl.load(F32X4, kt, 16 * i);
-            cl.fmul(q[i], kv)
-        })
-        .collect();
-    let scores = reduce_heads(cl, &prods, hd, s.embd, |cl, a, b| cl.fadd(a, b));
-    let st = cl.index(scratch, tv, row);
-    for (i, &sc) in scores.iter().enumerate() {
-        cl.store(sc, st, 16 * i);
-        let m = cl.b.use_var(ms[i]);
-        let m = cl.fmax(m, sc);
-        cl.b.def_var(ms[i], m);
-    }
-    let next = cl.b.ins().iadd_imm_s(tv, 1);
-    cl.b.def_var(t, next);
-    cl.b.ins().jump(head1, &[]);
-    cl.b.switch_to_block(exit1);
-    let m: Vec<Value> = ms.iter().map(|&m| cl.b.use_var(m)).collect();
+    let m = cache.scores(cl, p, &mut |cl, kt| {
+        let prods: Vec<Value> = (0..r)
+            .map(|i| {
+                let kv = cl.load(F32X4, kt, 16 * i);
+                cl.fmul(q[i], kv)
+            })
+            .collect();
+        reduce_heads(cl, &prods, hd, s.embd, |cl, a, b| cl.fadd(a, b))
+    });
 
     // Pass 2: exponentials, their sum, and the weighted sum of values.
     let sums: Vec<_> = (0..r).map(|_| cl.b.declare_var(F32X4)).collect();
@@ -341,32 +306,22 @@ fn attention(
         cl.b.def_var(sums[i], zero);
         cl.b.def_var(accs[i], zero);
     }
-    cl.b.def_var(t, zero_i);
-    let (head2, body2, exit2) = (cl.b.create_block(), cl.b.create_block(), cl.b.create_block());
-    cl.b.ins().jump(head2, &[]);
-    cl.b.switch_to_block(head2);
-    let tv = cl.b.use_var(t);
-    let done = cl.b.ins().icmp(IntCC::SignedGreaterThan, tv, p.pos);
-    cl.b.ins().brif(done, exit2, &[], body2, &[]);
-    cl.b.switch_to_block(body2);
-    let st = cl.index(scratch, tv, row);
-    let vt = cl.index(values, tv, row);
-    for i in 0..r {
-        let sc = cl.load(F32X4, st, 16 * i);
-        let d = cl.fsub(sc, m[i]);
-        let e = cl.exp(d, true);
-        let sum = cl.b.use_var(sums[i]);
-        let sum = cl.fadd(sum, e);
-        cl.b.def_var(sums[i], sum);
-        let vv = cl.load(F32X4, vt, 16 * i);
-        let acc = cl.b.use_var(accs[i]);
-        let acc = cl.fma(e, vv, acc);
-        cl.b.def_var(accs[i], acc);
-    }
-    let next = cl.b.ins().iadd_imm_s(tv, 1);
-    cl.b.def_var(t, next);
-    cl.b.ins().jump(head2, &[]);
-    cl.b.switch_to_block(exit2);
+    for_positions(cl, p.pos, &mut |cl, tv| {
+        let st = cl.index(cache.scratch, tv, cache.row);
+        let vt = cl.index(cache.values, tv, cache.row);
+        for i in 0..r {
+            let sc = cl.load(F32X4, st, 16 * i);
+            let d = cl.fsub(sc, m[i]);
+            let e = cl.exp(d, true);
+            let sum = cl.b.use_var(sums[i]);
+            let sum = cl.fadd(sum, e);
+            cl.b.def_var(sums[i], sum);
+            let vv = cl.load(F32X4, vt, 16 * i);
+            let acc = cl.b.use_var(accs[i]);
+            let acc = cl.fma(e, vv, acc);
+            cl.b.def_var(accs[i], acc);
+        }
+    });
     let one = cl.splat_f(1.0);
     let out: Vec<BlockArg> = (0..r)
         .map(|i| {

@@ -6,6 +6,7 @@
 //! state block (prepared weights, KV cache, scratch, logits) and runs steps. Every Cranelift
 //! failure (unsupported host, verifier, module) comes back as a [`JitError`].
 
+mod attn;
 mod cl;
 mod fp32;
 mod q412;

@@ -3,10 +3,10 @@
 //! `smull`/`addp` on aarch64); the float parts repeat the reference's IEEE operations in its
 //! order, so every integer matches it bit for bit.
 
+use crate::attn::{Cache, for_positions};
 use crate::cl::{Cl, LANES};
 use crate::fp32::{ACCUMULATORS, Params, reduce_heads, sample};
 use crate::state::{StateLayout, padded};
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, SourceLoc, Value};
 use microgpt_model::{Buffer, Op, Param, Program};
@@ -200,52 +200,24 @@ fn attention(
     v: &[Value],
 ) -> Vec<Value> {
     let s = lay.shape;
-    let (epad, hd) = (padded(s.embd), s.head_dim());
-    let r = epad / LANES;
-    let row = epad * 4;
-    let cache = layer * s.block * row;
-    let keys = cl.b.ins().iadd_imm_s(p.base, (lay.keys + cache) as i64);
-    let values = cl.b.ins().iadd_imm_s(p.base, (lay.values + cache) as i64);
-    let scratch = cl.b.ins().iadd_imm_s(p.base, lay.scratch as i64);
-    let here_k = cl.index(keys, p.pos, row);
-    let here_v = cl.index(values, p.pos, row);
+    let hd = s.head_dim();
+    // Values are cached as floats (v / 4096), keys as the integers.
     let quarter = cl.splat_f(1.0 / 4096.0);
-    for i in 0..r {
-        cl.store(k[i], here_k, 16 * i);
-        let f = cl.i32_to_f32(v[i]);
-        let f = cl.fmul(f, quarter);
-        cl.store(f, here_v, 16 * i);
-    }
+    let v: Vec<Value> = v
+        .iter()
+        .map(|&x| {
+            let f = cl.i32_to_f32(x);
+            cl.fmul(f, quarter)
+        })
+        .collect();
+    let cache = Cache::store(cl, lay, p, layer, k, &v);
+    let r = cache.regs;
     // As the reference: dot / 4096 / 4096 (exact) times 1/sqrt(hd) computed in f32.
     let unit = cl.splat_f(1.0 / 16_777_216.0);
     let inv_sqrt = cl.splat_f(1.0 / (hd as f32).sqrt());
 
-    let t = cl.b.declare_var(I32);
-    let zero_i = cl.b.ins().iconst(I32, 0);
-    let loop_over = |cl: &mut Cl<'_>, body: &mut dyn FnMut(&mut Cl<'_>, Value)| {
-        cl.b.def_var(t, zero_i);
-        let (head, inner, exit) = (cl.b.create_block(), cl.b.create_block(), cl.b.create_block());
-        cl.b.ins().jump(head, &[]);
-        cl.b.switch_to_block(head);
-        let tv = cl.b.use_var(t);
-        let done = cl.b.ins().icmp(IntCC::SignedGreaterThan, tv, p.pos);
-        cl.b.ins().brif(done, exit, &[], inner, &[]);
-        cl.b.switch_to_block(inner);
-        body(cl, tv);
-        let next = cl.b.ins().iadd_imm_s(tv, 1);
-        cl.b.def_var(t, next);
-        cl.b.ins().jump(head, &[]);
-        cl.b.switch_to_block(exit);
-    };
-
     // Pass 1: exact dots per head, scaled scores (stored), their max.
-    let ms: Vec<_> = (0..r).map(|_| cl.b.declare_var(F32X4)).collect();
-    let neg_inf = cl.splat_f(f32::NEG_INFINITY);
-    for &m in &ms {
-        cl.b.def_var(m, neg_inf);
-    }
-    loop_over(cl, &mut |cl, tv| {
-        let kt = cl.index(keys, tv, row);
+    let m = cache.scores(cl, p, &mut |cl, kt| {
         let prods: Vec<Value> = (0..r)
             .map(|i| {
                 let kv = cl.load(I32X4, kt, 16 * i);
@@ -253,18 +225,14 @@ fn attention(
             })
             .collect();
         let dots = reduce_heads(cl, &prods, hd, s.embd, |cl, a, b| cl.b.ins().iadd(a, b));
-        let st = cl.index(scratch, tv, row);
-        for (i, &d) in dots.iter().enumerate() {
-            let f = cl.i32_to_f32(d);
-            let f = cl.fmul(f, unit);
-            let sc = cl.fmul(f, inv_sqrt);
-            cl.store(sc, st, 16 * i);
-            let m = cl.b.use_var(ms[i]);
-            let m = cl.fmax(m, sc);
-            cl.b.def_var(ms[i], m);
-        }
+        dots.iter()
+            .map(|&d| {
+                let f = cl.i32_to_f32(d);
+                let f = cl.fmul(f, unit);
+                cl.fmul(f, inv_sqrt)
+            })
+            .collect()
     });
-    let m: Vec<Value> = ms.iter().map(|&m| cl.b.use_var(m)).collect();
 
     // Pass 2: exponentials (stored over the scores) and their sum, in position order.
     let sums: Vec<_> = (0..r).map(|_| cl.b.declare_var(F32X4)).collect();
@@ -272,8 +240,8 @@ fn attention(
     for &sv in &sums {
         cl.b.def_var(sv, zero);
     }
-    loop_over(cl, &mut |cl, tv| {
-        let st = cl.index(scratch, tv, row);
+    for_positions(cl, p.pos, &mut |cl, tv| {
+        let st = cl.index(cache.scratch, tv, cache.row);
         for i in 0..r {
             let sc = cl.load(F32X4, st, 16 * i);
             let d = cl.fsub(sc, m[i]);
@@ -291,9 +259,9 @@ fn attention(
     for &a in &accs {
         cl.b.def_var(a, zero);
     }
-    loop_over(cl, &mut |cl, tv| {
-        let st = cl.index(scratch, tv, row);
-        let vt = cl.index(values, tv, row);
+    for_positions(cl, p.pos, &mut |cl, tv| {
+        let st = cl.index(cache.scratch, tv, cache.row);
+        let vt = cl.index(cache.values, tv, cache.row);
         for i in 0..r {
             let e = cl.load(F32X4, st, 16 * i);
             let pr = cl.fdiv(e, sums[i]);
