@@ -98,3 +98,72 @@ pub fn dispatch(name: &Ident, block: usize, args: T, at0: T) -> T {
 pub fn unrolled_name(name: &Ident, pos: usize) -> Ident {
     format_ident!("{}_at{}", name, pos)
 }
+
+/// How [`unrolled`] renders one layer's attention for a precision.
+pub struct Unrolled<'a> {
+    pub t: Target,
+    pub shape: Shape,
+    /// The attention op's name (each unrolled function is named by [`unrolled_name`]).
+    pub name: &'a Ident,
+    pub attrs: &'a T,
+    /// The element type of the cached keys (values are cached as f32), and the type of q and
+    /// of the output.
+    pub key_elem: T,
+    pub ty: T,
+    /// One cached row's scores: one expression per register, each head's score in its lanes.
+    pub score: &'a dyn Fn(&mut Body, usize) -> Vec<T>,
+    /// Output register `i` from the exponentials of register `i`'s column of scores (one per
+    /// cached row, in row order).
+    pub weigh: &'a dyn Fn(&mut Body, usize, &[Ident]) -> T,
+    /// The doc of the function for rows `0..=pos`.
+    pub doc: &'a dyn Fn(usize) -> String,
+}
+
+/// The attention functions [`dispatch`] calls, for positions `1..block`: per row the scores,
+/// per register their max, the max-subtracted exponentials (`exp_v`), and the weighted sum.
+pub fn unrolled(u: &Unrolled<'_>) -> Vec<T> {
+    let (t, name, attrs, key_elem, ty) = (u.t, u.name, u.attrs, &u.key_elem, &u.ty);
+    let regs = u.shape.embd.div_ceil(t.lanes());
+    (1..u.shape.block)
+        .map(|pos| {
+            let mut body = Body::default();
+            let scores: Vec<Vec<Ident>> = (0..=pos)
+                .map(|row| {
+                    let sc = (u.score)(&mut body, row);
+                    sc.into_iter().map(|x| body.bind("sc", x)).collect()
+                })
+                .collect();
+            let outs: Vec<T> = (0..regs)
+                .map(|i| {
+                    let column: Vec<T> = scores
+                        .iter()
+                        .map(|sc| {
+                            let x = &sc[i];
+                            quote! { #x }
+                        })
+                        .collect();
+                    let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
+                    let exps: Vec<Ident> = column
+                        .into_iter()
+                        .map(|x| {
+                            let d = t.sub(x, quote! { #m });
+                            body.bind("e", quote! { exp_v(#d) })
+                        })
+                        .collect();
+                    (u.weigh)(&mut body, i, &exps)
+                })
+                .collect();
+            let f = unrolled_name(name, pos);
+            let doc = (u.doc)(pos);
+            let b = body.into_tokens();
+            quote! {
+                #[doc = #doc]
+                #attrs
+                unsafe fn #f(kc: *const #key_elem, vc: *const f32, q: #ty) -> #ty {
+                    #b
+                    [#(#outs),*]
+                }
+            }
+        })
+        .collect()
+}

@@ -292,8 +292,8 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
     let (precision, items, body, elem, cache_elem, fill, table) = match id.kind {
         Kind::F32 => {
             let g = F32Gen::new(t, program, id.table);
-            let fill = fill_weights(&g.plan, quote! { f32 }, quote! { weights.data() }, true);
-            let row = g.table_row();
+            let fill = fill_weights(&g.f.plan, quote! { f32 }, quote! { weights.data() }, true);
+            let row = g.f.table_row();
             let (items, body) = g.render();
             let table = quote! { layout::prefix_table_f32(weights, #lanes) };
             (
@@ -308,8 +308,8 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
         }
         Kind::Q412 => {
             let g = Q412Gen::new(t, program, id.table, id.vnni());
-            let fill = fill_weights(&g.plan, quote! { i16 }, quote! { quantized }, false);
-            let row = g.table_row();
+            let fill = fill_weights(&g.f.plan, quote! { i16 }, quote! { quantized }, false);
+            let row = g.f.table_row();
             let (items, body) = g.render();
             let table = quote! { layout::prefix_table_q412(weights, #lanes) };
             (

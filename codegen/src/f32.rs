@@ -11,10 +11,11 @@
 
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
+use crate::frame::Frame;
 use crate::target::Target;
 use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
-use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, RMS_EPS, Shape};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
+use microgpt_model::{Buffer, Op, Param, Program, RMS_EPS, Shape};
+use microgpt_runtime::kernel::layout::Arrangement;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -31,88 +32,40 @@ struct Val {
 
 /// Generates the fp32 kernel of one target.
 pub struct F32Gen<'a> {
-    pub t: Target,
-    pub shape: Shape,
-    pub program: &'a Program,
-    /// Start from a prepare-time table of the history-free prefix.
-    pub table: bool,
-    pub plan: WeightPlan,
-    pub prefix: HistoryFreePrefix,
-    items: Vec<T>,
+    pub f: Frame<'a>,
 }
 
 impl<'a> F32Gen<'a> {
     pub fn new(t: Target, program: &'a Program, table: bool) -> F32Gen<'a> {
-        let shape = *program.shape();
-        let prefix = program.history_free_prefix();
-        let start = if table { prefix.ops } else { 0 };
         let l = t.lanes();
-        let plan = WeightPlan::new(
-            &shape,
-            &program.ops()[start..],
-            16,
-            |n| n.next_multiple_of(l),
-            |rows, cols| {
-                if reduce_rows(t, rows, cols) {
-                    Arrangement::Rows {
-                        cols_pad: cols.next_multiple_of(l),
-                    }
-                } else {
-                    Arrangement::Columns {
-                        rows_pad: rows.next_multiple_of(l),
-                    }
+        let f = Frame::new(t, program, table, 16, |rows, cols| {
+            if reduce_rows(t, rows, cols) {
+                Arrangement::Rows {
+                    cols_pad: cols.next_multiple_of(l),
                 }
-            },
-        );
-        F32Gen {
-            t,
-            shape,
-            program,
-            table,
-            plan,
-            prefix,
-            items: Vec::new(),
-        }
-    }
-
-    fn lanes(&self) -> usize {
-        self.t.lanes()
-    }
-
-    /// Registers holding `n` values.
-    pub fn regs(&self, n: usize) -> usize {
-        n.div_ceil(self.lanes())
-    }
-
-    /// `n` rounded up to whole registers.
-    pub fn padded(&self, n: usize) -> usize {
-        n.next_multiple_of(self.lanes())
+            } else {
+                Arrangement::Columns {
+                    rows_pad: rows.next_multiple_of(l),
+                }
+            }
+        });
+        F32Gen { f }
     }
 
     fn vec_ty(&self, n: usize) -> T {
-        let v = self.t.vf();
-        let r = self.regs(n);
+        let v = self.f.t.vf();
+        let r = self.f.regs(n);
         quote! { [#v; #r] }
-    }
-
-    /// Elements of one row of the prefix table.
-    pub fn table_row(&self) -> usize {
-        self.prefix
-            .live
-            .iter()
-            .map(|b| self.padded(b.len(&self.shape)))
-            .sum()
     }
 
     /// The op functions, the step body, and the helper items.
     pub fn render(mut self) -> (Vec<T>, T) {
         let mut body = Body::default();
         let mut vals: HashMap<Buffer, Val> = HashMap::new();
-        let start = if self.table { self.prefix.ops } else { 0 };
-        if self.table {
+        if self.f.table {
             self.render_table(&mut body, &mut vals);
         }
-        let ops: Vec<Op> = self.program.ops()[start..].to_vec();
+        let (start, ops) = self.f.ops();
         let mut i = 0;
         while i < ops.len() {
             // A matvec whose result is only added to the residual: the residual seeds the
@@ -121,7 +74,11 @@ impl<'a> F32Gen<'a> {
                 (ops[i], ops.get(i + 1))
                 && added == out
                 && vals[&input].scale.is_none()
-                && !reduce_rows(self.t, weight.dims(&self.shape).0, weight.dims(&self.shape).1)
+                && !reduce_rows(
+                    self.f.t,
+                    weight.dims(&self.f.shape).0,
+                    weight.dims(&self.f.shape).1,
+                )
             {
                 self.render_matvec_add(start + i, (&ops[i], &ops[i + 1]), &mut body, &mut vals);
                 i += 2;
@@ -131,10 +88,11 @@ impl<'a> F32Gen<'a> {
             i += 1;
         }
         let logits = vals[&Buffer::Logits].regs.clone();
-        let store: Vec<T> = (0..self.regs(self.shape.vocab))
+        let store: Vec<T> = (0..self.f.regs(self.f.shape.vocab))
             .map(|i| {
-                let off = i * self.lanes();
-                self.t
+                let off = i * self.f.lanes();
+                self.f
+                    .t
                     .store(quote! { k.logits.as_mut_ptr().add(#off) }, quote! { #logits[#i] })
             })
             .collect();
@@ -142,85 +100,58 @@ impl<'a> F32Gen<'a> {
         body.push(quote! { sample(#logits, r, k.inv_temperature) });
         let attrs = self.attrs();
         let exp = ident("exp_v");
-        self.items.push(exp_fn(self.t, true, &attrs, &exp));
-        self.items
-            .push(sample_fn(self.t, &self.shape, &attrs, true, &exp));
-        (self.items, body.into_tokens())
+        self.f.items.push(exp_fn(self.f.t, true, &attrs, &exp));
+        self.f
+            .items
+            .push(sample_fn(self.f.t, &self.f.shape, &attrs, true, &exp));
+        (self.f.items, body.into_tokens())
     }
 
     fn attrs(&self) -> T {
-        self.t.fn_attrs(false)
+        self.f.t.fn_attrs(false)
     }
 
     fn render_table(&mut self, body: &mut Body, vals: &mut HashMap<Buffer, Val>) {
-        let mut outs = Vec::new();
-        let mut loads = Vec::new();
-        let mut tys = Vec::new();
-        let mut off = 0;
-        let row = self.table_row();
-        for &b in &self.prefix.live {
-            let n = b.len(&self.shape);
-            let regs: Vec<T> = (0..self.regs(n))
-                .map(|i| {
-                    let o = off + i * self.lanes();
-                    self.t.load(quote! { base.add(#o) })
-                })
-                .collect();
-            loads.push(quote! { [#(#regs),*] });
-            tys.push(self.vec_ty(n));
-            off += self.padded(n);
-            let id = body.fresh(b.name());
-            outs.push(id.clone());
-            vals.insert(
-                b,
-                Val {
-                    regs: id,
-                    scale: None,
-                },
-            );
-        }
-        let names: Vec<String> = self.prefix.live.iter().map(|b| b.name().to_string()).collect();
-        let doc = format!(
-            "Ops 0..{} of shape {} (everything before the first attention depends only on the token \
-             and the position): one row of the prefix table, computed at prepare time by the \
-             reference engine. Returns {}.",
-            self.prefix.ops,
-            self.shape,
-            names.join(", ")
+        let (t, attrs) = (self.f.t, self.attrs());
+        let vf = t.vf();
+        let lanes = self.f.lanes();
+        let bound = self.f.prefix_table(
+            body,
+            &attrs,
+            quote! { f32 },
+            |p| t.load(p),
+            |n| {
+                let r = n.div_ceil(lanes);
+                quote! { [#vf; #r] }
+            },
+            "the reference engine",
         );
-        let attrs = self.attrs();
-        self.items.push(quote! {
-            #[doc = #doc]
-            #attrs
-            unsafe fn op_prefix_table(table: *const f32, tok: usize, pos: usize) -> (#(#tys),*) {
-                let base = table.add((tok * BLOCK + pos) * #row);
-                (#(#loads),*)
-            }
-        });
-        body.push(quote! { let (#(#outs),*) = op_prefix_table(k.table.as_ptr(), tok, pos); });
+        for (b, regs) in bound {
+            vals.insert(b, Val { regs, scale: None });
+        }
     }
 
     fn render_op(&mut self, index: usize, op: &Op, body: &mut Body, vals: &mut HashMap<Buffer, Val>) {
-        let s = self.shape;
+        let s = self.f.shape;
         let doc_head = format!("Op {index} of the forward pass, shape {s}: `{op}`.");
         let attrs = self.attrs();
         match *op {
             Op::Embed { out } => {
-                let wte = self.plan.get(Param::Wte).offset;
-                let wpe = self.plan.get(Param::Wpe).offset;
-                let row = self.padded(s.embd);
-                let regs: Vec<T> = (0..self.regs(s.embd))
+                let wte = self.f.plan.get(Param::Wte).offset;
+                let wpe = self.f.plan.get(Param::Wpe).offset;
+                let row = self.f.padded(s.embd);
+                let regs: Vec<T> = (0..self.f.regs(s.embd))
                     .map(|i| {
-                        let o = i * self.lanes();
-                        let a = self.t.load(quote! { w.add(#wte + tok * #row + #o) });
-                        let b = self.t.load(quote! { w.add(#wpe + pos * #row + #o) });
-                        self.t.add(a, b)
+                        let o = i * self.f.lanes();
+                        let a = self.f.t.load(quote! { w.add(#wte + tok * #row + #o) });
+                        let b = self.f.t.load(quote! { w.add(#wpe + pos * #row + #o) });
+                        self.f.t.add(a, b)
                     })
                     .collect();
                 let ty = self.vec_ty(s.embd);
                 let name = format_ident!("op{:02}_embed", index);
                 let doc = format!("{doc_head} Loads one row of each embedding table and adds them.");
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(w: *const f32, tok: usize, pos: usize) -> #ty {
@@ -240,14 +171,14 @@ impl<'a> F32Gen<'a> {
                 let x = vals[&input].clone();
                 let n = s.embd;
                 let ty = self.vec_ty(n);
-                let r = self.regs(n);
+                let r = self.f.regs(n);
                 let squares = tree(
                     (0..r)
-                        .map(|i| self.t.mul(quote! { x[#i] }, quote! { x[#i] }))
+                        .map(|i| self.f.t.mul(quote! { x[#i] }, quote! { x[#i] }))
                         .collect(),
-                    |a, b| self.t.add(a, b),
+                    |a, b| self.f.t.add(a, b),
                 );
-                let hsum = self.t.hsum(quote! { sq });
+                let hsum = self.f.t.hsum(quote! { sq });
                 let inv_n = 1.0f32 / n as f32;
                 let eps = RMS_EPS as f32;
                 let name = format_ident!("op{:02}_rmsnorm_scale", index);
@@ -258,7 +189,7 @@ impl<'a> F32Gen<'a> {
                             "{doc_head} Returns the normalising factor; it is applied where the \
                              value is materialised."
                         );
-                        self.items.push(quote! {
+                        self.f.items.push(quote! {
                             #[doc = #doc]
                             #attrs
                             unsafe fn #name(x: #ty) -> f32 {
@@ -273,7 +204,7 @@ impl<'a> F32Gen<'a> {
                             "{doc_head} Returns the factor that normalises `c · x` (`c`: the factor \
                              `x` already carries); it is applied where the value is materialised."
                         );
-                        self.items.push(quote! {
+                        self.f.items.push(quote! {
                             #[doc = #doc]
                             #attrs
                             unsafe fn #name(x: #ty, c: f32) -> f32 {
@@ -320,9 +251,9 @@ impl<'a> F32Gen<'a> {
                 let regs = x.regs.clone();
                 let mut id = body.bind("logits", quote! { #name(w, #regs) });
                 if let Some(c) = x.scale {
-                    let n = self.regs(s.vocab);
+                    let n = self.f.regs(s.vocab);
                     let scaled: Vec<T> = (0..n)
-                        .map(|i| self.t.mul(quote! { #id[#i] }, self.t.splat(quote! { #c })))
+                        .map(|i| self.f.t.mul(quote! { #id[#i] }, self.f.t.splat(quote! { #c })))
                         .collect();
                     id = body.bind("logits", quote! { [#(#scaled),*] });
                 }
@@ -338,15 +269,15 @@ impl<'a> F32Gen<'a> {
                 let x = vals[&buf].clone();
                 let n = buf.len(&s);
                 let ty = self.vec_ty(n);
-                let regs: Vec<T> = (0..self.regs(n))
-                    .map(|i| self.t.max(quote! { h[#i] }, self.t.zero()))
+                let regs: Vec<T> = (0..self.f.regs(n))
+                    .map(|i| self.f.t.max(quote! { h[#i] }, self.f.t.zero()))
                     .collect();
                 let name = format_ident!("op{:02}_relu", index);
                 let doc = format!(
                     "{doc_head} A pending RMSNorm factor is positive, so it commutes with ReLU and \
                      stays pending."
                 );
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(h: #ty) -> #ty {
@@ -368,17 +299,19 @@ impl<'a> F32Gen<'a> {
                 let b = vals[&into].clone();
                 let n = into.len(&s);
                 let ty = self.vec_ty(n);
-                let regs: Vec<T> = (0..self.regs(n))
+                let regs: Vec<T> = (0..self.f.regs(n))
                     .map(|i| {
                         let base = match b.scale {
-                            Some(_) => self.t.mul(quote! { into[#i] }, self.t.splat(quote! { sb })),
+                            Some(_) => self.f.t.mul(quote! { into[#i] }, self.f.t.splat(quote! { sb })),
                             None => quote! { into[#i] },
                         };
                         match a.scale {
-                            Some(_) => self
-                                .t
-                                .fma(quote! { input[#i] }, self.t.splat(quote! { sa }), base),
-                            None => self.t.add(quote! { input[#i] }, base),
+                            Some(_) => {
+                                self.f
+                                    .t
+                                    .fma(quote! { input[#i] }, self.f.t.splat(quote! { sa }), base)
+                            }
+                            None => self.f.t.add(quote! { input[#i] }, base),
                         }
                     })
                     .collect();
@@ -395,7 +328,7 @@ impl<'a> F32Gen<'a> {
                     params.push(quote! { sa: f32 });
                     args.push(quote! { #c });
                 }
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(#(#params),*) -> #ty {
@@ -454,7 +387,7 @@ impl<'a> F32Gen<'a> {
         let (&Op::MatVec { weight, input, out }, &Op::Add { into, .. }) = ops else {
             unreachable!("a matvec and its residual add")
         };
-        let s = self.shape;
+        let s = self.f.shape;
         let (rows, cols) = weight.dims(&s);
         let name = format_ident!(
             "op{:02}_{:02}_matvec_residual_{}",
@@ -480,8 +413,8 @@ impl<'a> F32Gen<'a> {
             }
             Some(c) => {
                 let r = residual.regs;
-                let regs: Vec<T> = (0..self.regs(s.embd))
-                    .map(|i| self.t.mul(quote! { #r[#i] }, self.t.splat(quote! { #c })))
+                let regs: Vec<T> = (0..self.f.regs(s.embd))
+                    .map(|i| self.f.t.mul(quote! { #r[#i] }, self.f.t.splat(quote! { #c })))
                     .collect();
                 quote! { [#(#regs),*] }
             }
@@ -511,9 +444,9 @@ impl<'a> F32Gen<'a> {
         cols: usize,
         seeded: bool,
     ) {
-        let t = self.t;
-        let l = self.lanes();
-        let placed = self.plan.get(weight).clone();
+        let t = self.f.t;
+        let l = self.f.lanes();
+        let placed = self.f.plan.get(weight).clone();
         let rows_pad = match placed.arrangement {
             Arrangement::Columns { rows_pad } => rows_pad,
             Arrangement::Rows { cols_pad } => {
@@ -539,8 +472,8 @@ impl<'a> F32Gen<'a> {
             }
         };
         if matches!(t, Target::Sse | Target::Avx2 | Target::Avx512) {
-            let n = self.padded(cols);
-            let stores: Vec<T> = (0..self.regs(cols))
+            let n = self.f.padded(cols);
+            let stores: Vec<T> = (0..self.f.regs(cols))
                 .map(|i| {
                     let o = i * l;
                     t.store(quote! { xs.as_mut_ptr().add(#o) }, quote! { x[#i] })
@@ -590,7 +523,7 @@ impl<'a> F32Gen<'a> {
         let attrs = self.attrs();
         let b = body.into_tokens();
         let seed = seeded.then(|| quote! { , seed: #out_ty });
-        self.items.push(quote! {
+        self.f.items.push(quote! {
             #[doc = #doc]
             #attrs
             unsafe fn #name(w: *const f32, x: #in_ty #seed) -> #out_ty {
@@ -612,8 +545,8 @@ impl<'a> F32Gen<'a> {
         cols: usize,
         cols_pad: usize,
     ) {
-        let t = self.t;
-        let l = self.lanes();
+        let t = self.f.t;
+        let l = self.f.lanes();
         let chunks = cols_pad / l;
         let in_ty = self.vec_ty(cols);
         let out_ty = self.vec_ty(rows);
@@ -665,7 +598,7 @@ impl<'a> F32Gen<'a> {
             "each input broadcast in turn and multiplied by a whole prepared column, several accumulators per output register",
             "row dot products lane by lane, then a transpose-and-add tree that sums every row's lanes at once",
         );
-        self.items.push(quote! {
+        self.f.items.push(quote! {
             #[doc = #doc]
             #attrs
             unsafe fn #name(w: *const f32, x: #in_ty) -> #out_ty {
@@ -684,12 +617,12 @@ impl<'a> F32Gen<'a> {
         params: &[T],
         scaled: &[(Ident, Ident)],
     ) {
-        let t = self.t;
-        let s = self.shape;
-        let l = self.lanes();
+        let t = self.f.t;
+        let s = self.f.shape;
+        let l = self.f.lanes();
         let (e, hd) = (s.embd, s.head_dim());
-        let r = self.regs(e);
-        let epad = self.padded(e);
+        let r = self.f.regs(e);
+        let epad = self.f.padded(e);
         let ty = self.vec_ty(e);
         let cache = layer * s.block * epad;
         let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
@@ -723,7 +656,7 @@ impl<'a> F32Gen<'a> {
             "{doc_head} Stores this position's key and value, then dispatches on the position to \
              attention unrolled for that many cached rows."
         );
-        self.items.push(quote! {
+        self.f.items.push(quote! {
             #[doc = #doc]
             #attrs
             #[allow(clippy::too_many_arguments)]
@@ -742,75 +675,57 @@ impl<'a> F32Gen<'a> {
             elem: quote! { f32 },
             zero: quote! { 0.0f32 },
         };
-        for pos in 1..s.block {
-            let mut body = Body::default();
-            // Scores: q·K[t] per head, replicated over the head's lanes.
-            let mut scores: Vec<Vec<Ident>> = Vec::new();
-            for row in 0..=pos {
-                let prods: Vec<Ident> = (0..r)
-                    .map(|i| {
-                        let o = row * epad + i * l;
-                        body.bind("p", t.mul(quote! { q[#i] }, t.load(quote! { kc.add(#o) })))
-                    })
-                    .collect();
-                let regs = attn::reduce_heads(t, &s, &mut body, &prods, &ops);
-                scores.push(regs.into_iter().map(|x| body.bind("sc", x)).collect());
-            }
-            let mut outs = Vec::new();
-            for i in 0..r {
-                let column: Vec<T> = scores
-                    .iter()
-                    .map(|sc| {
-                        let x = &sc[i];
-                        quote! { #x }
-                    })
-                    .collect();
-                let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
-                let exps: Vec<Ident> = column
-                    .into_iter()
-                    .map(|x| {
-                        let d = t.sub(x, quote! { #m });
-                        body.bind("e", quote! { exp_v(#d) })
-                    })
-                    .collect();
-                // 1/Σe is ready long before Σ e·V, so the division leaves the critical path.
-                let sum = tree(exps.iter().map(|x| quote! { #x }).collect(), |a, b| t.add(a, b));
-                let inv = body.bind("inv", t.div(t.splat(quote! { 1.0f32 }), sum));
-                // Σ e_t·V[t] in up to four independent chains.
-                let chains = exps.len().min(4);
-                let mut accs: Vec<Option<T>> = vec![None; chains];
-                for (row, ex) in exps.iter().enumerate() {
+        let score = |body: &mut Body, row: usize| -> Vec<T> {
+            // q·K[row] per head, replicated over the head's lanes.
+            let prods: Vec<Ident> = (0..r)
+                .map(|i| {
                     let o = row * epad + i * l;
-                    let vt = t.load(quote! { vc.add(#o) });
-                    let slot = row % chains;
-                    let next = match accs[slot].take() {
-                        None => t.mul(quote! { #ex }, vt),
-                        Some(acc) => t.fma(quote! { #ex }, vt, acc),
-                    };
-                    let acc = body.bind("acc", next);
-                    accs[slot] = Some(quote! { #acc });
-                }
-                let acc = tree(accs.into_iter().flatten().collect(), |a, b| t.add(a, b));
-                outs.push(t.mul(acc, quote! { #inv }));
+                    body.bind("p", t.mul(quote! { q[#i] }, t.load(quote! { kc.add(#o) })))
+                })
+                .collect();
+            attn::reduce_heads(t, &s, body, &prods, &ops)
+        };
+        let weigh = |body: &mut Body, i: usize, exps: &[Ident]| -> T {
+            // 1/Σe is ready long before Σ e·V, so the division leaves the critical path.
+            let sum = tree(exps.iter().map(|x| quote! { #x }).collect(), |a, b| t.add(a, b));
+            let inv = body.bind("inv", t.div(t.splat(quote! { 1.0f32 }), sum));
+            // Σ e_t·V[t] in up to four independent chains.
+            let chains = exps.len().min(4);
+            let mut accs: Vec<Option<T>> = vec![None; chains];
+            for (row, ex) in exps.iter().enumerate() {
+                let o = row * epad + i * l;
+                let vt = t.load(quote! { vc.add(#o) });
+                let slot = row % chains;
+                let next = match accs[slot].take() {
+                    None => t.mul(quote! { #ex }, vt),
+                    Some(acc) => t.fma(quote! { #ex }, vt, acc),
+                };
+                let acc = body.bind("acc", next);
+                accs[slot] = Some(quote! { #acc });
             }
-            let f = attn::unrolled_name(name, pos);
+            let acc = tree(accs.into_iter().flatten().collect(), |a, b| t.add(a, b));
+            t.mul(acc, quote! { #inv })
+        };
+        let doc = |pos: usize| {
             let n = pos + 1;
-            let doc = format!(
+            format!(
                 "Attention of layer {layer} over {n} cached position{} (0..={pos}): per head a \
                  max-subtracted softmax of q·K[t] (q already scaled by 1/√{hd}) and the weighted sum \
                  of V[t], every head's score in its own lanes.",
                 if n == 1 { "" } else { "s" }
-            );
-            let b = body.into_tokens();
-            self.items.push(quote! {
-                #[doc = #doc]
-                #attrs
-                unsafe fn #f(kc: *const f32, vc: *const f32, q: #ty) -> #ty {
-                    #b
-                    [#(#outs),*]
-                }
-            });
-        }
+            )
+        };
+        self.f.items.extend(attn::unrolled(&attn::Unrolled {
+            t,
+            shape: s,
+            name,
+            attrs: &attrs,
+            key_elem: quote! { f32 },
+            ty,
+            score: &score,
+            weigh: &weigh,
+            doc: &doc,
+        }));
     }
 }
 

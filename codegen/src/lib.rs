@@ -10,6 +10,7 @@ pub mod batch;
 pub mod emit;
 pub mod expand;
 pub mod f32;
+pub mod frame;
 pub mod q412;
 pub mod target;
 pub mod valid;

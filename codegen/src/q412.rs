@@ -10,9 +10,10 @@
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
 use crate::f32::{exp_fn, sample_fn};
+use crate::frame::Frame;
 use crate::target::Target;
-use microgpt_model::{Buffer, HistoryFreePrefix, Op, Param, Program, Shape};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
+use microgpt_model::{Buffer, Op, Param, Program};
+use microgpt_runtime::kernel::layout::Arrangement;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -21,104 +22,58 @@ type T = TokenStream;
 
 /// Generates the Q4.12 kernel of one target.
 pub struct Q412Gen<'a> {
-    pub t: Target,
-    pub shape: Shape,
-    pub program: &'a Program,
-    pub table: bool,
+    pub f: Frame<'a>,
     /// AVX-512 with VNNI's `vpdpwssd` for the matvecs.
     pub vnni: bool,
-    pub plan: WeightPlan,
-    pub prefix: HistoryFreePrefix,
-    items: Vec<T>,
 }
 
 impl<'a> Q412Gen<'a> {
     pub fn new(t: Target, program: &'a Program, table: bool, vnni: bool) -> Q412Gen<'a> {
-        let shape = *program.shape();
-        let prefix = program.history_free_prefix();
-        let start = if table { prefix.ops } else { 0 };
         let l = t.lanes();
         let pairs = matches!(t, Target::Sse | Target::Avx2 | Target::Avx512);
-        let plan = WeightPlan::new(
-            &shape,
-            &program.ops()[start..],
-            32,
-            |n| n.next_multiple_of(l),
-            |rows, _| {
-                let rows_pad = rows.next_multiple_of(l);
-                if pairs {
-                    Arrangement::ColumnPairs { rows_pad }
-                } else {
-                    Arrangement::Columns { rows_pad }
-                }
-            },
-        );
-        Q412Gen {
-            t,
-            shape,
-            program,
-            table,
-            vnni,
-            plan,
-            prefix,
-            items: Vec::new(),
-        }
-    }
-
-    fn lanes(&self) -> usize {
-        self.t.lanes()
-    }
-
-    pub fn regs(&self, n: usize) -> usize {
-        n.div_ceil(self.lanes())
-    }
-
-    pub fn padded(&self, n: usize) -> usize {
-        n.next_multiple_of(self.lanes())
+        let f = Frame::new(t, program, table, 32, |rows, _| {
+            let rows_pad = rows.next_multiple_of(l);
+            if pairs {
+                Arrangement::ColumnPairs { rows_pad }
+            } else {
+                Arrangement::Columns { rows_pad }
+            }
+        });
+        Q412Gen { f, vnni }
     }
 
     fn ity(&self, n: usize) -> T {
-        let v = self.t.vi();
-        let r = self.regs(n);
+        let v = self.f.t.vi();
+        let r = self.f.regs(n);
         quote! { [#v; #r] }
     }
 
     fn fty(&self, n: usize) -> T {
-        let v = self.t.vf();
-        let r = self.regs(n);
+        let v = self.f.t.vf();
+        let r = self.f.regs(n);
         quote! { [#v; #r] }
     }
 
     fn attrs(&self) -> T {
-        self.t.fn_attrs(self.vnni)
-    }
-
-    /// Elements of one row of the prefix table (i16).
-    pub fn table_row(&self) -> usize {
-        self.prefix
-            .live
-            .iter()
-            .map(|b| self.padded(b.len(&self.shape)))
-            .sum()
+        self.f.t.fn_attrs(self.vnni)
     }
 
     /// The op functions and helpers, and the step body.
     pub fn render(mut self) -> (Vec<T>, T) {
         let mut body = Body::default();
         let mut vals: HashMap<Buffer, Ident> = HashMap::new();
-        let start = if self.table { self.prefix.ops } else { 0 };
-        if self.table {
+        if self.f.table {
             self.render_table(&mut body, &mut vals);
         }
-        let ops: Vec<Op> = self.program.ops()[start..].to_vec();
+        let (start, ops) = self.f.ops();
         for (i, op) in ops.iter().enumerate() {
             self.render_op(start + i, op, &mut body, &mut vals);
         }
         let logits = vals[&Buffer::Logits].clone();
-        let t = self.t;
-        let l = self.lanes();
-        let vocab = self.shape.vocab;
-        let fl: Vec<T> = (0..self.regs(vocab))
+        let t = self.f.t;
+        let l = self.f.lanes();
+        let vocab = self.f.shape.vocab;
+        let fl: Vec<T> = (0..self.f.regs(vocab))
             .map(|i| {
                 t.mul(
                     t.i32_to_f32(quote! { #logits[#i] }),
@@ -127,7 +82,7 @@ impl<'a> Q412Gen<'a> {
             })
             .collect();
         let lf = body.bind("logits_f", quote! { [#(#fl),*] });
-        let stores: Vec<T> = (0..self.regs(vocab))
+        let stores: Vec<T> = (0..self.f.regs(vocab))
             .map(|i| {
                 let o = i * l;
                 t.store(quote! { k.logits.as_mut_ptr().add(#o) }, quote! { #lf[#i] })
@@ -138,65 +93,45 @@ impl<'a> Q412Gen<'a> {
         let attrs = self.attrs();
         // The attention's exp is the datapath's; the sampler, free of that constraint, takes the
         // fp32 kernels' faster one.
-        self.items.push(exp_fn(t, false, &attrs, &ident("exp_v")));
+        self.f.items.push(exp_fn(t, false, &attrs, &ident("exp_v")));
         let fast = ident("exp_fast");
-        self.items.push(exp_fn(t, true, &attrs, &fast));
-        self.items.push(sample_fn(t, &self.shape, &attrs, false, &fast));
-        (self.items, body.into_tokens())
+        self.f.items.push(exp_fn(t, true, &attrs, &fast));
+        self.f
+            .items
+            .push(sample_fn(t, &self.f.shape, &attrs, false, &fast));
+        (self.f.items, body.into_tokens())
     }
 
     fn render_table(&mut self, body: &mut Body, vals: &mut HashMap<Buffer, Ident>) {
-        let t = self.t;
-        let mut outs = Vec::new();
-        let mut loads = Vec::new();
-        let mut tys = Vec::new();
-        let mut off = 0;
-        let row = self.table_row();
-        for &b in &self.prefix.live {
-            let n = b.len(&self.shape);
-            let regs: Vec<T> = (0..self.regs(n))
-                .map(|i| {
-                    let o = off + i * self.lanes();
-                    t.load_i16(quote! { base.add(#o) })
-                })
-                .collect();
-            loads.push(quote! { [#(#regs),*] });
-            tys.push(self.ity(n));
-            off += self.padded(n);
-            let id = body.fresh(b.name());
-            outs.push(id.clone());
-            vals.insert(b, id);
-        }
-        let doc = format!(
-            "Ops 0..{} of shape {} (everything before the first attention depends only on the token \
-             and the position): one row of the prefix table, computed at prepare time by the scalar \
-             Q4.12 reference, so exact.",
-            self.prefix.ops, self.shape
+        let (t, attrs) = (self.f.t, self.attrs());
+        let vi = t.vi();
+        let lanes = self.f.lanes();
+        let bound = self.f.prefix_table(
+            body,
+            &attrs,
+            quote! { i16 },
+            |p| t.load_i16(p),
+            |n| {
+                let r = n.div_ceil(lanes);
+                quote! { [#vi; #r] }
+            },
+            "the scalar Q4.12 reference, so exact",
         );
-        let attrs = self.attrs();
-        self.items.push(quote! {
-            #[doc = #doc]
-            #attrs
-            unsafe fn op_prefix_table(table: *const i16, tok: usize, pos: usize) -> (#(#tys),*) {
-                let base = table.add((tok * BLOCK + pos) * #row);
-                (#(#loads),*)
-            }
-        });
-        body.push(quote! { let (#(#outs),*) = op_prefix_table(k.table.as_ptr(), tok, pos); });
+        vals.extend(bound);
     }
 
     fn render_op(&mut self, index: usize, op: &Op, body: &mut Body, vals: &mut HashMap<Buffer, Ident>) {
-        let t = self.t;
-        let s = self.shape;
-        let l = self.lanes();
+        let t = self.f.t;
+        let s = self.f.shape;
+        let l = self.f.lanes();
         let doc_head = format!("Op {index} of the forward pass in Q4.12, shape {s}: `{op}`.");
         let attrs = self.attrs();
         match *op {
             Op::Embed { out } => {
-                let wte = self.plan.get(Param::Wte).offset;
-                let wpe = self.plan.get(Param::Wpe).offset;
-                let row = self.padded(s.embd);
-                let regs: Vec<T> = (0..self.regs(s.embd))
+                let wte = self.f.plan.get(Param::Wte).offset;
+                let wpe = self.f.plan.get(Param::Wpe).offset;
+                let row = self.f.padded(s.embd);
+                let regs: Vec<T> = (0..self.f.regs(s.embd))
                     .map(|i| {
                         let o = i * l;
                         let a = t.load_i16(quote! { w.add(#wte + tok * #row + #o) });
@@ -207,7 +142,7 @@ impl<'a> Q412Gen<'a> {
                 let ty = self.ity(s.embd);
                 let name = format_ident!("op{:02}_embed", index);
                 let doc = format!("{doc_head} i16 addition, wrapping.");
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(w: *const i16, tok: usize, pos: usize) -> #ty {
@@ -220,10 +155,10 @@ impl<'a> Q412Gen<'a> {
             Op::RmsNorm { input, out } => {
                 let x = vals[&input].clone();
                 let n = s.embd;
-                let r = self.regs(n);
+                let r = self.f.regs(n);
                 let ty = self.ity(n);
                 let fty = self.fty(n);
-                let epad = self.padded(n);
+                let epad = self.f.padded(n);
                 let fx: Vec<T> = (0..r)
                     .map(|i| {
                         t.mul(
@@ -257,7 +192,7 @@ impl<'a> Q412Gen<'a> {
                     "{doc_head} In f32 as the reference does it: the sum of squares left to right, \
                      `1/sqrt(ms/{n} + 1e-5)`, each value rounded half to even and saturated."
                 );
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(x: #ty) -> #ty {
@@ -297,10 +232,12 @@ impl<'a> Q412Gen<'a> {
                 let x = vals[&buf].clone();
                 let n = buf.len(&s);
                 let ty = self.ity(n);
-                let regs: Vec<T> = (0..self.regs(n)).map(|i| t.max0_i32(quote! { h[#i] })).collect();
+                let regs: Vec<T> = (0..self.f.regs(n))
+                    .map(|i| t.max0_i32(quote! { h[#i] }))
+                    .collect();
                 let name = format_ident!("op{:02}_relu", index);
                 let doc = doc_head.clone();
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(h: #ty) -> #ty {
@@ -315,12 +252,12 @@ impl<'a> Q412Gen<'a> {
                 let b = vals[&into].clone();
                 let n = into.len(&s);
                 let ty = self.ity(n);
-                let regs: Vec<T> = (0..self.regs(n))
+                let regs: Vec<T> = (0..self.f.regs(n))
                     .map(|i| t.sat16(t.add_i32(quote! { into[#i] }, quote! { input[#i] })))
                     .collect();
                 let name = format_ident!("op{:02}_residual_add", index);
                 let doc = format!("{doc_head} i32 sum, saturated to i16.");
-                self.items.push(quote! {
+                self.f.items.push(quote! {
                     #[doc = #doc]
                     #attrs
                     unsafe fn #name(into: #ty, input: #ty) -> #ty {
@@ -341,9 +278,9 @@ impl<'a> Q412Gen<'a> {
     }
 
     fn matvec_fn(&mut self, name: &Ident, doc: &str, weight: Param, rows: usize, cols: usize) {
-        let t = self.t;
-        let l = self.lanes();
-        let placed = self.plan.get(weight).clone();
+        let t = self.f.t;
+        let l = self.f.lanes();
+        let placed = self.f.plan.get(weight).clone();
         let in_ty = self.ity(cols);
         let out_ty = self.ity(rows);
         let rows_pad = rows.next_multiple_of(l);
@@ -353,8 +290,8 @@ impl<'a> Q412Gen<'a> {
         match (t, placed.arrangement) {
             (Target::Sse | Target::Avx2 | Target::Avx512, Arrangement::ColumnPairs { rows_pad }) => {
                 // The input as i16 pairs in memory: each pair is broadcast as one i32.
-                let n = self.padded(cols).max(2);
-                let stores: Vec<T> = (0..self.regs(cols))
+                let n = self.f.padded(cols).max(2);
+                let stores: Vec<T> = (0..self.f.regs(cols))
                     .map(|i| {
                         let o = i * l;
                         t.store_as_i16(quote! { xs.as_mut_ptr().add(#o) }, quote! { x[#i] })
@@ -403,7 +340,7 @@ impl<'a> Q412Gen<'a> {
                 }
             }
             (Target::Neon, Arrangement::Columns { rows_pad }) => {
-                let halves: Vec<T> = (0..self.regs(cols))
+                let halves: Vec<T> = (0..self.f.regs(cols))
                     .map(|i| quote! { vmovn_s32(x[#i]) })
                     .collect();
                 body.push(quote! { let xh = [#(#halves),*]; });
@@ -443,7 +380,7 @@ impl<'a> Q412Gen<'a> {
         }
         let attrs = self.attrs();
         let b = body.into_tokens();
-        self.items.push(quote! {
+        self.f.items.push(quote! {
             #[doc = #doc]
             #attrs
             unsafe fn #name(w: *const i16, x: #in_ty) -> #out_ty {
@@ -454,12 +391,12 @@ impl<'a> Q412Gen<'a> {
     }
 
     fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
-        let t = self.t;
-        let s = self.shape;
-        let l = self.lanes();
+        let t = self.f.t;
+        let s = self.f.shape;
+        let l = self.f.lanes();
         let (e, hd) = (s.embd, s.head_dim());
-        let r = self.regs(e);
-        let epad = self.padded(e);
+        let r = self.f.regs(e);
+        let epad = self.f.padded(e);
         let ty = self.ity(e);
         let cache = layer * s.block * epad;
         // As the reference computes it: 1 / sqrt(hd) in f32.
@@ -486,7 +423,7 @@ impl<'a> Q412Gen<'a> {
             "{doc_head} Stores this position's key (i32) and value (as f32, /4096), then dispatches \
              on the position to attention unrolled for that many cached rows."
         );
-        self.items.push(quote! {
+        self.f.items.push(quote! {
             #[doc = #doc]
             #attrs
             unsafe fn #name(keys: *mut i32, values: *mut f32, pos: usize, q: #ty, k: #ty, v: #ty) -> #ty {
@@ -504,81 +441,62 @@ impl<'a> Q412Gen<'a> {
             elem: quote! { i32 },
             zero: quote! { 0i32 },
         };
-        for pos in 1..s.block {
-            let mut body = Body::default();
-            // Scores: exact i32 dots per head, replicated over the head's lanes, then scaled in
-            // f32 exactly as the reference scales them.
-            let mut scores: Vec<Vec<Ident>> = Vec::new();
-            for row in 0..=pos {
-                let prods: Vec<Ident> = (0..r)
-                    .map(|i| {
-                        let o = row * epad + i * l;
-                        body.bind(
-                            "p",
-                            t.mul_i32(quote! { q[#i] }, t.load_i32(quote! { kc.add(#o) })),
-                        )
-                    })
-                    .collect();
-                let dots = attn::reduce_heads(t, &s, &mut body, &prods, &ops);
-                scores.push(
-                    dots.into_iter()
-                        .map(|d| {
-                            let f = t.mul(t.i32_to_f32(d), t.splat(quote! { (1.0f32 / 16777216.0) }));
-                            body.bind("sc", t.mul(f, t.splat(quote! { #inv_sqrt })))
-                        })
-                        .collect(),
-                );
-            }
-            let mut outs = Vec::new();
-            for i in 0..r {
-                let column: Vec<T> = scores
-                    .iter()
-                    .map(|sc| {
-                        let x = &sc[i];
-                        quote! { #x }
-                    })
-                    .collect();
-                let m = body.bind("m", tree(column.clone(), |a, b| t.max(a, b)));
-                let exps: Vec<Ident> = column
-                    .into_iter()
-                    .map(|x| {
-                        let d = t.sub(x, quote! { #m });
-                        body.bind("e", quote! { exp_v(#d) })
-                    })
-                    .collect();
-                // The denominator and the weighted sum in position order, as the reference.
-                let mut sum = t.zero();
-                for ex in &exps {
-                    sum = t.add(sum, quote! { #ex });
-                }
-                let sum = body.bind("sum", sum);
-                let mut acc = t.zero();
-                for (row, ex) in exps.iter().enumerate() {
+        let score = |body: &mut Body, row: usize| -> Vec<T> {
+            // Exact i32 dots per head, replicated over the head's lanes, then scaled in f32
+            // exactly as the reference scales them.
+            let prods: Vec<Ident> = (0..r)
+                .map(|i| {
                     let o = row * epad + i * l;
-                    let p = t.div(quote! { #ex }, quote! { #sum });
-                    acc = t.add(acc, t.mul(p, t.load(quote! { vc.add(#o) })));
-                }
-                let acc = body.bind("acc", acc);
-                outs.push(t.sat16(t.f32_to_i32_round(t.mul(quote! { #acc }, t.splat(quote! { 4096.0f32 })))));
+                    body.bind(
+                        "p",
+                        t.mul_i32(quote! { q[#i] }, t.load_i32(quote! { kc.add(#o) })),
+                    )
+                })
+                .collect();
+            attn::reduce_heads(t, &s, body, &prods, &ops)
+                .into_iter()
+                .map(|d| {
+                    let f = t.mul(t.i32_to_f32(d), t.splat(quote! { (1.0f32 / 16777216.0) }));
+                    t.mul(f, t.splat(quote! { #inv_sqrt }))
+                })
+                .collect()
+        };
+        let weigh = |body: &mut Body, i: usize, exps: &[Ident]| -> T {
+            // The denominator and the weighted sum in position order, as the reference.
+            let mut sum = t.zero();
+            for ex in exps {
+                sum = t.add(sum, quote! { #ex });
             }
-            let f = attn::unrolled_name(name, pos);
+            let sum = body.bind("sum", sum);
+            let mut acc = t.zero();
+            for (row, ex) in exps.iter().enumerate() {
+                let o = row * epad + i * l;
+                let p = t.div(quote! { #ex }, quote! { #sum });
+                acc = t.add(acc, t.mul(p, t.load(quote! { vc.add(#o) })));
+            }
+            let acc = body.bind("acc", acc);
+            t.sat16(t.f32_to_i32_round(t.mul(quote! { #acc }, t.splat(quote! { 4096.0f32 }))))
+        };
+        let doc = |pos: usize| {
             let n = pos + 1;
-            let doc = format!(
+            format!(
                 "Q4.12 attention of layer {layer} over {n} cached position{} (0..={pos}): exact i32 \
                  dots q·K[t] per head, scores `dot/4096/4096 · 1/sqrt({hd})`, a max-subtracted \
                  softmax with the datapath's exp (sums in position order), `o = Σ p_t·V[t]` with \
                  separate multiplies and adds, rounded back to Q4.12.",
                 if n == 1 { "" } else { "s" }
-            );
-            let b = body.into_tokens();
-            self.items.push(quote! {
-                #[doc = #doc]
-                #attrs
-                unsafe fn #f(kc: *const i32, vc: *const f32, q: #ty) -> #ty {
-                    #b
-                    [#(#outs),*]
-                }
-            });
-        }
+            )
+        };
+        self.f.items.extend(attn::unrolled(&attn::Unrolled {
+            t,
+            shape: s,
+            name,
+            attrs: &attrs,
+            key_elem: quote! { i32 },
+            ty,
+            score: &score,
+            weigh: &weigh,
+            doc: &doc,
+        }));
     }
 }
