@@ -9,7 +9,7 @@
 //! positions run in order), so their integers match it bit for bit.
 
 use crate::emit::{Body, tree};
-use crate::expand::{KernelId, Kind};
+use crate::expand::{KernelId, Kind, cfg_attr, feature_checks};
 use crate::f32::exp_fn;
 use crate::target::Target;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
@@ -36,7 +36,7 @@ impl<'a> BatchGen<'a> {
         BatchGen {
             t: id.target,
             kind: id.kind,
-            vnni: id.target == Target::Avx512 && id.kind == Kind::Q412,
+            vnni: id.vnni(),
             shape,
             program,
             layout: Layout::new(shape),
@@ -796,24 +796,10 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
     let module = id.module();
     let name = id.variant_name();
     let isa = id.isa();
-    let vnni = id.target == Target::Avx512 && id.kind == Kind::Q412;
-    let attrs = t.fn_attrs(vnni);
+    let attrs = t.fn_attrs(id.vnni());
     let imports = t.imports();
-    let cfg = match t.arch() {
-        Some(arch) => quote! { #[cfg(target_arch = #arch)] },
-        None => quote! {},
-    };
-    let checks: Vec<T> = t
-        .features(vnni)
-        .iter()
-        .map(|f| {
-            quote! {
-                if !::std::is_x86_feature_detected!(#f) {
-                    return Err(format!("{} needs the CPU feature {}", #name, #f));
-                }
-            }
-        })
-        .collect();
+    let cfg = cfg_attr(t);
+    let checks = feature_checks(id);
     let q = id.kind == Kind::Q412;
     let (vocab, e, block, layers) = (s.vocab, s.embd, s.block, s.layers);
     let cache = layers * block * e * l;

@@ -101,7 +101,7 @@ impl KernelId {
         }
     }
 
-    fn vnni(self) -> bool {
+    pub fn vnni(self) -> bool {
         self.kind == Kind::Q412 && self.target == Target::Avx512
     }
 
@@ -217,7 +217,25 @@ pub fn expand_only(spec: &Spec, keep: impl Fn(KernelId) -> bool) -> T {
     }
 }
 
-fn cfg_attr(t: Target) -> T {
+/// `prepare`'s checks of the CPU features kernel `id` needs, each returning an error that names
+/// the variant and the missing feature.
+pub fn feature_checks(id: KernelId) -> Vec<T> {
+    let name = id.variant_name();
+    id.target
+        .features(id.vnni())
+        .iter()
+        .map(|f| {
+            quote! {
+                if !::std::is_x86_feature_detected!(#f) {
+                    return Err(format!("{} needs the CPU feature {}", #name, #f));
+                }
+            }
+        })
+        .collect()
+}
+
+/// The module's `#[cfg]`: its architecture (none for scalar code).
+pub fn cfg_attr(t: Target) -> T {
     match t.arch() {
         Some(arch) => quote! { #[cfg(target_arch = #arch)] },
         None => quote! {},
@@ -272,17 +290,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
     let attrs = t.fn_attrs(id.vnni());
     let name = id.variant_name();
     let isa = id.isa();
-    let features = t.features(id.vnni());
-    let checks: Vec<T> = features
-        .iter()
-        .map(|f| {
-            quote! {
-                if !::std::is_x86_feature_detected!(#f) {
-                    return Err(format!("{} needs the CPU feature {}", #name, #f));
-                }
-            }
-        })
-        .collect();
+    let checks = feature_checks(id);
     let lanes = t.lanes();
     let epad = s.embd.next_multiple_of(lanes);
     let vpad = s.vocab.next_multiple_of(lanes);

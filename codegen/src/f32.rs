@@ -113,17 +113,12 @@ impl<'a> F32Gen<'a> {
 
     fn render_table(&mut self, body: &mut Body, vals: &mut HashMap<Buffer, Val>) {
         let (t, attrs) = (self.f.t, self.attrs());
-        let vf = t.vf();
-        let lanes = self.f.lanes();
         let bound = self.f.prefix_table(
             body,
             &attrs,
             quote! { f32 },
             |p| t.load(p),
-            |n| {
-                let r = n.div_ceil(lanes);
-                quote! { [#vf; #r] }
-            },
+            t.vf(),
             "the reference engine",
         );
         for (b, regs) in bound {

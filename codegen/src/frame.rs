@@ -84,15 +84,15 @@ impl<'a> Frame<'a> {
     }
 
     /// The op that reads the prefix table's row for (tok, pos): `elem` is the table's element
-    /// type, `load(ptr)` one register's load, `ty(n)` the type of a buffer of `n` values, and
-    /// `how` says how the table was computed. Binds every live buffer in `body` and returns them.
+    /// type, `load(ptr)` one register's load, `reg` the register type, and `how` says how the
+    /// table was computed. Binds every live buffer in `body` and returns them.
     pub fn prefix_table(
         &mut self,
         body: &mut Body,
         attrs: &T,
         elem: T,
         load: impl Fn(T) -> T,
-        ty: impl Fn(usize) -> T,
+        reg: T,
         how: &str,
     ) -> Vec<(Buffer, Ident)> {
         let mut outs = Vec::new();
@@ -109,7 +109,8 @@ impl<'a> Frame<'a> {
                 })
                 .collect();
             loads.push(quote! { [#(#regs),*] });
-            tys.push(ty(n));
+            let r = self.regs(n);
+            tys.push(quote! { [#reg; #r] });
             off += self.padded(n);
             outs.push((b, body.fresh(b.name())));
         }

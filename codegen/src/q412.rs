@@ -104,17 +104,12 @@ impl<'a> Q412Gen<'a> {
 
     fn render_table(&mut self, body: &mut Body, vals: &mut HashMap<Buffer, Ident>) {
         let (t, attrs) = (self.f.t, self.attrs());
-        let vi = t.vi();
-        let lanes = self.f.lanes();
         let bound = self.f.prefix_table(
             body,
             &attrs,
             quote! { i16 },
             |p| t.load_i16(p),
-            |n| {
-                let r = n.div_ceil(lanes);
-                quote! { [#vi; #r] }
-            },
+            t.vi(),
             "the scalar Q4.12 reference, so exact",
         );
         vals.extend(bound);
