@@ -8,6 +8,8 @@
 //! cargo run --release --example bench -- --variant x16 --soak 60
 //! ```
 
+mod common;
+
 use clap::Parser;
 use microgpt::charts::{self, Bar, Point};
 use microgpt::model::Shape;
@@ -89,21 +91,9 @@ fn main() -> ExitCode {
     unsafe {
         microgpt::peers::pin_threads();
     }
-    let args = match Args::try_parse() {
+    let args = match common::parse::<Args>() {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            eprintln!(
-                "{} (see --help)",
-                text.lines().next().unwrap_or("error: bad arguments")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@
 //! cargo run --example inspect --features cuda -- ptx --arch compute_90   # NVRTC's PTX of it
 //! ```
 
+mod common;
+
 use clap::{Parser, Subcommand};
 use microgpt::model::{Program, Shape};
 use microgpt_codegen::{KernelId, Kind, Target};
@@ -81,20 +83,9 @@ enum What {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match common::parse::<Args>() {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            eprintln!(
-                "{} (see --help)",
-                text.lines().next().unwrap_or("error: bad arguments")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(args.what) {
         Ok(text) => {
