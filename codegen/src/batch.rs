@@ -73,8 +73,9 @@ impl<'a> BatchGen<'a> {
         let mut vals: HashMap<Buffer, Ident> = HashMap::new();
         let l = self.l();
         body.push({
-            let tok = t.load_i32(quote! { toks.as_ptr() });
-            let pos = t.load_i32(quote! { pos.as_ptr() });
+            // Tokens and positions are below 2^31 (checked), so their u32 bits are the i32 values.
+            let tok = t.load_i32(quote! { toks.as_ptr() as *const i32 });
+            let pos = t.load_i32(quote! { pos.as_ptr() as *const i32 });
             quote! { let tokv = #tok; let posv = #pos; }
         });
         let ops = self.program.ops().to_vec();
@@ -713,7 +714,7 @@ impl<'a> BatchGen<'a> {
             })
             .collect();
         let count = body.bind("n", tree(counts, |a, b| t.add_i32(a, b)));
-        let store = t.store_i32(quote! { next.as_mut_ptr() }, quote! { #count });
+        let store = t.store_i32(quote! { next.as_mut_ptr() as *mut i32 }, quote! { #count });
         let attrs = self.attrs();
         let b = body.into_tokens();
         let doc = format!(
@@ -722,7 +723,7 @@ impl<'a> BatchGen<'a> {
         quote! {
             #[doc = #doc]
             #attrs
-            unsafe fn sample(z: [#vf; #vocab], rs: &[f32; #l], scale: f32, next: &mut [i32; #l]) {
+            unsafe fn sample(z: [#vf; #vocab], rs: &[f32; #l], scale: f32, next: &mut [u32; #l]) {
                 #b
                 #store
             }
@@ -900,29 +901,19 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                     })
                 }
 
-                fn step(&mut self, toks: &[usize], pos: &[usize], rs: &[f32], next: &mut [usize]) {
-                    assert!(toks.len() == #l && pos.len() == #l && rs.len() == #l && next.len() == #l);
-                    let mut t = [0i32; #l];
-                    let mut p = [0i32; #l];
-                    // Branch-free, so that it vectorises; the largest token and position are
-                    // checked after the loop, before anything reads them.
-                    let (mut maxtok, mut maxpos) = (0, 0);
-                    for i in 0..#l {
-                        t[i] = toks[i] as i32;
-                        p[i] = pos[i] as i32;
-                        maxtok = maxtok.max(toks[i]);
-                        maxpos = maxpos.max(pos[i]);
-                    }
-                    assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
+                fn step(&mut self, toks: &[u32], pos: &[u32], rs: &[f32], next: &mut [u32]) {
+                    let toks: &[u32; #l] = toks.try_into().expect("one token per lane");
+                    let pos: &[u32; #l] = pos.try_into().expect("one position per lane");
                     let r: &[f32; #l] = rs.try_into().expect("one draw per lane");
-                    let mut out = [0i32; #l];
+                    let next: &mut [u32; #l] = next.try_into().expect("one output per lane");
+                    // Folds without branches, so that they vectorise.
+                    let maxtok = toks.iter().fold(0, |a, &b| a.max(b)) as usize;
+                    let maxpos = pos.iter().fold(0, |a, &b| a.max(b)) as usize;
+                    assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
                     // SAFETY: `prepare` checked the CPU features and sized every buffer for the
                     // generated offsets; tokens and positions were just checked.
-                    unsafe { batch_step(self, &t, &p, r, maxpos, &mut out) };
+                    unsafe { batch_step(self, toks, pos, r, maxpos, next) };
                     self.slot = (self.slot + 1) % BLOCK;
-                    for (n, &o) in next.iter_mut().zip(&out) {
-                        *n = o as usize;
-                    }
                 }
 
                 fn logits(&self, lane: usize) -> ::std::vec::Vec<f32> {
@@ -932,7 +923,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
 
             #[doc = #step_doc]
             #attrs
-            unsafe fn batch_step(k: &mut Kernel, toks: &[i32; #l], pos: &[i32; #l], rs: &[f32; #l], maxpos: usize, next: &mut [i32; #l]) {
+            unsafe fn batch_step(k: &mut Kernel, toks: &[u32; #l], pos: &[u32; #l], rs: &[f32; #l], maxpos: usize, next: &mut [u32; #l]) {
                 let w = k.weights.as_ptr();
                 let keys = k.keys.as_mut_ptr();
                 let values = k.values.as_mut_ptr();

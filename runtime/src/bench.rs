@@ -324,20 +324,26 @@ pub fn teacher_forced_lanes<K: crate::kernel::BatchKernel>(
         .map(|l| crate::XorShift32::new(crate::stream::stream_seed(seed, l)))
         .collect();
     let mut sampler = Sampler::new(temperature);
-    let (mut toks, mut pos, mut rs, mut next) =
-        (vec![0; lanes], vec![0; lanes], vec![0.0; lanes], vec![0; lanes]);
+    let (mut toks, mut pos, mut rs, mut next) = (
+        vec![0u32; lanes],
+        vec![0u32; lanes],
+        vec![0.0; lanes],
+        vec![0u32; lanes],
+    );
     for step in 0..steps {
         for (l, (feed, rng)) in feeds.iter().zip(&mut rngs).enumerate() {
-            (toks[l], pos[l]) = feed[step];
+            let (tok, p) = feed[step];
+            (toks[l], pos[l]) = (tok as u32, p as u32);
             rs[l] = rng.uniform();
         }
         kernel.step(&toks, &pos, &rs, &mut next);
         for l in 0..lanes {
-            let want = oracles[l].step(toks[l], pos[l], rs[l]);
+            let (tok, p) = feeds[l][step];
+            let want = oracles[l].step(tok, p, rs[l]);
             a.record(
                 &mut sampler,
                 want,
-                next[l],
+                next[l] as usize,
                 &oracles[l].logits(),
                 &kernel.logits(l),
                 rs[l],

@@ -140,10 +140,11 @@ pub trait BatchKernel: Sized + Send + 'static {
     fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, String>;
 
     /// One step of every lane: lane `l` feeds `toks[l]` at `pos[l]` and draws with `rs[l]`; the
-    /// drawn tokens go to `next`. Each lane's cache holds its positions `0..pos[l]` from the
+    /// drawn tokens go to `next`. Every slice holds `LANES` entries (u32, the width the kernels
+    /// load into their lanes). Each lane's cache holds its positions `0..pos[l]` from the
     /// previous steps (the cache is a ring indexed by the step count, so consecutive steps of
     /// all lanes are all it needs).
-    fn step(&mut self, toks: &[usize], pos: &[usize], rs: &[f32], next: &mut [usize]);
+    fn step(&mut self, toks: &[u32], pos: &[u32], rs: &[f32], next: &mut [u32]);
 
     /// The logits lane `lane` computed in the last step.
     fn logits(&self, lane: usize) -> Vec<f32>;
@@ -165,13 +166,13 @@ pub struct BatchVariant<K: BatchKernel> {
     kernel: K,
     first_stream: usize,
     /// Every stream's next input and RNG.
-    toks: Vec<usize>,
-    pos: Vec<usize>,
+    toks: Vec<u32>,
+    pos: Vec<u32>,
     rngs: Vec<XorShift32>,
     /// Scratch: the draws, the drawn tokens, a teacher-forced step's inputs.
     rs: Vec<f32>,
-    next: Vec<usize>,
-    forced: (Vec<usize>, Vec<usize>),
+    next: Vec<u32>,
+    forced: (Vec<u32>, Vec<u32>),
 }
 
 impl<K: BatchKernel> BatchVariant<K> {
@@ -213,12 +214,12 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
     }
 
     fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
-        self.forced.0.fill(tok);
-        self.forced.1.fill(pos);
+        self.forced.0.fill(tok as u32);
+        self.forced.1.fill(pos as u32);
         self.rs.fill(r);
         self.kernel
             .step(&self.forced.0, &self.forced.1, &self.rs, &mut self.next);
-        self.next[0]
+        self.next[0] as usize
     }
 
     fn logits(&self) -> Vec<f32> {
@@ -227,7 +228,7 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
 
     fn reset(&mut self, seed: u32) {
         let shape = K::shape();
-        self.toks.fill(shape.bos());
+        self.toks.fill(shape.bos() as u32);
         self.pos.fill(0);
         self.rngs = (0..K::LANES)
             .map(|l| XorShift32::new(crate::stream::stream_seed(seed, self.first_stream + l)))
@@ -237,7 +238,7 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
     /// `tokens` rounded up to whole batch steps.
     fn run(&mut self, tokens: u64) -> u64 {
         let shape = K::shape();
-        let (bos, block) = (shape.bos(), shape.block);
+        let (bos, block) = (shape.bos() as u32, shape.block as u32);
         let steps = tokens.div_ceil(K::LANES as u64);
         let mut sum = 0u64;
         for _ in 0..steps {

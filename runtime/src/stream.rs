@@ -53,9 +53,16 @@ impl Stream {
 /// is BOS or the block is full, else `next` at `pos + 1`. Written without branches, so that a
 /// loop over many streams' arrays compiles to vector selects.
 #[inline(always)]
-pub fn next_input(bos: usize, block: usize, pos: usize, next: usize) -> (usize, usize) {
-    let reset = (next == bos) | (pos + 1 == block);
-    (if reset { bos } else { next }, if reset { 0 } else { pos + 1 })
+pub fn next_input<N>(bos: N, block: N, pos: N, next: N) -> (N, N)
+where
+    N: Copy + PartialEq + std::ops::Add<Output = N> + From<u8>,
+{
+    let one = N::from(1);
+    let reset = (next == bos) | (pos + one == block);
+    (
+        if reset { bos } else { next },
+        if reset { N::from(0) } else { pos + one },
+    )
 }
 
 /// The seed of stream `index` of a multi-stream run started with `seed`: stream 0 gets `seed`
