@@ -888,7 +888,8 @@ fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
             let table = _mm512_setr_ps(#(#table),*);
             // vpermps reads the low four bits of each index: j mod 16.
             let t = _mm512_permutexvar_ps(j, table);
-            let e = _mm512_cvtepi32_ps(_mm512_srai_epi32(j, 4));
+            // vscalefps multiplies by 2^floor(e): floor(n / 16) = j >> 4, n / 16 being exact.
+            let e = _mm512_mul_ps(n, _mm512_set1_ps(0.0625));
             let p = _mm512_fmadd_ps(_mm512_set1_ps(#c3), r, _mm512_set1_ps(#c2));
             let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
             let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));

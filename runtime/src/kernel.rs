@@ -240,20 +240,29 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
         let shape = K::shape();
         let (bos, block) = (shape.bos() as u32, shape.block as u32);
         let steps = tokens.div_ceil(K::LANES as u64);
-        let mut sum = 0u64;
+        let l = K::LANES;
+        // Slices of the constant length LANES, so that the loops below compile to a few vector
+        // instructions each; one checksum per lane, so that no chain runs across the lanes.
+        let (toks, pos) = (&mut self.toks[..l], &mut self.pos[..l]);
+        let (rs, next, rngs) = (&mut self.rs[..l], &mut self.next[..l], &mut self.rngs[..l]);
+        let mut sums = vec![0u32; l];
+        let sums = &mut sums[..l];
         for _ in 0..steps {
-            for (r, rng) in self.rs.iter_mut().zip(&mut self.rngs) {
+            for (r, rng) in rs.iter_mut().zip(rngs.iter_mut()) {
                 *r = rng.uniform();
             }
-            self.kernel.step(&self.toks, &self.pos, &self.rs, &mut self.next);
-            for &n in &self.next {
-                sum = sum.wrapping_mul(31).wrapping_add(n as u64);
-            }
-            for ((tok, pos), &n) in self.toks.iter_mut().zip(&mut self.pos).zip(&self.next) {
+            self.kernel.step(toks, pos, rs, next);
+            for ((tok, pos), (&n, sum)) in toks
+                .iter_mut()
+                .zip(pos.iter_mut())
+                .zip(next.iter().zip(sums.iter_mut()))
+            {
+                *sum = sum.wrapping_mul(31).wrapping_add(n);
                 (*tok, *pos) = crate::stream::next_input(bos, block, *pos, n);
             }
         }
-        sum
+        sums.iter()
+            .fold(0u64, |a, &s| a.wrapping_mul(31).wrapping_add(s as u64))
     }
 }
 
