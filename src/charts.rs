@@ -134,7 +134,9 @@ pub fn bars(
         .fold(0.0, f64::max)
         .max(line.map_or(0.0, |l| l.0));
     let (x0, x1) = decades(lo, hi);
-    let height = 120 + 26 * n as u32;
+    // With a rule, one more row than bars: the top one holds its label, clear of every bar.
+    let rows = n + usize::from(line.is_some());
+    let height = 120 + 26 * rows as u32;
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let longest = sorted.iter().map(|b| b.label.chars().count()).max().unwrap_or(8) as u32;
@@ -144,12 +146,12 @@ pub fn bars(
         .margin_right(40)
         .x_label_area_size(44)
         .y_label_area_size(30 + 7 * longest)
-        .build_cartesian_2d((x0..x1).log_scale(), (0..n as i32 - 1).into_segmented())?;
+        .build_cartesian_2d((x0..x1).log_scale(), (0..rows as i32 - 1).into_segmented())?;
     let labels: Vec<String> = sorted.iter().map(|b| b.label.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .y_labels(n)
+        .y_labels(rows)
         .y_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
             _ => String::new(),
@@ -193,15 +195,18 @@ pub fn bars(
     if let Some((x, label)) = line {
         let red = RGBColor(200, 0, 0);
         chart.draw_series(std::iter::once(PathElement::new(
-            vec![(x, SegmentValue::Exact(0)), (x, SegmentValue::Exact(n as i32))],
+            vec![
+                (x, SegmentValue::Exact(0)),
+                (x, SegmentValue::Exact(n as i32 + 1)),
+            ],
             red.stroke_width(2),
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             label.to_string(),
-            (x * 1.1, SegmentValue::Exact(n as i32)),
+            (x * 1.1, SegmentValue::CenterOf(n as i32)),
             TextStyle::from(("sans-serif", 13).into_font())
                 .color(&red)
-                .pos(Pos::new(HPos::Left, VPos::Top)),
+                .pos(Pos::new(HPos::Left, VPos::Center)),
         )))?;
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
