@@ -214,8 +214,9 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
     }
 
     fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
-        self.forced.0.fill(tok as u32);
-        self.forced.1.fill(pos as u32);
+        // Out-of-range values stay out of range (the kernel's check reports them).
+        self.forced.0.fill(u32::try_from(tok).unwrap_or(u32::MAX));
+        self.forced.1.fill(u32::try_from(pos).unwrap_or(u32::MAX));
         self.rs.fill(r);
         self.kernel
             .step(&self.forced.0, &self.forced.1, &self.rs, &mut self.next);
