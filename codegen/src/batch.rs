@@ -811,8 +811,8 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
             quote! { Q412 },
             quote! { i16 },
             quote! { i32 },
-            quote! { ::microgpt_runtime::kernel::Aligned::from_slice(&weights.quantized()) },
-            quote! { weights.quantized().iter().map(|&v| v as i32).collect::<::std::vec::Vec<i32>>() },
+            quote! { ::microgpt_runtime::kernel::Aligned::from_slice(&quantized) },
+            quote! { quantized.iter().map(|&v| v as i32).collect::<::std::vec::Vec<i32>>() },
             quote! { 1.0f32 },
         )
     } else {
@@ -833,6 +833,8 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
         )
     };
     let emb_init = EmbTable::new(t, s).build(s, &keys_ty);
+    // The Q4.12 words are quantised once, for both the weights and the embedding table.
+    let prelude = q.then(|| quote! { let quantized = weights.quantized(); });
     let g = BatchGen::new(id, program);
     let (items, body) = g.render();
     let doc = format!(
@@ -886,6 +888,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                 ) -> ::std::result::Result<Self, ::std::string::String> {
                     #(#checks)*
                     ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
+                    #prelude
                     Ok(Kernel {
                         weights: #fill,
                         emb: {
