@@ -10,7 +10,7 @@
 
 use crate::emit::{Body, tree};
 use crate::expand::{KernelId, Kind, cfg_attr, feature_checks};
-use crate::f32::exp_fn;
+use crate::f32::{exp_fn, exp2_fn};
 use crate::target::Target;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use proc_macro2::{Ident, TokenStream};
@@ -120,12 +120,12 @@ impl<'a> BatchGen<'a> {
         };
         body.push(quote! { sample(#lf, rs, #scale, next); });
         let attrs = self.attrs();
-        self.items
-            .push(exp_fn(t, !self.q412(), &attrs, &format_ident!("exp_v")));
+        // The Q4.12 attention's exponential is the reference's; everything else takes powers of
+        // two.
         if self.q412() {
-            self.items
-                .push(exp_fn(t, true, &attrs, &format_ident!("exp_fast")));
+            self.items.push(exp_fn(t, false, &attrs, &format_ident!("exp_v")));
         }
+        self.items.push(exp2_fn(t, &attrs, &format_ident!("exp2_v")));
         self.items.push(self.sample_fn());
         (self.items, body.into_tokens())
     }
@@ -260,14 +260,11 @@ impl<'a> BatchGen<'a> {
                     );
                     let inv_n = 1.0 / n;
                     let eps = RMS_EPS as f32;
-                    let scale = t.div(
-                        t.splat(quote! { 1.0f32 }),
-                        t.sqrt(t.fma(
-                            quote! { ss },
-                            t.splat(quote! { #inv_n }),
-                            t.splat(quote! { #eps }),
-                        )),
-                    );
+                    let scale = t.rsqrt(t.fma(
+                        quote! { ss },
+                        t.splat(quote! { #inv_n }),
+                        t.splat(quote! { #eps }),
+                    ));
                     let outs = (0..e)
                         .map(|c| t.mul(quote! { x[#c] }, quote! { scale }))
                         .collect();
@@ -495,22 +492,16 @@ impl<'a> BatchGen<'a> {
         });
     }
 
-    fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
+    /// Stores this step's keys and values (the registers `k` and `v`) at the ring slot `slot`
+    /// of layer `layer`'s caches; the Q4.12 values as real numbers.
+    fn kv_stores(&self, layer: usize) -> Vec<T> {
         let t = self.t;
         let s = self.shape;
-        let (e, hd, heads, l, block) = (s.embd, s.head_dim(), s.heads, self.l(), s.block);
-        let q = self.q412();
-        let ty = self.arr(e);
-        let vf = t.vf();
-        let vi = t.vi();
-        let base = layer * block * e * l;
+        let (e, l) = (s.embd, self.l());
+        let base = layer * s.block * e * l;
         let row = e * l;
-        let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
-        let zero = t.zero();
-        let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
-        let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
-        // Store this step's keys and values at the ring slot.
-        let stores: Vec<T> = (0..e)
+        let q = self.q412();
+        (0..e)
             .map(|c| {
                 let o = c * l;
                 let kv = if q {
@@ -529,7 +520,40 @@ impl<'a> BatchGen<'a> {
                 let vs = t.store(quote! { values.add(#base + slot * #row + #o) }, vv);
                 quote! { #kv #vs }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The fp32 score of head `h`, `Σ q·key` over the head's channels with the keys `key(j)`,
+    /// from `init` when given (a vector expression) or from the first product.
+    fn dot_f32(&self, h: usize, init: Option<T>, key: impl Fn(usize) -> T) -> T {
+        let t = self.t;
+        let hd = self.shape.head_dim();
+        let mut d = init;
+        for j in h * hd..h * hd + hd {
+            let kv = key(j);
+            d = Some(match d {
+                None => t.mul(quote! { q[#j] }, kv),
+                Some(d) => t.fma(quote! { q[#j] }, kv, d),
+            });
+        }
+        d.expect("head_dim >= 1")
+    }
+
+    fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
+        let t = self.t;
+        let s = self.shape;
+        let (e, hd, heads, l, block) = (s.embd, s.head_dim(), s.heads, self.l(), s.block);
+        let q = self.q412();
+        let ty = self.arr(e);
+        let vf = t.vf();
+        let vi = t.vi();
+        let base = layer * block * e * l;
+        let row = e * l;
+        let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
+        let zero = t.zero();
+        let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
+        let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
+        let stores = self.kv_stores(layer);
         // One age's scores, per head.
         let scores: Vec<T> = (0..heads)
             .map(|h| {
@@ -547,16 +571,11 @@ impl<'a> BatchGen<'a> {
                         neg_inf.clone(),
                     )
                 } else {
-                    let mut dot: Option<T> = None;
-                    for j in h * hd..h * hd + hd {
+                    let dot = self.dot_f32(h, None, |j| {
                         let o = j * l;
-                        let kv = t.load(quote! { kt.add(#o) });
-                        dot = Some(match dot {
-                            None => t.mul(quote! { qs[#j] }, kv),
-                            Some(d) => t.fma(quote! { qs[#j] }, kv, d),
-                        });
-                    }
-                    t.select(quote! { valid }, dot.expect("head_dim >= 1"), neg_inf.clone())
+                        t.load(quote! { kt.add(#o) })
+                    });
+                    t.select(quote! { valid }, dot, neg_inf.clone())
                 }
             })
             .collect();
@@ -566,7 +585,12 @@ impl<'a> BatchGen<'a> {
         let exps: Vec<T> = (0..heads)
             .map(|h| {
                 let d = t.sub(quote! { sc[#h] }, quote! { m[#h] });
-                t.select(quote! { valid }, quote! { exp_v(#d) }, zero.clone())
+                let ex = if q {
+                    quote! { exp_v(#d) }
+                } else {
+                    quote! { exp2_v(#d) }
+                };
+                t.select(quote! { valid }, ex, zero.clone())
             })
             .collect();
         let sums: Vec<T> = (0..heads)
@@ -595,14 +619,6 @@ impl<'a> BatchGen<'a> {
                 }
             })
             .collect();
-        let scaled_q: Vec<T> = (0..e)
-            .map(|j| t.mul(quote! { q[#j] }, t.splat(quote! { #inv_sqrt })))
-            .collect();
-        let prelude = if q {
-            quote! {}
-        } else {
-            quote! { let qs: [#vf; #e] = [#(#scaled_q),*]; }
-        };
         let keys_ty = if q {
             quote! { *mut i32 }
         } else {
@@ -638,13 +654,26 @@ impl<'a> BatchGen<'a> {
              masked out) and the weighted sum of values."
         );
         let attrs = self.attrs();
+        // The fp32 kernels first try the one-pass form (`shifted_fn`) and come here only when it
+        // could overflow.
+        let (name, doc, cold) = if q {
+            (name.clone(), doc, quote! {})
+        } else {
+            let stable = format_ident!("{}_stable", name);
+            self.shifted_fn(name, &stable, doc_head, layer);
+            let doc = format!(
+                "{doc} Every lane's scores shifted by their maximum (three passes over the slots): \
+                 taken when the one-pass form could overflow."
+            );
+            (stable, doc, quote! { #[cold] #[inline(never)] })
+        };
         self.items.push(quote! {
             #[doc = #doc]
             #attrs
+            #cold
             #[allow(clippy::too_many_arguments)]
             unsafe fn #name(keys: #keys_ty, values: *mut f32, slot: usize, maxpos: usize, posv: #vi, q: #ty, k: #ty, v: #ty) -> #ty {
                 #(#stores)*
-                #prelude
                 // Written for ages 0..=maxpos below, and only those are read.
                 let mut scores: [::core::mem::MaybeUninit<[#vf; #heads]>; #block] =
                     [const { ::core::mem::MaybeUninit::uninit() }; #block];
@@ -657,6 +686,98 @@ impl<'a> BatchGen<'a> {
                     scores[age].write(sc);
                 }
                 #pass2
+                [#(#outs),*]
+            }
+        });
+    }
+
+    /// The fp32 attention in one pass over the slots: every score is shifted by the score of
+    /// this step's own key (age 0, valid in every lane) instead of the maximum, so age 0 weighs
+    /// exactly 1 and each older slot's weight, sum and weighted value come from one load of its
+    /// key and value. The scores are in base 2 (the query weights carry `log2(e)`, see
+    /// [`query_scale`]) and the weights `2^(score - own)`. Softmax does not depend on the shift;
+    /// the maximum only guards against overflow, so when a lane's sum of weights reaches 2^64
+    /// (for one, a base-2 score 64 above this step's own) the step falls back to `stable`, the
+    /// max-shifted form.
+    fn shifted_fn(&mut self, name: &Ident, stable: &Ident, doc_head: &str, layer: usize) {
+        let t = self.t;
+        let s = self.shape;
+        let (e, hd, heads, l, block) = (s.embd, s.head_dim(), s.heads, self.l(), s.block);
+        let ty = self.arr(e);
+        let (vf, vi) = (t.vf(), t.vi());
+        let base = layer * block * e * l;
+        let row = e * l;
+        let zero = t.zero();
+        let stores = self.kv_stores(layer);
+        let own: Vec<T> = (0..heads)
+            .map(|h| t.sub(zero.clone(), self.dot_f32(h, None, |j| quote! { k[#j] })))
+            .collect();
+        let weights: Vec<T> = (0..heads)
+            .map(|h| {
+                let d = self.dot_f32(h, Some(quote! { neg_own[#h] }), |j| {
+                    let o = j * l;
+                    t.load(quote! { kt.add(#o) })
+                });
+                t.select(quote! { valid }, quote! { exp2_v(#d) }, zero.clone())
+            })
+            .collect();
+        let sums: Vec<T> = (0..heads)
+            .map(|h| t.add(quote! { sum[#h] }, quote! { ex[#h] }))
+            .collect();
+        let accs: Vec<T> = (0..e)
+            .map(|c| {
+                let (h, o) = (c / hd, c * l);
+                t.fma(
+                    quote! { ex[#h] },
+                    t.load(quote! { vt.add(#o) }),
+                    quote! { acc[#c] },
+                )
+            })
+            .collect();
+        let limit = t.splat(quote! { 18446744073709551616.0f32 });
+        let bounded = (0..heads)
+            .map(|h| t.all_lt(quote! { sum[#h] }, limit.clone()))
+            .reduce(|a, b| quote! { #a && #b })
+            .expect("heads >= 1");
+        let recips: Vec<T> = (0..heads)
+            .map(|h| t.div(t.splat(quote! { 1.0f32 }), quote! { sum[#h] }))
+            .collect();
+        let outs: Vec<T> = (0..e)
+            .map(|c| {
+                let h = c / hd;
+                t.mul(quote! { acc[#c] }, quote! { inv[#h] })
+            })
+            .collect();
+        let doc = format!(
+            "{doc_head} Stores the lanes' key and value at the ring slot of this step, then per lane \
+             and head a softmax over the slots no older than the lane's position (older ones \
+             masked out) and the weighted sum of values, in one pass: scores shifted by this \
+             step's own score, whose weight is then exactly 1 (see `{stable}` for the fallback)."
+        );
+        let attrs = self.attrs();
+        let one = t.splat(quote! { 1.0f32 });
+        let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn #name(keys: *mut f32, values: *mut f32, slot: usize, maxpos: usize, posv: #vi, q: #ty, k: #ty, v: #ty) -> #ty {
+                #(#stores)*
+                let neg_own: [#vf; #heads] = [#(#own),*];
+                let mut sum: [#vf; #heads] = [#one; #heads];
+                let mut acc: #ty = v;
+                for age in 1..=maxpos {
+                    let valid = #ge_valid;
+                    let at = #base + ((slot + #block - age) % #block) * #row;
+                    let (kt, vt) = (keys.add(at), values.add(at));
+                    let ex: [#vf; #heads] = [#(#weights),*];
+                    sum = [#(#sums),*];
+                    acc = [#(#accs),*];
+                }
+                if !(#bounded) {
+                    return #stable(keys, values, slot, maxpos, posv, q, k, v);
+                }
+                let inv: [#vf; #heads] = [#(#recips),*];
                 [#(#outs),*]
             }
         });
@@ -678,16 +799,15 @@ impl<'a> BatchGen<'a> {
             "m",
             tree(zs.iter().map(|z| quote! { #z }).collect(), |a, b| t.max(a, b)),
         );
-        let exp = if self.q412() {
-            format_ident!("exp_fast")
-        } else {
-            format_ident!("exp_v")
-        };
+        // e^(z - m) as 2^(z·log2(e) - m·log2(e)).
+        let log2e = std::f32::consts::LOG2_E;
+        let neg_log2e = -log2e;
+        let nm = body.bind("nm", t.mul(quote! { #m }, t.splat(quote! { #neg_log2e })));
         let mut running: Option<Ident> = None;
         let mut cums = Vec::new();
         for z in &zs {
-            let d = t.sub(quote! { #z }, quote! { #m });
-            let e = quote! { #exp(#d) };
+            let d = t.fma(quote! { #z }, t.splat(quote! { #log2e }), quote! { #nm });
+            let e = quote! { exp2_v(#d) };
             let c = match &running {
                 None => body.bind("c", e),
                 Some(prev) => body.bind("c", t.add(quote! { #prev }, e)),
@@ -776,6 +896,13 @@ impl EmbTable {
     }
 }
 
+/// What the fp32 kernels multiply the query weights by at prepare time: `1/√head_dim` (the
+/// attention's scale) times `log2(e)`, so that the scores come out in base 2 and the softmax
+/// weights are powers of two (`2^(s·log2 e) = e^s`).
+fn query_scale(s: Shape) -> f32 {
+    std::f32::consts::LOG2_E / (s.head_dim() as f32).sqrt()
+}
+
 /// Rows per accumulator block of a matvec with `rows` rows: the vector registers less three (the
 /// input column being read, a scratch register for a product, one to spare) as accumulators,
 /// split evenly over the rows. Within a block each input column is loaded once and updates every
@@ -806,6 +933,14 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
     let cache = layers * block * e * l;
     let lm = Layout::new(s).tensor(Param::LmHead).range();
     let (lm_start, lm_end) = (lm.start, lm.end);
+    let wq: Vec<T> = (0..layers)
+        .map(|l| {
+            let r = Layout::new(s).tensor(Param::Wq(l)).range();
+            let (start, end) = (r.start, r.end);
+            quote! { (#start, #end) }
+        })
+        .collect();
+    let q_scale = query_scale(s);
     let (precision, weights_ty, keys_ty, fill, words, logits_scale) = if q {
         (
             quote! { Q412 },
@@ -825,6 +960,12 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                 let mut data = weights.data().to_vec();
                 for w in &mut data[#lm_start..#lm_end] {
                     *w /= settings.temperature;
+                }
+                // The queries scaled for base-2 scores (see the attention op).
+                for (start, end) in [#(#wq),*] {
+                    for w in &mut data[start..end] {
+                        *w *= #q_scale;
+                    }
                 }
                 ::microgpt_runtime::kernel::Aligned::from_slice(&data)
             }},

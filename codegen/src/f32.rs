@@ -13,7 +13,7 @@ use crate::attn::{self, LaneOps};
 use crate::emit::{Body, ident, tree};
 use crate::frame::Frame;
 use crate::target::Target;
-use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
+use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY, EXP2_POLY};
 use microgpt_model::{Buffer, Op, Param, Program, RMS_EPS, Shape};
 use microgpt_runtime::kernel::layout::Arrangement;
 use proc_macro2::{Ident, TokenStream};
@@ -894,6 +894,42 @@ fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
             let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
             let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
             _mm512_scalef_ps(_mm512_mul_ps(t, p), e)
+        }
+    }
+}
+
+/// `2^y` per lane (the lane-batched fp32 kernels' softmax weights): `n = round(y)`, the
+/// polynomial `EXP2_POLY` of `y - n` in [-1/2, 1/2], times `2^n`. On AVX-512 `vscalefps` applies
+/// `2^n` over the whole range (0 below about -150, infinity above 128, NaN for infinite `y`);
+/// elsewhere `y` is first clamped to [-126, 126].
+pub fn exp2_fn(t: Target, attrs: &T, name: &Ident) -> T {
+    let v = t.vf();
+    let c = |x: f32| t.splat(quote! { #x });
+    let (top, rest) = EXP2_POLY.split_last().expect("a polynomial");
+    let p = rest
+        .iter()
+        .rev()
+        .fold(c(*top), |acc, &k| t.fma(acc, quote! { f }, c(k)));
+    let (clamp, scaled) = if t == Target::Avx512 {
+        (quote! {}, quote! { _mm512_scalef_ps(p, n) })
+    } else {
+        let clamped = t.max(t.min(quote! { y }, c(126.0)), c(-126.0));
+        (
+            quote! { let y = #clamped; },
+            t.mul(quote! { p }, t.exp2_int(quote! { n })),
+        )
+    };
+    let n = t.round(quote! { y });
+    let f = t.sub(quote! { y }, quote! { n });
+    quote! {
+        /// `2^y` per lane: `2^round(y)` times a degree-6 polynomial of the rest.
+        #attrs
+        unsafe fn #name(y: #v) -> #v {
+            #clamp
+            let n = #n;
+            let f = #f;
+            let p = #p;
+            #scaled
         }
     }
 }

@@ -646,6 +646,17 @@ impl Target {
         }
     }
 
+    /// Whether every lane of `a` is `< b` (f32; false where either is NaN), as a `bool`.
+    pub fn all_lt(self, a: T, b: T) -> T {
+        match self {
+            Target::Avx512 => quote! { (_mm512_cmp_ps_mask(#a, #b, _CMP_LT_OQ) == 0xffff) },
+            Target::Avx2 => quote! { (_mm256_movemask_ps(_mm256_cmp_ps(#a, #b, _CMP_LT_OQ)) == 0xff) },
+            Target::Sse => quote! { (_mm_movemask_ps(_mm_cmplt_ps(#a, #b)) == 0xf) },
+            Target::Neon => quote! { (vminvq_u32(vcltq_f32(#a, #b)) != 0) },
+            Target::Scalar => quote! { (#a < #b) },
+        }
+    }
+
     /// `count + 1` in the lanes where `mask` is set (i32 counts).
     pub fn count_where(self, count: T, mask: T) -> T {
         match self {
@@ -654,6 +665,20 @@ impl Target {
             Target::Sse => quote! { _mm_sub_epi32(#count, _mm_castps_si128(#mask)) },
             Target::Neon => quote! { vsubq_s32(#count, vreinterpretq_s32_u32(#mask)) },
             Target::Scalar => quote! { (#count + #mask as i32) },
+        }
+    }
+
+    /// `1/√v` to within about 2 ulp: on AVX-512 `vrsqrt14ps` (14 bits) and one Newton step
+    /// (shorter than a square root and a division); elsewhere exactly that pair.
+    pub fn rsqrt(self, v: T) -> T {
+        match self {
+            Target::Avx512 => quote! {{
+                let a = #v;
+                let r = _mm512_rsqrt14_ps(a);
+                let half_a_r = _mm512_mul_ps(_mm512_mul_ps(a, _mm512_set1_ps(0.5)), r);
+                _mm512_mul_ps(r, _mm512_fnmadd_ps(half_a_r, r, _mm512_set1_ps(1.5)))
+            }},
+            _ => self.div(self.splat(quote! { 1.0f32 }), self.sqrt(v)),
         }
     }
 

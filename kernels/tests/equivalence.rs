@@ -260,3 +260,54 @@ fn batch_lanes_are_independent_streams() {
     let seqs = full_length_sequences(shape.vocab, shape.block, 8, 6);
     check_batches!(microgpt_32x2, &weights, &seqs);
 }
+
+/// The largest amount, in powers of two, by which a score of some step of `seqs` exceeds that
+/// step's own score (age 0) in the same head, for a one-layer model (the fp32 reference's query
+/// and cache after each step).
+fn largest_score_excess(weights: &Weights, seqs: &[Vec<usize>]) -> f32 {
+    let s = *weights.shape();
+    assert_eq!(s.layers, 1, "reads the last layer's query only");
+    let hd = s.head_dim();
+    let mut engine = microgpt_runtime::Reference::<f32>::new(weights);
+    let mut worst = f32::NEG_INFINITY;
+    for seq in seqs {
+        for (pos, &tok) in seq.iter().enumerate() {
+            engine.forward(tok, pos);
+            let q = engine.buffer(microgpt_model::Buffer::Q).to_vec();
+            let (keys, _) = engine.cache(0);
+            for h in 0..s.heads {
+                let score = |a: usize| -> f32 {
+                    (h * hd..(h + 1) * hd)
+                        .map(|j| q[j] * keys[a * s.embd + j])
+                        .sum::<f32>()
+                        / (hd as f32).sqrt()
+                };
+                let own = score(pos);
+                for a in 0..pos {
+                    worst = worst.max((score(a) - own) * std::f32::consts::LOG2_E);
+                }
+            }
+        }
+    }
+    worst
+}
+
+/// Queries scaled up until some scores exceed a step's own by far more than 64 powers of two:
+/// the fp32 batch kernels' one-pass attention would overflow there, so they take the max-shifted
+/// form, and must still match the reference.
+#[test]
+fn batch_attention_with_peaked_scores_matches() {
+    let shape = Shape::DEFAULT;
+    let mut weights = Weights::random(shape, 8, 0.4);
+    let wq = weights.layout().tensor(microgpt_model::Param::Wq(0)).range();
+    for w in &mut weights.data_mut()[wq] {
+        *w *= 40.0;
+    }
+    let seqs = full_length_sequences(shape.vocab, shape.block, 12, 8);
+    let excess = largest_score_excess(&weights, &seqs);
+    assert!(
+        excess > 200.0,
+        "scores exceed their step's own by at most 2^{excess}"
+    );
+    check_batches!(microgpt_16, &weights, &seqs);
+}

@@ -1,4 +1,5 @@
-//! Numerical definitions shared by every renderer of the Q4.12 datapath.
+//! Numerical definitions shared by the renderers: the Q4.12 datapath's `exp`, and the power of
+//! two of the fp32 lane-batched kernels.
 //!
 //! model's Q4.12 arithmetic computes its softmax in f32. For every Q4.12 kernel to reproduce the
 //! scalar reference's integers bit for bit, all of them must evaluate `exp` with the same
@@ -25,6 +26,35 @@ pub const EXP_POLY: [f32; 6] = [
     1.398_2e-3,
     1.987_569_1e-4,
 ];
+
+/// The fp32 lane-batched kernels' softmax weights are powers of two (the base-e scores scaled by
+/// log2(e) on the way): `2^y = 2^n · p(f)` with `n = round(y)`, `f = y - n` in [-1/2, 1/2] and
+/// `p` this degree-6 polynomial (a least-squares fit of `2^f` on Chebyshev nodes with `p(0) = 1`,
+/// coefficients from the constant term up), evaluated by Horner's rule with fused multiply-adds.
+/// Within 1e-7 relative of `2^y` (see [`exp2_fp32`]).
+// Fitted values: the linear one rounds to ln 2, the others are not Taylor's.
+#[allow(clippy::excessive_precision, clippy::approx_constant)]
+pub const EXP2_POLY: [f32; 7] = [
+    1.0,
+    0.693_147_18,
+    0.240_226_48,
+    0.055_503_29,
+    0.009_618_374,
+    0.001_339_984_8,
+    0.000_153_707_03,
+];
+
+/// `2^y` as the fp32 lane-batched kernels compute it (see [`EXP2_POLY`]), one lane in scalar
+/// code, for tests. `y` in [-126, 126].
+pub fn exp2_fp32(y: f32) -> f32 {
+    let n = y.round_ties_even();
+    let f = y - n;
+    let p = EXP2_POLY[..6]
+        .iter()
+        .rev()
+        .fold(EXP2_POLY[6], |acc, &c| acc.mul_add(f, c));
+    p * 2f32.powi(n as i32)
+}
 
 /// `e^x` as the Q4.12 datapath defines it (see the module documentation).
 #[inline]
@@ -56,5 +86,20 @@ mod tests {
         assert_eq!(exp_q412(0.0), 1.0);
         assert!(exp_q412(-1000.0) > 0.0 && exp_q412(-1000.0) < 2e-38);
         assert!(exp_q412(1000.0).is_finite());
+    }
+
+    #[test]
+    fn exp2_within_1e7_of_the_power_of_two() {
+        let mut worst = 0.0f64;
+        let mut y = -40.0f32;
+        while y <= 40.0 {
+            let want = (y as f64).exp2();
+            let got = exp2_fp32(y) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            y += 0.000_193;
+        }
+        assert!(worst < 1e-7, "max relative error {worst:e}");
+        assert_eq!(exp2_fp32(0.0), 1.0);
+        assert_eq!(exp2_fp32(-3.0), 0.125);
     }
 }
