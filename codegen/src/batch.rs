@@ -523,6 +523,22 @@ impl<'a> BatchGen<'a> {
             .collect()
     }
 
+    /// The offset in layer `layer`'s caches of the ring slot written `age` steps ago.
+    fn ring_offset(&self, layer: usize) -> T {
+        let s = self.shape;
+        let row = s.embd * self.l();
+        let (base, block) = (layer * s.block * row, s.block);
+        quote! { #base + ((slot + #block - age) % #block) * #row }
+    }
+
+    /// Every head's running sum of weights `sum` plus this age's weights `ex`.
+    fn head_sums(&self) -> Vec<T> {
+        let t = self.t;
+        (0..self.shape.heads)
+            .map(|h| t.add(quote! { sum[#h] }, quote! { ex[#h] }))
+            .collect()
+    }
+
     /// The fp32 score of head `h`, `Σ q·key` over the head's channels with the keys `key(j)`,
     /// from `init` when given (a vector expression) or from the first product.
     fn dot_f32(&self, h: usize, init: Option<T>, key: impl Fn(usize) -> T) -> T {
@@ -547,13 +563,12 @@ impl<'a> BatchGen<'a> {
         let ty = self.arr(e);
         let vf = t.vf();
         let vi = t.vi();
-        let base = layer * block * e * l;
-        let row = e * l;
         let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
         let zero = t.zero();
         let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
         let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
         let stores = self.kv_stores(layer);
+        let at = self.ring_offset(layer);
         // One age's scores, per head.
         let scores: Vec<T> = (0..heads)
             .map(|h| {
@@ -593,9 +608,7 @@ impl<'a> BatchGen<'a> {
                 t.select(quote! { valid }, ex, zero.clone())
             })
             .collect();
-        let sums: Vec<T> = (0..heads)
-            .map(|h| t.add(quote! { sum[#h] }, quote! { ex[#h] }))
-            .collect();
+        let sums = self.head_sums();
         let accs: Vec<T> = (0..e)
             .map(|c| {
                 let h = c / hd;
@@ -644,7 +657,7 @@ impl<'a> BatchGen<'a> {
             let mut acc: [#vf; #e] = [#zero; #e];
             for age in #ages {
                 let ex = scores[age].assume_init();
-                let vt = values.add(#base + ((slot + #block - age) % #block) * #row);
+                let vt = values.add(#at);
                 acc = [#(#accs),*];
             }
         };
@@ -680,7 +693,7 @@ impl<'a> BatchGen<'a> {
                 let mut m: [#vf; #heads] = [#neg_inf; #heads];
                 for age in 0..=maxpos {
                     let valid = #ge_valid;
-                    let kt = keys.add(#base + ((slot + #block - age) % #block) * #row);
+                    let kt = keys.add(#at);
                     let sc: [#vf; #heads] = [#(#scores),*];
                     m = [#(#maxes),*];
                     scores[age].write(sc);
@@ -702,13 +715,12 @@ impl<'a> BatchGen<'a> {
     fn shifted_fn(&mut self, name: &Ident, stable: &Ident, doc_head: &str, layer: usize) {
         let t = self.t;
         let s = self.shape;
-        let (e, hd, heads, l, block) = (s.embd, s.head_dim(), s.heads, self.l(), s.block);
+        let (e, hd, heads, l) = (s.embd, s.head_dim(), s.heads, self.l());
         let ty = self.arr(e);
         let (vf, vi) = (t.vf(), t.vi());
-        let base = layer * block * e * l;
-        let row = e * l;
         let zero = t.zero();
         let stores = self.kv_stores(layer);
+        let at = self.ring_offset(layer);
         let own: Vec<T> = (0..heads)
             .map(|h| t.sub(zero.clone(), self.dot_f32(h, None, |j| quote! { k[#j] })))
             .collect();
@@ -721,9 +733,7 @@ impl<'a> BatchGen<'a> {
                 t.select(quote! { valid }, quote! { exp2_v(#d) }, zero.clone())
             })
             .collect();
-        let sums: Vec<T> = (0..heads)
-            .map(|h| t.add(quote! { sum[#h] }, quote! { ex[#h] }))
-            .collect();
+        let sums = self.head_sums();
         let accs: Vec<T> = (0..e)
             .map(|c| {
                 let (h, o) = (c / hd, c * l);
@@ -768,7 +778,7 @@ impl<'a> BatchGen<'a> {
                 let mut acc: #ty = v;
                 for age in 1..=maxpos {
                     let valid = #ge_valid;
-                    let at = #base + ((slot + #block - age) % #block) * #row;
+                    let at = #at;
                     let (kt, vt) = (keys.add(at), values.add(at));
                     let ex: [#vf; #heads] = [#(#weights),*];
                     sum = [#(#sums),*];
