@@ -159,8 +159,9 @@ pub trait BatchKernel: Sized + Send + 'static {
 /// inputs and report lane 0.
 ///
 /// The streams are kept as arrays (token, position and RNG of every lane), so that the work
-/// between two steps (a draw per lane, then each lane's next input, without branches) is a few
-/// vector instructions rather than a loop over stream objects.
+/// between two steps (a draw per lane, then each lane's next input, without branches) is one
+/// unrolled run of integer instructions rather than a loop over stream objects. The compiler
+/// keeps it scalar; it runs on the integer units beside the kernel's vector work.
 pub struct BatchVariant<K: BatchKernel> {
     info: VariantInfo,
     kernel: K,
@@ -242,8 +243,8 @@ impl<K: BatchKernel> Variant for BatchVariant<K> {
         let (bos, block) = (shape.bos() as u32, shape.block as u32);
         let steps = tokens.div_ceil(K::LANES as u64);
         let l = K::LANES;
-        // Slices of the constant length LANES, so that the loops below compile to a few vector
-        // instructions each; one checksum per lane, so that no chain runs across the lanes.
+        // Slices of the constant length LANES, so that the loops below unroll without bounds
+        // checks; one checksum per lane, so that no chain runs across the lanes.
         let (toks, pos) = (&mut self.toks[..l], &mut self.pos[..l]);
         let (rs, next, rngs) = (&mut self.rs[..l], &mut self.next[..l], &mut self.rngs[..l]);
         let mut sums = vec![0u32; l];

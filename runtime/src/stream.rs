@@ -51,7 +51,7 @@ impl Stream {
 
 /// The input of the step after drawing `next` at position `pos`: BOS at position 0 when `next`
 /// is BOS or the block is full, else `next` at `pos + 1`. Written without branches, so that a
-/// loop over many streams' arrays compiles to vector selects.
+/// loop over many streams' arrays compiles to conditional moves.
 #[inline(always)]
 pub fn next_input<N>(bos: N, block: N, pos: N, next: N) -> (N, N)
 where
