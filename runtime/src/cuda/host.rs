@@ -534,7 +534,14 @@ impl Persistent {
                     },
                     (blocks * threads) as usize,
                     "cuda-streams",
-                    format!("{blocks} blocks of {threads} threads, one stream per thread"),
+                    match src.kv_shared_positions {
+                        0 => format!(
+                            "{blocks} blocks of {threads} threads, one stream per thread, KV caches in global memory"
+                        ),
+                        p => format!(
+                            "{blocks} blocks of {threads} threads, one stream per thread, the first {p} positions of each KV cache in shared memory"
+                        ),
+                    },
                 )
             }
         };

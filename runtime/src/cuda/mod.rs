@@ -17,7 +17,13 @@
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV cache
 //!   in global memory interleaved across the threads of a block so that neighbouring threads
 //!   touch neighbouring words at offsets known at compile time; `mg_streams` runs one stream per
-//!   thread, `mg_thread_step` one step of one stream (for the checks).
+//!   thread, with the weights and the first positions of every KV cache (the ones each step
+//!   reads) in the block's shared memory, as many as fit beside the weights at
+//!   [`STREAM_WARPS_PER_SM`] warps per SM; `mg_thread_step` one step of one stream (for the
+//!   checks).
+//!
+//! Both samplers draw without a division (the exponentials' running sum against r times their
+//! total), and the attention takes its softmax weights in base 2 (one `exp2f` each).
 //!
 //! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
 //! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
@@ -54,7 +60,14 @@ pub const WARPS_PER_BLOCK: usize = 8;
 
 /// Threads per block of `mg_streams`; the KV caches of a block interleave with this stride, so
 /// that every cache access has a constant offset from the thread's base address.
-pub const STREAM_THREADS: usize = 64;
+pub const STREAM_THREADS: usize = 128;
+
+/// Warps per SM that `mg_streams`'s shared memory is planned for: each block keeps the first
+/// positions of its streams' KV caches in shared memory, as many as fit beside the weights when
+/// this many warps share an SM. Measured on an H100 at the default shape: 12 warps with 3
+/// positions each gave 1.89 G tok/s, 16 warps with 2 positions 1.23 G, 8 warps with 4 or 5
+/// positions 1.87-1.89 G.
+pub const STREAM_WARPS_PER_SM: usize = 12;
 
 /// The rendered source of one shape and the facts its host needs.
 #[derive(Clone, Debug)]
@@ -70,6 +83,9 @@ pub struct CudaSource {
     pub scratch_floats: usize,
     /// Floats of one stream's KV cache.
     pub kv_floats: usize,
+    /// Positions of each stream's KV cache that `mg_streams` keeps in shared memory (the first
+    /// ones, which every step reads).
+    pub kv_shared_positions: usize,
     /// Where the logits sit in a warp scratch (floats).
     pub logits_offset: usize,
     /// One kernel per op, `mg_op_0 ..`, in op-list order.
@@ -82,9 +98,11 @@ impl CudaSource {
         block_shared_bytes(self.shared_weight_floats, warps, self.scratch_floats)
     }
 
-    /// Dynamic shared memory of a thread-per-stream block (bytes).
+    /// Dynamic shared memory of a thread-per-stream block (bytes): its copy of the weights, then
+    /// the first positions of its streams' KV caches.
     pub fn streams_shared_bytes(&self) -> usize {
-        4 * self.shared_weight_floats
+        4 * (self.shared_weight_floats
+            + STREAM_THREADS * self.kv_shared_positions * kv_position_floats(&self.shape))
     }
 
     /// Whether the blocks copy the weights into shared memory.
@@ -158,6 +176,11 @@ pub fn arrange(weights: &Weights) -> Vec<f32> {
     out
 }
 
+/// Floats one position adds to a stream's KV cache (a key and a value per layer).
+fn kv_position_floats(shape: &Shape) -> usize {
+    2 * shape.layers * shape.embd
+}
+
 fn transposed(p: Param) -> bool {
     !matches!(p, Param::Wte | Param::Wpe)
 }
@@ -181,7 +204,7 @@ pub fn render(shape: &Shape) -> CudaSource {
     let program = Program::forward(*shape);
     let layout = Layout::new(*shape);
     let (e, hd, block, vocab) = (shape.embd, shape.head_dim(), shape.block, shape.vocab);
-    let kv_floats = 2 * shape.layers * block * e;
+    let kv_floats = block * kv_position_floats(shape);
     let weight_floats = layout.param_count();
     let shared_weight_floats = if 4 * weight_floats <= SHARED_WEIGHTS_LIMIT {
         weight_floats.next_multiple_of(32)
@@ -207,6 +230,10 @@ pub fn render(shape: &Shape) -> CudaSource {
     let warp_block_bytes = block_shared_bytes(shared_weight_floats, WARPS_PER_BLOCK, scratch_floats);
     let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, MAX_WARPS_PER_SM / WARPS_PER_BLOCK);
     let logits_offset = scratch[Buffer::Logits.index()].1;
+    let stream_block_bytes = SHARED_PER_SM * STREAM_THREADS / (32 * STREAM_WARPS_PER_SM);
+    let kv_shared_positions = (stream_block_bytes.saturating_sub(4 * shared_weight_floats)
+        / (4 * STREAM_THREADS * kv_position_floats(shape)))
+    .min(block);
 
     let mut s = String::new();
     let w = &mut s;
@@ -233,6 +260,8 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_WEIGHTS_SHARED", shared_weight_floats),
         ("MG_KV", kv_floats),
         ("MG_STREAM_THREADS", STREAM_THREADS),
+        ("MG_LAYERS", shape.layers),
+        ("MG_KV_SHARED_POSITIONS", kv_shared_positions),
         ("MG_SCRATCH", scratch_floats),
         ("MG_WARPS_PER_BLOCK", WARPS_PER_BLOCK),
         ("MG_WARP_BLOCKS_PER_SM", warp_blocks_per_sm),
@@ -289,8 +318,10 @@ pub fn render(shape: &Shape) -> CudaSource {
         w,
         "// One step of one stream by one thread. The KV cache element i of position t, layer l is\n\
          // kv[((2l + {{0 keys, 1 values}}) * MG_BLOCK + t) * MG_EMBD + i) * S].\n\
-         template <int S>\n\
-         __device__ __forceinline__ int mg_step_thread(const float* __restrict__ w, float* kv, int tok, int pos, float r, float* logits_out) {{"
+         // Positions t < P live in shared memory instead, element i of position t, layer l at\n\
+         // skv[((2l + {{0 keys, 1 values}}) * P + t) * MG_EMBD + i) * S].\n\
+         template <int S, int P>\n\
+         __device__ __forceinline__ int mg_step_thread(const float* __restrict__ w, float* kv, float* skv, int tok, int pos, float r, float* logits_out) {{"
     );
     for b in Buffer::ALL {
         let _ = writeln!(w, "    float {}[{}];", buffer_name(b), b.len(shape));
@@ -328,6 +359,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         shared_weight_floats,
         scratch_floats,
         kv_floats,
+        kv_shared_positions,
         logits_offset,
         op_kernels,
     }
@@ -395,10 +427,12 @@ fn thread_op(shape: &Shape, op: &Op) -> String {
         Op::MatVec { weight, input, out } => thread_matvec(shape, weight, input, out),
         Op::Logits { input } => thread_matvec(shape, Param::LmHead, input, Buffer::Logits),
         Op::Attention { layer, q, k, v, out } => format!(
-            "    mg_t_attention<{e}, {}, S>(kv + {} * S, kv + {} * S, {}, {}, pos);  // {} and {} are in the cache",
+            "    mg_t_attention<{e}, {}, S, P>(kv + {} * S, kv + {} * S, skv + {} * P * S, skv + {} * P * S, {}, {}, pos);  // {} and {} are in the cache",
             shape.heads,
             2 * layer * shape.block * e,
             (2 * layer + 1) * shape.block * e,
+            2 * layer * e,
+            (2 * layer + 1) * e,
             n(q),
             n(out),
             n(k),
@@ -433,8 +467,9 @@ fn thread_cache_store(shape: &Shape, ops: &[Op], i: usize) -> Option<String> {
                 continue;
             };
             let at = (2 * layer + values) * shape.block * shape.embd;
+            let shared_at = (2 * layer + values) * shape.embd;
             return Some(format!(
-                "    mg_t_cache_store<{}, S>(kv + {at} * S, {}, pos);  // cache[pos] of layer {layer}",
+                "    mg_t_cache_store<{}, S, P>(kv + {at} * S, skv + {shared_at} * P * S, {}, pos);  // cache[pos] of layer {layer}",
                 shape.embd,
                 buffer_name(made)
             ));
@@ -508,6 +543,9 @@ fn quads(shape: &Shape, p: Param) -> bool {
 const PRELUDE: &str = r#"
 #define MG_FULL 0xffffffffu
 #define MG_NEG_INF __int_as_float(0xff800000)
+// Attention scores are taken in base 2 (log2(e) / sqrt(head_dim) as their scale), so that each
+// softmax weight is one exp2f: exp(x) = exp2(x log2(e)).
+#define MG_LOG2E 1.4426950408889634f
 // Warp code visits element i = lane + 32 k of an N-vector for k < MG_LANE_STEPS(N): unrolled and
 // predicated, no loop.
 #define MG_LANE_STEPS(N) (((N) + 31) / 32)
@@ -536,39 +574,41 @@ __device__ __forceinline__ float mg_warp_max(float v) {
     return v;
 }
 
-// The canonical sampler, sequentially as the reference does it: softmax(logits / T) with the
-// maximum subtracted and sums left to right, then the first i < vocab - 1 whose running sum
-// exceeds r, else BOS.
-__device__ float mg_temperature = 0.5f;
+// The canonical draw (softmax(logits / T), then the first i < vocab - 1 whose running sum exceeds
+// r, else BOS) without a division: the exponentials exp((l_i - max) / T), with 1/T as a factor,
+// summed left to right, and their running sum compared with r times that total instead of each
+// normalised. The same draw as the reference's unless r lies within rounding (~1e-7) of a
+// boundary of the distribution, as with any other exp. The running sums never decrease, so the
+// first i whose sum exceeds r is the count of those that do not.
+__device__ float mg_inv_temperature = 2.0f;
 
 __device__ __forceinline__ int mg_sample(const float* logits, float r) {
-    const float t = mg_temperature;
-    float m = MG_NEG_INF;
+    const float it = mg_inv_temperature;
+    float m = logits[0];
     #pragma unroll
-    for (int i = 0; i < MG_VOCAB; i++) m = fmaxf(m, logits[i] / t);
+    for (int i = 1; i < MG_VOCAB; i++) m = fmaxf(m, logits[i]);
     float e[MG_VOCAB];
-    float sum = 0.0f;
+    float total = 0.0f;
     #pragma unroll
     for (int i = 0; i < MG_VOCAB; i++) {
-        e[i] = expf(logits[i] / t - m);
-        sum += e[i];
+        e[i] = expf((logits[i] - m) * it);
+        total += e[i];
     }
-    float c = 0.0f;
-    int chosen = MG_VOCAB - 1;
+    const float rt = r * total;
+    float run = 0.0f;
+    int chosen = 0;
     #pragma unroll
     for (int i = 0; i < MG_VOCAB - 1; i++) {
-        c += e[i] / sum;
-        if (r < c && chosen == MG_VOCAB - 1) chosen = i;
+        run += e[i];
+        chosen += run <= rt ? 1 : 0;
     }
     return chosen;
 }
 
 // The same draw by a warp, with the same result bit for bit. The lane owning logit i (i = lane +
-// 32 k) takes its division, exponential and normalisation; the vectors go through `draw` (a
-// scratch of MG_VOCAB floats, 16-byte aligned) so that every lane reads them whole, as broadcasts,
-// for the maximum and the two running sums, which it takes left to right as mg_sample does. The
-// running sums never decrease, so the first i whose sum exceeds r is the count of those that do
-// not.
+// 32 k) takes its exponential; the vectors go through `draw` (a scratch of MG_VOCAB floats,
+// 16-byte aligned) so that every lane reads them whole, as broadcasts, for the maximum, the total
+// and the running sum, which it takes left to right as mg_sample does.
 //
 // mg_w_share: lane-owned v (element lane + 32 k in v[k]) into `all`, whole, in every lane.
 __device__ __forceinline__ void mg_w_share(float* draw, const float* v, float* all) {
@@ -592,12 +632,12 @@ __device__ __forceinline__ void mg_w_share(float* draw, const float* v, float* a
 __device__ __forceinline__ int mg_w_sample(const float* logits, float* draw, float r) {
     constexpr int K = MG_LANE_STEPS(MG_VOCAB);
     const int lane = threadIdx.x & 31;
-    const float t = mg_temperature;
+    const float it = mg_inv_temperature;
     float v[K], all[(MG_VOCAB + 3) / 4 * 4];
     #pragma unroll
     for (int k = 0; k < K; k++) {
         const int i = lane + 32 * k;
-        v[k] = i < MG_VOCAB ? logits[i] / t : 0.0f;
+        v[k] = i < MG_VOCAB ? logits[i] : 0.0f;
     }
     mg_w_share(draw, v, all);
     float mq[4] = {MG_NEG_INF, MG_NEG_INF, MG_NEG_INF, MG_NEG_INF};
@@ -605,20 +645,18 @@ __device__ __forceinline__ int mg_w_sample(const float* logits, float* draw, flo
     for (int i = 0; i < MG_VOCAB; i++) mq[i % 4] = fmaxf(mq[i % 4], all[i]);
     const float m = fmaxf(fmaxf(mq[0], mq[1]), fmaxf(mq[2], mq[3]));
     #pragma unroll
-    for (int k = 0; k < K; k++) v[k] = expf(v[k] - m);
+    for (int k = 0; k < K; k++) v[k] = expf((v[k] - m) * it);
     mg_w_share(draw, v, all);
-    float sum = 0.0f;
+    float total = 0.0f;
     #pragma unroll
-    for (int i = 0; i < MG_VOCAB; i++) sum += all[i];
-    #pragma unroll
-    for (int k = 0; k < K; k++) v[k] = v[k] / sum;
-    mg_w_share(draw, v, all);
-    float c = 0.0f;
+    for (int i = 0; i < MG_VOCAB; i++) total += all[i];
+    const float rt = r * total;
+    float run = 0.0f;
     int chosen = 0;
     #pragma unroll
     for (int i = 0; i < MG_VOCAB - 1; i++) {
-        c += all[i];
-        chosen += c <= r ? 1 : 0;
+        run += all[i];
+        chosen += run <= rt ? 1 : 0;
     }
     return chosen;
 }
@@ -734,9 +772,10 @@ __device__ __forceinline__ void mg_w_relu(float* b) {
 }
 
 // Causal attention at `pos`: store k and v, then per head softmax(q.K[t] / sqrt(hd)) over t <= pos
-// and out = sum_t p_t V[t] (lanes own channels). keys/values: [T][E]. When the heads divide the
-// warp, each head gets 32 / H lanes (positions g, g + 32 / H, ...) and every head's maximum and
-// sum are reduced at once; else the heads take turns, lanes owning positions.
+// (in base 2, see MG_LOG2E) and out = sum_t p_t V[t] (lanes own channels). keys/values: [T][E].
+// When the heads divide the warp, each head gets 32 / H lanes (positions g, g + 32 / H, ...) and
+// every head's maximum and sum are reduced at once; else the heads take turns, lanes owning
+// positions.
 template <int E, int H, int T>
 __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const float* q, const float* k,
                                                const float* v, float* out, float* probs, int pos) {
@@ -751,7 +790,7 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
         }
     }
     __syncwarp();
-    const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
+    const float scale = MG_LOG2E / sqrtf((float)HD);  // scores in base 2
     if constexpr (32 % H == 0) {
         constexpr int G = 32 / H;
         constexpr int K = (T + G - 1) / G;
@@ -766,7 +805,7 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
                 float acc = 0.0f;
                 #pragma unroll
                 for (int c = 0; c < HD; c++) acc = fmaf(q[h * HD + c], keys[t * E + h * HD + c], acc);
-                d[j] = acc * inv_sqrt_hd;
+                d[j] = acc * scale;
                 m = fmaxf(m, d[j]);
             }
         }
@@ -776,7 +815,7 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
         #pragma unroll
         for (int j = 0; j < K; j++) {
             if (g + j * G <= pos) {
-                d[j] = expf(d[j] - m);
+                d[j] = exp2f(d[j] - m);
                 sum += d[j];
             }
         }
@@ -795,14 +834,14 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
                 float d = 0.0f;
                 #pragma unroll
                 for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[t * E + h * HD + j], d);
-                d *= inv_sqrt_hd;
+                d *= scale;
                 probs[h * T + t] = d;
                 m = fmaxf(m, d);
             }
             m = mg_warp_max(m);
             float sum = 0.0f;
             for (int t = lane; t <= pos; t += 32) {
-                const float p = expf(probs[h * T + t] - m);
+                const float p = exp2f(probs[h * T + t] - m);
                 probs[h * T + t] = p;
                 sum += p;
             }
@@ -904,24 +943,58 @@ __device__ __forceinline__ void mg_t_mlp(const float* __restrict__ up, const flo
     }
 }
 
-// Stores one thread's key or value vector as position `pos` of a cache ([T][E], stride S).
-template <int E, int S>
-__device__ __forceinline__ void mg_t_cache_store(float* cache, const float* x, int pos) {
+// Stores one thread's key or value vector as position `pos` of a cache ([T][E], stride S), in
+// shared memory (`shared`, [P][E]) when pos < P.
+template <int E, int S, int P>
+__device__ __forceinline__ void mg_t_cache_store(float* cache, float* shared, const float* x, int pos) {
+    if (P > 0 && pos < P) {
+        #pragma unroll
+        for (int i = 0; i < E; i++) shared[(pos * E + i) * S] = x[i];
+    } else {
+        #pragma unroll
+        for (int i = 0; i < E; i++) cache[(pos * E + i) * S] = x[i];
+    }
+}
+
+// One position of mg_t_attention, from shared or global memory: keys/values point at element 0 of
+// the position (stride S), q is scaled for base 2 (MG_LOG2E).
+template <int E, int H, int S>
+__device__ __forceinline__ void mg_t_attend(const float* keys, const float* values, const float* q, float* m, float* l,
+                                            float* out) {
+    constexpr int HD = E / H;
+    float kt[E], vt[E];
     #pragma unroll
-    for (int i = 0; i < E; i++) cache[(pos * E + i) * S] = x[i];
+    for (int i = 0; i < E; i++) {
+        kt[i] = keys[i * S];
+        vt[i] = values[i * S];
+    }
+    #pragma unroll
+    for (int h = 0; h < H; h++) {
+        float d = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], kt[h * HD + j], d);
+        const float mn = fmaxf(m[h], d);
+        const float c = exp2f(m[h] - mn);  // 0 at t = 0, 1 while the maximum holds
+        const float p = exp2f(d - mn);
+        l[h] = fmaf(l[h], c, p);
+        #pragma unroll
+        for (int j = 0; j < HD; j++) out[h * HD + j] = fmaf(out[h * HD + j], c, p * vt[h * HD + j]);
+        m[h] = mn;
+    }
 }
 
 // The same attention for one thread, with this position's key and value already stored
-// (mg_t_cache_store); keys/values element (t, i) at [(t * E + i) * S]. One pass over the positions
-// (a loop, two at a time, rather than code unrolled over the whole block) with every head's
-// softmax taken online: a running maximum, the sum and the weighted values rescaled whenever the
-// maximum grows, divided by the sum at the end. The same quantities as the reference's, rounded
-// differently; few registers (no scores kept), and only positions 0..pos are visited.
-template <int E, int H, int S>
-__device__ __forceinline__ void mg_t_attention(const float* keys, const float* values, const float* q, float* out,
-                                               int pos) {
+// (mg_t_cache_store); keys/values element (t, i) at [(t * E + i) * S] for positions t >= P,
+// skeys/svalues (shared memory) at the same offsets for t < P. One pass over the positions (the
+// shared ones unrolled, then a loop two at a time rather than code unrolled over the whole block)
+// with every head's softmax taken online, in base 2: a running maximum, the sum and the weighted
+// values rescaled whenever the maximum grows, divided by the sum at the end. The same quantities as
+// the reference's, rounded differently; few registers (no scores kept), and only positions 0..pos
+// are visited.
+template <int E, int H, int S, int P>
+__device__ __forceinline__ void mg_t_attention(const float* keys, const float* values, const float* skeys,
+                                               const float* svalues, const float* q, float* out, int pos) {
     constexpr int HD = E / H;
-    const float inv_sqrt_hd = 1.0f / sqrtf((float)HD);
     float m[H], l[H];
     #pragma unroll
     for (int h = 0; h < H; h++) {
@@ -930,29 +1003,15 @@ __device__ __forceinline__ void mg_t_attention(const float* keys, const float* v
     }
     #pragma unroll
     for (int i = 0; i < E; i++) out[i] = 0.0f;
-    #pragma unroll 2
-    for (int t = 0; t <= pos; t++) {
-        float kt[E], vt[E];
-        #pragma unroll
-        for (int i = 0; i < E; i++) {
-            kt[i] = keys[(t * E + i) * S];
-            vt[i] = values[(t * E + i) * S];
-        }
-        #pragma unroll
-        for (int h = 0; h < H; h++) {
-            float d = 0.0f;
-            #pragma unroll
-            for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], kt[h * HD + j], d);
-            d *= inv_sqrt_hd;
-            const float mn = fmaxf(m[h], d);
-            const float c = expf(m[h] - mn);  // 0 at t = 0, 1 while the maximum holds
-            const float p = expf(d - mn);
-            l[h] = fmaf(l[h], c, p);
-            #pragma unroll
-            for (int j = 0; j < HD; j++) out[h * HD + j] = fmaf(out[h * HD + j], c, p * vt[h * HD + j]);
-            m[h] = mn;
-        }
+    float qs[E];
+    #pragma unroll
+    for (int i = 0; i < E; i++) qs[i] = q[i] * (MG_LOG2E / sqrtf((float)HD));
+    #pragma unroll
+    for (int t = 0; t < P; t++) {
+        if (t <= pos) mg_t_attend<E, H, S>(skeys + t * E * S, svalues + t * E * S, qs, m, l, out);
     }
+    #pragma unroll 2
+    for (int t = P; t <= pos; t++) mg_t_attend<E, H, S>(keys + t * E * S, values + t * E * S, qs, m, l, out);
     #pragma unroll
     for (int h = 0; h < H; h++) {
         #pragma unroll
@@ -987,7 +1046,7 @@ __device__ __forceinline__ void mg_advance(int next, int* tok, int* pos) {
 }
 
 // Sets the sampling temperature of every kernel of this module.
-extern "C" __global__ void mg_set_temperature(float t) { mg_temperature = t; }
+extern "C" __global__ void mg_set_temperature(float t) { mg_inv_temperature = 1.0f / t; }
 
 // One teacher-forced step by one warp (launch <<<1, 32>>>); s: a global scratch of MG_SCRATCH
 // floats that keeps the KV cache between launches. The logits stay at s + MG_S_LOGITS.
@@ -1047,18 +1106,41 @@ extern "C" __global__ void __launch_bounds__(32 * MG_WARPS_PER_BLOCK, MG_WARP_BL
 // launches; logits: MG_VOCAB floats out.
 extern "C" __global__ void mg_thread_step(const float* __restrict__ w, float* kv, int tok, int pos, float r,
                                           float* logits, int* next) {
-    *next = mg_step_thread<1>(w, kv, tok, pos, r, logits);
+    *next = mg_step_thread<1, 0>(w, kv, 0, tok, pos, r, logits);
 }
 
 // Not inlined into the token loop: inlined, the compiler hoists the step's weight loads out of the
 // loop (they do not change from token to token) and runs out of registers.
-__device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, float* kv, int tok, int pos, float r) {
-    return mg_step_thread<MG_STREAM_THREADS>(w, kv, tok, pos, r, 0);
+__device__ __noinline__ int mg_step_thread_call(const float* __restrict__ w, float* kv, float* skv, int tok, int pos,
+                                               float r) {
+    return mg_step_thread<MG_STREAM_THREADS, MG_KV_SHARED_POSITIONS>(w, kv, skv, tok, pos, r, 0);
+}
+
+// Copies the first MG_KV_SHARED_POSITIONS positions of one thread's KV cache between global memory
+// (kv) and the block's shared memory (skv), in mg_step_thread's layouts.
+template <bool TO_SHARED>
+__device__ __forceinline__ void mg_kv_shared_copy(float* kv, float* skv) {
+    constexpr int N = MG_KV_SHARED_POSITIONS * MG_EMBD;
+    if constexpr (N > 0) {
+        #pragma unroll 1
+        for (int j = 0; j < 2 * MG_LAYERS * N; j++) {
+            float* g = kv + ((j / N) * MG_BLOCK * MG_EMBD + j % N) * MG_STREAM_THREADS;
+            float* sh = skv + j * MG_STREAM_THREADS;
+            if (TO_SHARED) {
+                *sh = *g;
+            } else {
+                *g = *sh;
+            }
+        }
+    }
 }
 
 // Whole benchmark streams, one per thread, in blocks of MG_STREAM_THREADS threads; kv: MG_KV
 // floats per stream, interleaved within a block: element j of the stream of thread i of block b at
-// [(b * MG_KV + j) * MG_STREAM_THREADS + i]. state and checksums as mg_persistent's.
+// [(b * MG_KV + j) * MG_STREAM_THREADS + i]. The first MG_KV_SHARED_POSITIONS positions, which
+// every step reads, live in the block's shared memory during the launch (after the weights,
+// interleaved the same way), copied in at the start and back at the end. state and checksums as
+// mg_persistent's.
 extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                       long long steps, unsigned long long* checksums) {
     extern __shared__ __align__(16) float smem[];
@@ -1066,15 +1148,18 @@ extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* st
     const int stream = blockIdx.x * MG_STREAM_THREADS + threadIdx.x;
     if (stream >= streams) return;
     float* my_kv = kv + (long long)blockIdx.x * MG_KV * MG_STREAM_THREADS + threadIdx.x;
+    float* skv = smem + MG_WEIGHTS_SHARED + threadIdx.x;
+    mg_kv_shared_copy<true>(my_kv, skv);
     int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
     unsigned rng = state[3 * stream + 2];
     unsigned long long sum = 0;
     for (long long n = 0; n < steps; n++) {
         rng = mg_xorshift32(rng);
-        const int next = mg_step_thread_call(w, my_kv, tok, pos, mg_uniform24(rng));
+        const int next = mg_step_thread_call(w, my_kv, skv, tok, pos, mg_uniform24(rng));
         sum = sum * 31ull + (unsigned long long)next;
         mg_advance(next, &tok, &pos);
     }
+    mg_kv_shared_copy<false>(my_kv, skv);
     state[3 * stream] = (unsigned)tok;
     state[3 * stream + 1] = (unsigned)pos;
     state[3 * stream + 2] = rng;
@@ -1138,5 +1223,20 @@ mod tests {
         let big = Shape::parse("embd=128,layers=4,mlp=512").unwrap();
         assert!(!render(&big).weights_in_shared());
         assert!(render(&Shape::default()).weights_in_shared());
+    }
+
+    #[test]
+    fn the_stream_blocks_keep_the_first_cache_positions_in_shared_memory() {
+        // Default shape: 3 positions (48 KiB for 128 streams) beside the weights, and blocks of
+        // that size still fit STREAM_WARPS_PER_SM warps on an SM.
+        let src = render(&Shape::default());
+        assert_eq!(src.kv_shared_positions, 3);
+        let blocks = STREAM_WARPS_PER_SM * 32 / STREAM_THREADS;
+        assert!(blocks * src.streams_shared_bytes() <= SHARED_PER_SM);
+        assert!(src.text.contains("#define MG_KV_SHARED_POSITIONS 3"));
+        // A larger shape has no room left beside its weights: every position in global memory.
+        let big = render(&Shape::parse("embd=32,layers=2,mlp=128").unwrap());
+        assert_eq!(big.kv_shared_positions, 0);
+        assert_eq!(big.streams_shared_bytes(), 4 * big.shared_weight_floats);
     }
 }
