@@ -108,12 +108,7 @@ impl<F: Real> Reference<F> {
     /// [`microgpt_model::Program::history_free_prefix`]).
     pub fn run_ops<H: Hook<F>>(&mut self, tok: usize, pos: usize, count: usize, hook: &mut H) {
         let shape = *self.shape();
-        assert!(tok < shape.vocab, "token {tok} out of range 0..{}", shape.vocab);
-        assert!(
-            pos < shape.block,
-            "position {pos} out of range 0..{}",
-            shape.block
-        );
+        assert_step_input(&shape, tok, pos);
         let geo = Heads {
             heads: shape.heads,
             head_dim: shape.head_dim(),
@@ -175,6 +170,16 @@ impl<F: Real> Reference<F> {
             }
         }
     }
+}
+
+/// Panics unless `tok` is a token and `pos` a position of `shape` (both references' steps).
+pub(crate) fn assert_step_input(shape: &Shape, tok: usize, pos: usize) {
+    assert!(tok < shape.vocab, "token {tok} out of range 0..{}", shape.vocab);
+    assert!(
+        pos < shape.block,
+        "position {pos} out of range 0..{}",
+        shape.block
+    );
 }
 
 /// Two distinct buffers: one to read, one to write.

@@ -95,12 +95,7 @@ impl Q412Reference {
     /// at that point.
     pub fn run_ops(&mut self, tok: usize, pos: usize, count: usize) {
         let shape = *self.shape();
-        assert!(tok < shape.vocab, "token {tok} out of range 0..{}", shape.vocab);
-        assert!(
-            pos < shape.block,
-            "position {pos} out of range 0..{}",
-            shape.block
-        );
+        super::assert_step_input(&shape, tok, pos);
         let (e, hd) = (shape.embd, shape.head_dim());
         for op in &self.program.ops()[..count] {
             match *op {
