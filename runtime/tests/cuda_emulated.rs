@@ -215,6 +215,15 @@ fn larger_shape_matches_the_reference() {
 }
 
 #[test]
+fn two_layers_with_cache_positions_in_shared_memory_match_the_reference() {
+    // mg_streams keeps position 0 of both layers' caches in shared memory here (the default
+    // shape covers one layer; the larger shape keeps none).
+    let weights = Weights::random(Shape::parse("embd=16,layers=2").unwrap(), 13, 0.3);
+    assert_eq!(render(weights.shape()).kv_shared_positions, 1);
+    check_all(&weights);
+}
+
+#[test]
 fn a_shape_wider_than_a_warp_matches_the_reference() {
     // embd 64 and a 40-token block: lanes loop over rows and positions more than once.
     check_all(&Weights::random(

@@ -14,13 +14,13 @@
 //!   (one stream per warp, registers capped for occupancy) run whole benchmark streams in one
 //!   launch, with the weights copied into shared memory;
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
-//!   registers, each key and value vector stored in the cache as soon as it is made, the KV cache
-//!   in global memory interleaved across the threads of a block so that neighbouring threads
-//!   touch neighbouring words at offsets known at compile time; `mg_streams` runs one stream per
-//!   thread, with the weights and the first positions of every KV cache (the ones each step
-//!   reads) in the block's shared memory, as many as fit beside the weights at
-//!   [`STREAM_WARPS_PER_SM`] warps per SM; `mg_thread_step` one step of one stream (for the
-//!   checks).
+//!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
+//!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
+//!   words at offsets known at compile time; `mg_streams` runs one stream per thread, with the
+//!   weights (where they fit) and the first positions of every KV cache (the most read: a step at
+//!   position p reads 0..p) in the block's shared memory, as many positions as fit beside the
+//!   weights at [`STREAM_WARPS_PER_SM`] warps per SM, the rest of the caches in global memory;
+//!   `mg_thread_step` one step of one stream, its cache all in global memory (for the checks).
 //!
 //! Both samplers draw without a division (the exponentials' running sum against r times their
 //! total), and the attention takes its softmax weights in base 2 (one `exp2f` each).
@@ -84,7 +84,7 @@ pub struct CudaSource {
     /// Floats of one stream's KV cache.
     pub kv_floats: usize,
     /// Positions of each stream's KV cache that `mg_streams` keeps in shared memory (the first
-    /// ones, which every step reads).
+    /// ones, the most read).
     pub kv_shared_positions: usize,
     /// Where the logits sit in a warp scratch (floats).
     pub logits_offset: usize,
@@ -317,9 +317,9 @@ pub fn render(shape: &Shape) -> CudaSource {
     let _ = writeln!(
         w,
         "// One step of one stream by one thread. The KV cache element i of position t, layer l is\n\
-         // kv[((2l + {{0 keys, 1 values}}) * MG_BLOCK + t) * MG_EMBD + i) * S].\n\
+         // kv[(((2l + {{0 keys, 1 values}}) * MG_BLOCK + t) * MG_EMBD + i) * S].\n\
          // Positions t < P live in shared memory instead, element i of position t, layer l at\n\
-         // skv[((2l + {{0 keys, 1 values}}) * P + t) * MG_EMBD + i) * S].\n\
+         // skv[(((2l + {{0 keys, 1 values}}) * P + t) * MG_EMBD + i) * S].\n\
          template <int S, int P>\n\
          __device__ __forceinline__ int mg_step_thread(const float* __restrict__ w, float* kv, float* skv, int tok, int pos, float r, float* logits_out) {{"
     );
@@ -1137,8 +1137,8 @@ __device__ __forceinline__ void mg_kv_shared_copy(float* kv, float* skv) {
 
 // Whole benchmark streams, one per thread, in blocks of MG_STREAM_THREADS threads; kv: MG_KV
 // floats per stream, interleaved within a block: element j of the stream of thread i of block b at
-// [(b * MG_KV + j) * MG_STREAM_THREADS + i]. The first MG_KV_SHARED_POSITIONS positions, which
-// every step reads, live in the block's shared memory during the launch (after the weights,
+// [(b * MG_KV + j) * MG_STREAM_THREADS + i]. The first MG_KV_SHARED_POSITIONS positions, the most
+// read, live in the block's shared memory during the launch (after the weights,
 // interleaved the same way), copied in at the start and back at the end. state and checksums as
 // mg_persistent's.
 extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
