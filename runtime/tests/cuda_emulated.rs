@@ -190,7 +190,7 @@ fn check_all(weights: &Weights) {
     let Some((h, _source)) = harness(weights) else {
         return;
     };
-    for mode in ["naive", "warp", "thread"] {
+    for mode in ["naive", "warp", "lanes", "thread"] {
         check_steps(&h, weights, mode);
     }
     // One warp (mg_persistent); two blocks of two warps, the last one partial (mg_streams_warp);
@@ -225,9 +225,10 @@ fn two_layers_with_cache_positions_in_shared_memory_match_the_reference() {
 
 #[test]
 fn a_shape_wider_than_a_warp_matches_the_reference() {
-    // embd 64 and a 40-token block: lanes loop over rows and positions more than once.
+    // embd 64, a 40-token block and 40 token ids: lanes loop over rows, positions and logits
+    // more than once.
     check_all(&Weights::random(
-        Shape::parse("block=40,embd=64,heads=2,layers=1,mlp=96").unwrap(),
+        Shape::parse("vocab=40,block=40,embd=64,heads=2,layers=1,mlp=96").unwrap(),
         9,
         0.2,
     ));
@@ -235,11 +236,11 @@ fn a_shape_wider_than_a_warp_matches_the_reference() {
 
 #[test]
 fn a_shape_off_the_fast_paths_matches_the_reference() {
-    // Three heads do not divide a warp (the heads take turns in the warp attention), and rows of
-    // 18 and 42 are not multiples of 4 (the thread kernels read weights one at a time).
-    check_all(&Weights::random(
-        Shape::parse("embd=18,heads=3,layers=1,mlp=42").unwrap(),
-        11,
-        0.3,
-    ));
+    // Three heads do not divide a warp (the heads take turns in the warp attention), rows of 18
+    // and 202 are not multiples of 4 (the thread kernels read weights one at a time), and the
+    // lane step's shared buffers (204 floats each) do not fit over the warp step's buffers, so
+    // they go after the rest of the scratch.
+    let shape = Shape::parse("embd=18,heads=3,layers=1,mlp=202").unwrap();
+    assert!(render(&shape).text.contains("#define MG_S_SHARE 1024\n"));
+    check_all(&Weights::random(shape, 11, 0.3));
 }

@@ -480,7 +480,7 @@ impl Persistent {
         let (run_name, step_name) = match layout {
             Layout::ThreadPerStream => ("mg_streams", "mg_thread_step"),
             Layout::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
-            Layout::OneWarp => ("mg_persistent", "mg_warp_step"),
+            Layout::OneWarp => ("mg_persistent", "mg_lanes_step"),
         };
         let run_fn = dev.function(run_name)?;
         let step_fn = dev.function(step_name)?;
@@ -497,7 +497,7 @@ impl Persistent {
                     },
                     1,
                     "cuda-persistent",
-                    "one warp, the whole window in one launch".to_string(),
+                    "one warp, the whole window in one launch, short vectors whole in every lane".to_string(),
                 )
             }
             Layout::WarpPerStream => {
@@ -623,8 +623,8 @@ impl Persistent {
                     .arg(&p)
                     .arg(&r)
                     .arg(&mut self.step_next);
-                // SAFETY: mg_warp_step(const float*, float* s[MG_SCRATCH], int, int, float,
-                // int* next), all sized as allocated above.
+                // SAFETY: mg_warp_step and mg_lanes_step(const float*, float* s[MG_SCRATCH],
+                // int, int, float, int* next), all sized as allocated above.
                 driver("launch", unsafe { b.launch(one_warp()) })?;
                 let at = self.dev.source.logits_offset;
                 let view = self.step_scratch.slice(at..at + self.logits.len());

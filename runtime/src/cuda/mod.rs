@@ -10,9 +10,18 @@
 //!   than the lanes); short vectors are read whole by every lane (RMSNorm, the sampler's maximum
 //!   and running sums) instead of reduced by shuffles. `mg_op_<i>` wraps op `i` alone as a kernel
 //!   (the naive variant launches them one by one and samples on the host), `mg_warp_step` runs a
-//!   whole step and the canonical sampler, and `mg_persistent` (one warp) and `mg_streams_warp`
-//!   (one stream per warp, registers capped for occupancy) run whole benchmark streams in one
-//!   launch, with the weights copied into shared memory;
+//!   whole step and the canonical sampler, and `mg_streams_warp` (one stream per warp, registers
+//!   capped for occupancy) runs whole benchmark streams in one launch, with the weights copied
+//!   into shared memory;
+//! - **lane ops**: the same list for one warp with the short vectors whole in every lane's
+//!   registers: each lane computes the embedding, the RMSNorms and the residual adds itself, a
+//!   matvec's rows are split over the lanes and published through shared memory with one
+//!   `__syncwarp` (five a layer, two for the sampler, where the warp ops need one after every
+//!   op), an RMSNorm before a matvec is a factor on its sums, the rectifier is taken in the matvec
+//!   that feeds it, the attention keeps an online softmax per channel, and the sampler finds its
+//!   draw with a ballot. `mg_step_lanes` is that step, `mg_lanes_step` one step as a kernel (the
+//!   checks) and `mg_persistent` (one warp, every register it likes) runs a whole benchmark
+//!   stream with it in one launch, the weights in shared memory;
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
@@ -22,7 +31,7 @@
 //!   weights at [`STREAM_WARPS_PER_SM`] warps per SM, the rest of the caches in global memory;
 //!   `mg_thread_step` one step of one stream, its cache all in global memory (for the checks).
 //!
-//! Both samplers draw without a division (the exponentials' running sum against r times their
+//! The device samplers draw without a division (the exponentials' running sum against r times their
 //! total), and the attention takes its softmax weights in base 2 (one `exp2f` each).
 //!
 //! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
@@ -117,6 +126,7 @@ impl CudaSource {
             [
                 "mg_set_temperature",
                 "mg_warp_step",
+                "mg_lanes_step",
                 "mg_persistent",
                 "mg_streams_warp",
                 "mg_thread_step",
@@ -226,10 +236,22 @@ pub fn render(shape: &Shape) -> CudaSource {
     at += (shape.heads * block).next_multiple_of(4);
     scratch.push(("MG_S_DRAW".into(), at));
     at += vocab.next_multiple_of(4);
+    // The lane step's two shared buffers: over the warp step's buffers before the logits where
+    // they fit (the lane step keeps those in registers), else after everything.
+    let (lane_body, share_floats) = lane_step(shape, program.ops());
+    let logits_at = scratch[Buffer::Logits.index()].1;
+    let share_at = if 2 * share_floats <= logits_at {
+        0
+    } else {
+        at += 2 * share_floats;
+        at - 2 * share_floats
+    };
+    scratch.push(("MG_S_SHARE".into(), share_at));
+    scratch.push(("MG_SHARE".into(), share_floats));
     let scratch_floats = at.next_multiple_of(32);
     let warp_block_bytes = block_shared_bytes(shared_weight_floats, WARPS_PER_BLOCK, scratch_floats);
     let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, MAX_WARPS_PER_SM / WARPS_PER_BLOCK);
-    let logits_offset = scratch[Buffer::Logits.index()].1;
+    let logits_offset = logits_at;
     let stream_block_bytes = SHARED_PER_SM * STREAM_THREADS / (32 * STREAM_WARPS_PER_SM);
     let kv_shared_positions = (stream_block_bytes.saturating_sub(4 * shared_weight_floats)
         / (4 * STREAM_THREADS * kv_position_floats(shape)))
@@ -313,6 +335,15 @@ pub fn render(shape: &Shape) -> CudaSource {
         "    return mg_w_sample(s + MG_S_LOGITS, s + MG_S_DRAW, r);\n}}\n"
     );
 
+    let _ = writeln!(
+        w,
+        "// One step of one stream by one warp, short vectors whole in every lane (lane ops): the\n\
+         // residual in registers, matvec results published through the shared buffers sh0 and sh1,\n\
+         // the KV cache at s + MG_S_KV as mg_step_warp's. Writes the logits to logits_out unless null.\n\
+         __device__ __forceinline__ int mg_step_lanes(const float* __restrict__ w, float* s, int tok, int pos, float r, float* logits_out) {{\n    \
+         float* const sh0 = s + MG_S_SHARE;\n    float* const sh1 = sh0 + MG_SHARE;\n{lane_body}}}\n"
+    );
+
     // Thread ops: the same list as scalar code over register arrays.
     let _ = writeln!(
         w,
@@ -363,6 +394,234 @@ pub fn render(shape: &Shape) -> CudaSource {
         logits_offset,
         op_kernels,
     }
+}
+
+/// Where the lane step keeps a buffer.
+#[derive(Clone, Debug)]
+enum LaneHome {
+    /// Whole in every lane's registers, as the array of the buffer's name.
+    Registers,
+    /// `of` (in registers) times the factor `scale`: an RMSNorm not yet applied.
+    Scaled { of: Buffer, scale: String },
+    /// Whole in shared buffer `buf` (`sh0`, `sh1`) from float `at`.
+    Shared { buf: usize, at: usize },
+}
+
+/// The lane step's bookkeeping of its two shared buffers: a matvec's lanes write their rows into
+/// the current one, one `__syncwarp` makes them readable whole, and the next write after that sync
+/// goes to the other buffer. So a buffer is overwritten only after a second sync, which every lane
+/// reaches after reading what the first one published; buffers published two syncs ago are gone.
+struct LaneStep {
+    text: String,
+    homes: Vec<Option<LaneHome>>,
+    current: usize,
+    used: usize,
+    synced: bool,
+    /// Floats one shared buffer needs (the most written between two syncs).
+    size: usize,
+}
+
+impl LaneStep {
+    fn sync(&mut self) {
+        self.text.push_str("    __syncwarp();\n");
+        self.sync_marked();
+    }
+
+    /// The state after a sync (emitted here or inside a device function).
+    fn sync_marked(&mut self) {
+        self.synced = true;
+        let stale = 1 - self.current;
+        for h in &mut self.homes {
+            if matches!(h, Some(LaneHome::Shared { buf, .. }) if *buf == stale) {
+                *h = None;
+            }
+        }
+    }
+
+    /// Room for `len` floats written before the next sync (16-byte aligned).
+    fn alloc(&mut self, len: usize) -> (usize, usize) {
+        if self.synced {
+            self.current = 1 - self.current;
+            self.used = 0;
+            self.synced = false;
+        }
+        let at = self.used;
+        self.used += len.next_multiple_of(4);
+        self.size = self.size.max(self.used);
+        (self.current, at)
+    }
+
+    fn home(&self, b: Buffer) -> LaneHome {
+        self.homes[b.index()]
+            .clone()
+            .unwrap_or_else(|| panic!("the lane step reads {b:?} where no op left it"))
+    }
+
+    /// A whole vector as an operand: (expression, factor).
+    fn operand(&mut self, b: Buffer) -> (String, String) {
+        match self.home(b) {
+            LaneHome::Registers => (buffer_name(b), "1.0f".into()),
+            LaneHome::Scaled { of, scale } => (buffer_name(of), scale),
+            LaneHome::Shared { buf, at } => {
+                if buf == self.current && !self.synced {
+                    self.sync();
+                }
+                (format!("sh{buf} + {at}"), "1.0f".into())
+            }
+        }
+    }
+
+    /// `b` as a register array, declared on first use.
+    fn registers(&mut self, shape: &Shape, b: Buffer) -> String {
+        match self.homes[b.index()] {
+            Some(LaneHome::Registers) => {}
+            _ => {
+                let _ = writeln!(self.text, "    float {}[{}];", buffer_name(b), b.len(shape));
+                self.homes[b.index()] = Some(LaneHome::Registers);
+            }
+        }
+        buffer_name(b)
+    }
+
+    /// `b` changes: factors of it pending elsewhere no longer hold.
+    fn written(&mut self, b: Buffer) {
+        for h in &mut self.homes {
+            if matches!(h, Some(LaneHome::Scaled { of, .. }) if *of == b) {
+                *h = None;
+            }
+        }
+    }
+}
+
+/// The op list as lane ops (see `mg_l_attention` and the others in the prelude): the body of
+/// `mg_step_lanes`, and the floats one of its shared buffers needs.
+fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
+    let (e, vocab) = (shape.embd, shape.vocab);
+    let layout = Layout::new(*shape);
+    let mut st = LaneStep {
+        text: String::new(),
+        homes: vec![None; Buffer::ALL.len()],
+        current: 1,
+        used: 0,
+        synced: true,
+        size: 0,
+    };
+    let mut i = 0;
+    while i < ops.len() {
+        let op = ops[i];
+        let _ = writeln!(st.text, "    // {op}");
+        i += 1;
+        match op {
+            Op::Embed { out } => {
+                let quads = e.is_multiple_of(4)
+                    && layout.tensor(Param::Wte).offset.is_multiple_of(4)
+                    && layout.tensor(Param::Wpe).offset.is_multiple_of(4);
+                let o = st.registers(shape, out);
+                st.written(out);
+                let _ = writeln!(st.text, "    mg_l_embed<{e}, {quads}>(w, tok, pos, {o});");
+            }
+            Op::RmsNorm { input, out } => {
+                let (x, scale) = st.operand(input);
+                assert_eq!(scale, "1.0f", "the lane step normalises a vector in registers");
+                let n = input.len(shape);
+                if input == out {
+                    st.written(out);
+                    let _ = writeln!(
+                        st.text,
+                        "    mg_l_scale<{n}>({x}, mg_l_rms_scale<{n}>({x}), {x});"
+                    );
+                } else {
+                    let scale = format!("{}_scale_{i}", buffer_name(out));
+                    let _ = writeln!(st.text, "    const float {scale} = mg_l_rms_scale<{n}>({x});");
+                    st.written(out);
+                    st.homes[out.index()] = Some(LaneHome::Scaled { of: input, scale });
+                }
+            }
+            Op::MatVec { weight, input, out } => {
+                let relu = matches!(ops.get(i), Some(Op::Relu { buf }) if *buf == out);
+                if relu {
+                    let _ = writeln!(st.text, "    // {} (in the matvec)", ops[i]);
+                    i += 1;
+                }
+                let split = matches!(st.home(input), LaneHome::Shared { .. });
+                let (x, scale) = st.operand(input);
+                let (rows, cols) = weight.dims(shape);
+                let (buf, at) = st.alloc(rows);
+                st.written(out);
+                st.homes[out.index()] = Some(LaneHome::Shared { buf, at });
+                let _ = writeln!(
+                    st.text,
+                    "    mg_l_matvec<{rows}, {cols}, {split}, {relu}>(w + {}, {x}, {scale}, sh{buf} + {at});",
+                    param_macro(weight)
+                );
+            }
+            Op::Relu { buf } => {
+                panic!("the lane step rectifies {buf:?} only right after the matvec that makes it")
+            }
+            Op::Attention { layer, q, k, v, out } => {
+                let [q, k, v] = [q, k, v].map(|b| st.operand(b).0);
+                let (buf, at) = st.alloc(e);
+                st.written(out);
+                st.homes[out.index()] = Some(LaneHome::Shared { buf, at });
+                let _ = writeln!(
+                    st.text,
+                    "    mg_l_attention<{e}, {}, {}>(s + MG_S_KV + {}, s + MG_S_KV + {}, {q}, {k}, {v}, sh{buf} + {at}, pos);",
+                    shape.heads,
+                    shape.block,
+                    2 * layer * shape.block * e,
+                    (2 * layer + 1) * shape.block * e,
+                );
+            }
+            Op::Add { input, into } => {
+                let (x, scale) = st.operand(input);
+                assert!(
+                    scale == "1.0f" && !matches!(st.home(input), LaneHome::Registers),
+                    "the lane step adds a published vector into registers"
+                );
+                let o = st.registers(shape, into);
+                st.written(into);
+                let _ = writeln!(st.text, "    mg_l_add<{}>({x}, {o});", into.len(shape));
+            }
+            Op::Logits { input } => {
+                let (x, scale) = st.operand(input);
+                let k = vocab.div_ceil(32);
+                let _ = writeln!(
+                    st.text,
+                    "    float lg[{k}];\n    mg_w_rows<{vocab}, {}, {}>(w + {}, {x}, lg);",
+                    input.len(shape),
+                    matches!(st.home(input), LaneHome::Shared { .. }),
+                    param_macro(Param::LmHead)
+                );
+                if scale != "1.0f" {
+                    let _ = writeln!(
+                        st.text,
+                        "    #pragma unroll\n    for (int k = 0; k < {k}; k++) lg[k] *= {scale};"
+                    );
+                }
+                let _ = writeln!(
+                    st.text,
+                    "    if (logits_out) {{\n        #pragma unroll\n        for (int k = 0; k < {k}; k++) {{\n            \
+                     const int i = (threadIdx.x & 31) + 32 * k;\n            \
+                     if ((threadIdx.x & 31) < MG_ROW_LANES({vocab}) && i < {vocab}) logits_out[i] = lg[k];\n        }}\n    }}"
+                );
+                // The draw writes the logits and then the exponentials, a sync after each.
+                let (a, at_a) = st.alloc(vocab);
+                st.sync_marked();
+                let (b, at_b) = st.alloc(vocab);
+                st.sync_marked();
+                let _ = writeln!(
+                    st.text,
+                    "    const int next = mg_l_sample<{vocab}>(lg, sh{a} + {at_a}, sh{b} + {at_b}, r);"
+                );
+            }
+        }
+    }
+    // The next step writes sh0 first: every lane must be done reading it.
+    if st.current == 0 {
+        st.text.push_str("    __syncwarp();\n");
+    }
+    st.text.push_str("    return next;\n");
+    (st.text, st.size)
 }
 
 /// One op as a call of a warp device function.
@@ -707,19 +966,27 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
     __syncwarp();
 }
 
-// y = W x with W stored transposed ([COLS][ROWS]). Lane r owns rows r, r + 32, ...; when ROWS
-// leaves lanes idle (ROWS <= 16), G groups of lanes split the columns (group g takes c = g, g + G,
-// ..., so that the groups read different banks) and shuffles add the groups' sums. Each lane sums
-// its columns into A interleaved partial sums, to shorten the dependency chain.
-template <int ROWS, int COLS>
-__device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
-    constexpr int RP = ROWS <= 1 ? 1 : ROWS <= 2 ? 2 : ROWS <= 4 ? 4 : ROWS <= 8 ? 8 : ROWS <= 16 ? 16 : 32;
-    constexpr int G = 32 / RP;
+// Lanes per column group of a warp matvec with ROWS rows: a power of two, at least ROWS where
+// ROWS <= 32 (32 / MG_ROW_LANES groups of lanes then split the columns).
+#define MG_ROW_LANES(ROWS) ((ROWS) <= 1 ? 1 : (ROWS) <= 2 ? 2 : (ROWS) <= 4 ? 4 : (ROWS) <= 8 ? 8 : (ROWS) <= 16 ? 16 : 32)
+
+// The rows of y = W x that this lane owns, W stored transposed ([COLS][ROWS]), x whole (shared
+// memory or the lane's registers, read as broadcasts). Lane r owns rows r % RP, r % RP + 32, ...
+// (RP = MG_ROW_LANES(ROWS)); when ROWS leaves lanes idle (ROWS <= 16), G = 32 / RP groups of lanes
+// split the columns (group g takes c = g, g + G, ..., so that the groups read different banks)
+// and shuffles add the groups' sums, so that every group ends with the whole rows: y[k] is row
+// r % RP + 32 k. Each lane sums its columns into A interleaved partial sums, to shorten the
+// dependency chain. Without SPLIT every lane takes all the columns (the idle lanes repeat rows):
+// for an x in registers, which a lane cannot index by its group.
+template <int ROWS, int COLS, bool SPLIT = true>
+__device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const float* x, float (&y)[MG_LANE_STEPS(ROWS)]) {
+    constexpr int RP = MG_ROW_LANES(ROWS);
+    constexpr int G = SPLIT ? 32 / RP : 1;
     constexpr int K = MG_LANE_STEPS(ROWS);
     constexpr int CG = (COLS + G - 1) / G;
     constexpr int A = CG >= 16 ? 4 : CG >= 2 ? 2 : 1;
     const int lane = threadIdx.x & 31;
-    const int row = lane % RP, g = lane / RP;
+    const int row = lane % RP, g = SPLIT ? lane / RP : 0;
     float acc[K][A];
     #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -744,9 +1011,21 @@ __device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const 
         #pragma unroll
         for (int a = 1; a < A; a++) v += acc[k][a];
         #pragma unroll
-        for (int o = RP; o < 32; o <<= 1) v += __shfl_xor_sync(MG_FULL, v, o);
-        const int r = row + 32 * k;
-        if (g == 0 && r < ROWS) y[r] = v;
+        for (int o = 32 / G; o < 32; o <<= 1) v += __shfl_xor_sync(MG_FULL, v, o);
+        y[k] = v;
+    }
+}
+
+// y = W x by a warp (mg_w_rows), stored by the lanes of column group 0.
+template <int ROWS, int COLS>
+__device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
+    float v[MG_LANE_STEPS(ROWS)];
+    mg_w_rows<ROWS, COLS>(wt, x, v);
+    const int lane = threadIdx.x & 31;
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(ROWS); k++) {
+        const int r = lane + 32 * k;
+        if (lane < MG_ROW_LANES(ROWS) && r < ROWS) y[r] = v[k];
     }
     __syncwarp();
 }
@@ -864,6 +1143,227 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
         }
     }
     __syncwarp();
+}
+
+// ---- Lane ops (mg_step_lanes): short vectors whole in every lane ----
+// The residual stream lives in every lane's registers, and each lane computes the elementwise ops
+// (embedding, RMSNorm, residual adds) on it itself; the rows of a matvec are split over the lanes
+// (mg_w_rows) and the results go through shared memory, one __syncwarp, to every lane whole. The
+// RMSNorm before a matvec is a factor applied to its sums, so that the matvec need not wait for
+// the square root.
+
+// dst[0..N) = src[0..N), src 16-byte aligned: four at a time.
+template <int N>
+__device__ __forceinline__ void mg_l_read(const float* src, float* dst) {
+    #pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        const float4 q = reinterpret_cast<const float4*>(src)[j];
+        dst[4 * j] = q.x;
+        dst[4 * j + 1] = q.y;
+        dst[4 * j + 2] = q.z;
+        dst[4 * j + 3] = q.w;
+    }
+    #pragma unroll
+    for (int i = N / 4 * 4; i < N; i++) dst[i] = src[i];
+}
+
+// Sums and maxima of N values as a balanced tree of pairs (a short chain, the same order in every
+// lane).
+template <int N>
+__device__ __forceinline__ float mg_tree_sum(const float* a) {
+    if constexpr (N == 1) {
+        return a[0];
+    } else {
+        return mg_tree_sum<N / 2>(a) + mg_tree_sum<N - N / 2>(a + N / 2);
+    }
+}
+
+template <int N>
+__device__ __forceinline__ float mg_tree_max(const float* a) {
+    if constexpr (N == 1) {
+        return a[0];
+    } else {
+        return fmaxf(mg_tree_max<N / 2>(a), mg_tree_max<N - N / 2>(a + N / 2));
+    }
+}
+
+// x = wte[tok] + wpe[pos], every lane. QUADS: E and both tables' offsets are multiples of 4.
+template <int E, bool QUADS>
+__device__ __forceinline__ void mg_l_embed(const float* __restrict__ w, int tok, int pos, float* x) {
+    float p[E];
+    if constexpr (QUADS) {
+        mg_l_read<E>(w + MG_W_WTE + tok * E, x);
+        mg_l_read<E>(w + MG_W_WPE + pos * E, p);
+    } else {
+        #pragma unroll
+        for (int i = 0; i < E; i++) {
+            x[i] = w[MG_W_WTE + tok * E + i];
+            p[i] = w[MG_W_WPE + pos * E + i];
+        }
+    }
+    #pragma unroll
+    for (int i = 0; i < E; i++) x[i] += p[i];
+}
+
+// RMSNorm's factor 1 / sqrt(mean(x^2) + eps) of a vector in the lane's registers.
+template <int N>
+__device__ __forceinline__ float mg_l_rms_scale(const float* x) {
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    #pragma unroll
+    for (int i = 0; i < N; i++) a[i % 4] = fmaf(x[i], x[i], a[i % 4]);
+    return rsqrtf(((a[0] + a[1]) + (a[2] + a[3])) * (1.0f / (float)N) + MG_RMS_EPS);
+}
+
+template <int N>
+__device__ __forceinline__ void mg_l_scale(const float* x, float scale, float* out) {
+    #pragma unroll
+    for (int i = 0; i < N; i++) out[i] = x[i] * scale;
+}
+
+// into += v, into in the lane's registers, v in shared memory (16-byte aligned).
+template <int N>
+__device__ __forceinline__ void mg_l_add(const float* v, float* into) {
+    float t[N];
+    mg_l_read<N>(v, t);
+    #pragma unroll
+    for (int i = 0; i < N; i++) into[i] += t[i];
+}
+
+// out = W (x * scale) (rectified when RELU), written to shared memory by the lanes owning the rows
+// (mg_w_rows, SPLIT when x is in shared memory); the caller syncs the warp before any lane reads it.
+template <int ROWS, int COLS, bool SPLIT, bool RELU>
+__device__ __forceinline__ void mg_l_matvec(const float* __restrict__ wt, const float* x, float scale, float* out) {
+    float v[MG_LANE_STEPS(ROWS)];
+    mg_w_rows<ROWS, COLS, SPLIT>(wt, x, v);
+    const int lane = threadIdx.x & 31;
+    #pragma unroll
+    for (int k = 0; k < MG_LANE_STEPS(ROWS); k++) {
+        const int r = lane + 32 * k;
+        if (lane < MG_ROW_LANES(ROWS) && r < ROWS) out[r] = RELU ? fmaxf(v[k] * scale, 0.0f) : v[k] * scale;
+    }
+}
+
+// q . keys[0..HD), q in registers; with QUADS (HD and the offsets multiples of 4) four at a time.
+template <int HD, bool QUADS>
+__device__ __forceinline__ float mg_l_dot(const float* q, const float* keys) {
+    float kt[HD];
+    if constexpr (QUADS) {
+        mg_l_read<HD>(keys, kt);
+    } else {
+        #pragma unroll
+        for (int c = 0; c < HD; c++) kt[c] = keys[c];
+    }
+    float d = 0.0f;
+    #pragma unroll
+    for (int c = 0; c < HD; c++) d = fmaf(q[c], kt[c], d);
+    return d;
+}
+
+// Causal attention at `pos` for the lane ops: q, k, v whole in shared memory, keys/values the
+// layer's cache ([T][E]); this position's key and value are stored in it here. Lane l owns the
+// channels d = l % E + 32 j (l + 32 j when E does not divide the warp) of head d / HD; when E
+// divides the warp into G > 1 groups, group g = l / E visits the older positions t = g, g + G, ...
+// Each lane keeps every channel's softmax online, in base 2: a running maximum, the sum of the
+// weights and the weighted value, rescaled when the maximum grows; this position's own score starts
+// them in group 0; shuffles merge the groups, and group 0 writes out[d] (shared memory). The same
+// quantities as the reference's, rounded differently; only positions 0..pos are visited.
+template <int E, int H, int T>
+__device__ __forceinline__ void mg_l_attention(float* keys, float* values, const float* q, const float* k,
+                                               const float* v, float* out, int pos) {
+    constexpr int HD = E / H;
+    constexpr int G = E <= 32 && 32 % E == 0 ? 32 / E : 1;
+    constexpr int D = G > 1 ? 1 : MG_LANE_STEPS(E);
+    constexpr bool QUADS = HD % 4 == 0;
+    const int lane = threadIdx.x & 31;
+    const int g = G > 1 ? lane / E : 0;
+    const float scale = MG_LOG2E / sqrtf((float)HD);  // scores in base 2
+    float m[D], l[D], acc[D];
+    #pragma unroll
+    for (int j = 0; j < D; j++) {
+        const int d = (G > 1 ? lane % E : lane) + 32 * j;
+        m[j] = MG_NEG_INF;
+        l[j] = 0.0f;
+        acc[j] = 0.0f;
+        if (d < E) {
+            const int h = d / HD;
+            float qh[HD];
+            #pragma unroll
+            for (int c = 0; c < HD; c++) qh[c] = q[h * HD + c] * scale;
+            if (g == 0) {
+                keys[pos * E + d] = k[d];
+                values[pos * E + d] = v[d];
+                m[j] = mg_l_dot<HD, QUADS>(qh, k + h * HD);
+                l[j] = 1.0f;
+                acc[j] = v[d];
+            }
+            #pragma unroll 2
+            for (int t = g; t < pos; t += G) {
+                const float s = mg_l_dot<HD, QUADS>(qh, keys + t * E + h * HD);
+                const float mn = fmaxf(m[j], s);
+                const float c = exp2f(m[j] - mn);  // 0 while nothing is summed, 1 while the maximum holds
+                const float p = exp2f(s - mn);
+                l[j] = fmaf(l[j], c, p);
+                acc[j] = fmaf(acc[j], c, p * values[t * E + d]);
+                m[j] = mn;
+            }
+        }
+    }
+    #pragma unroll
+    for (int j = 0; j < D; j++) {
+        if constexpr (G > 1) {
+            float mt = m[j];
+            #pragma unroll
+            for (int o = E; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(MG_FULL, mt, o));
+            const float c = exp2f(m[j] - mt);  // group 0 always holds this position: mt is finite
+            l[j] *= c;
+            acc[j] *= c;
+            #pragma unroll
+            for (int o = E; o < 32; o <<= 1) {
+                l[j] += __shfl_xor_sync(MG_FULL, l[j], o);
+                acc[j] += __shfl_xor_sync(MG_FULL, acc[j], o);
+            }
+        }
+        const int d = (G > 1 ? lane % E : lane) + 32 * j;
+        if (g == 0 && d < E) out[d] = acc[j] / l[j];
+    }
+}
+
+// The canonical draw by the lane ops, from lane-owned logits (logit lane + 32 k in lg[k]); a and b:
+// shared memory for MG_VOCAB floats each, 16-byte aligned. The maximum of the logits read whole,
+// each lane's exponentials exp((l_i - max) / T), then every lane reads those whole and takes their
+// total, and for each logit it owns the running sum up to it, both as trees of pairs (short
+// chains); a ballot finds the first logit below BOS whose running sum exceeds r times the total
+// (BOS when none does). The same draw as mg_sample's unless r lies within rounding of a boundary.
+template <int V>
+__device__ __forceinline__ int mg_l_sample(const float (&lg)[MG_LANE_STEPS(V)], float* a, float* b, float r) {
+    constexpr int K = MG_LANE_STEPS(V);
+    const int lane = threadIdx.x & 31;
+    const float it = mg_inv_temperature;
+    float all[V];
+    #pragma unroll
+    for (int k = 0; k < K; k++) {
+        if (lane + 32 * k < V) a[lane + 32 * k] = lg[k];
+    }
+    __syncwarp();
+    mg_l_read<V>(a, all);
+    const float m = mg_tree_max<V>(all);
+    #pragma unroll
+    for (int k = 0; k < K; k++) {
+        if (lane + 32 * k < V) b[lane + 32 * k] = expf((lg[k] - m) * it);
+    }
+    __syncwarp();
+    mg_l_read<V>(b, all);
+    const float rt = r * mg_tree_sum<V>(all);
+    #pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int i = lane + 32 * k;
+        float upto[V];
+        #pragma unroll
+        for (int j = 0; j < V; j++) upto[j] = j <= i ? all[j] : 0.0f;
+        const unsigned over = __ballot_sync(MG_FULL, i < V - 1 && mg_tree_sum<V>(upto) > rt);
+        if (over != 0) return 32 * k + __ffs(over) - 1;
+    }
+    return V - 1;
 }
 
 // y = W x for one thread, W stored transposed ([COLS][ROWS]): column by column, so that with QUADS
@@ -1055,9 +1555,17 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
     if (threadIdx.x == 0) *next = drawn;
 }
 
-// Whole benchmark streams, one per warp, `steps` steps each. state: (tok, pos, rng) per stream;
+// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent.
+extern "C" __global__ void mg_lanes_step(const float* __restrict__ w, float* s, int tok, int pos, float r, int* next) {
+    const int drawn = mg_step_lanes(w, s, tok, pos, r, s + MG_S_LOGITS);
+    if (threadIdx.x == 0) *next = drawn;
+}
+
+// Whole benchmark streams, one per warp, `steps` steps each, by the lane ops (LANES) or the warp
+// ops. state: (tok, pos, rng) per stream;
 // kv: MG_KV floats per stream, loaded at the start and saved at the end so that consecutive
 // launches continue the same streams. checksums: Stream::run's checksum of this launch.
+template <bool LANES>
 __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                                 long long steps, unsigned long long* checksums) {
     extern __shared__ __align__(16) float smem[];
@@ -1073,7 +1581,8 @@ __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, un
     unsigned long long sum = 0;
     for (long long n = 0; n < steps; n++) {
         rng = mg_xorshift32(rng);
-        const int next = mg_step_warp(w, s, tok, pos, mg_uniform24(rng));
+        const float u = mg_uniform24(rng);
+        const int next = LANES ? mg_step_lanes(w, s, tok, pos, u, 0) : mg_step_warp(w, s, tok, pos, u);
         sum = sum * 31ull + (unsigned long long)next;
         mg_advance(next, &tok, &pos);
     }
@@ -1086,12 +1595,12 @@ __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, un
     }
 }
 
-// One warp alone (launch <<<1, 32>>>): as many registers as the compiler likes, to keep loads in
-// flight along the one dependency chain.
+// One warp alone (launch <<<1, 32>>>), by the lane ops: as many registers as the compiler likes,
+// to keep loads in flight along the one dependency chain.
 extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent(const float* __restrict__ wg, unsigned* state, float* kv,
                                                                   int streams, long long steps,
                                                                   unsigned long long* checksums) {
-    mg_warp_streams(wg, state, kv, streams, steps, checksums);
+    mg_warp_streams<true>(wg, state, kv, streams, steps, checksums);
 }
 
 // Many warps, MG_WARPS_PER_BLOCK per block: registers capped so that as many blocks fit on an SM
@@ -1099,7 +1608,7 @@ extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent(const float* _
 extern "C" __global__ void __launch_bounds__(32 * MG_WARPS_PER_BLOCK, MG_WARP_BLOCKS_PER_SM)
     mg_streams_warp(const float* __restrict__ wg, unsigned* state, float* kv, int streams, long long steps,
                     unsigned long long* checksums) {
-    mg_warp_streams(wg, state, kv, streams, steps, checksums);
+    mg_warp_streams<false>(wg, state, kv, streams, steps, checksums);
 }
 
 // One teacher-forced step by one thread (launch <<<1, 1>>>); kv: MG_KV floats kept between

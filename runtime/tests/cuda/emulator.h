@@ -76,6 +76,17 @@ inline T __shfl_xor_sync(unsigned, T v, int mask) { return exchange(v, (threadId
 template <typename T>
 inline T __shfl_sync(unsigned, T v, int src) { return exchange(v, src); }
 
+// Bit i set when lane i's predicate holds.
+inline unsigned __ballot_sync(unsigned, bool pred) {
+    unsigned bits = 0;
+    for (int i = 0; i < 32; i++) bits |= (unsigned)exchange((int)pred, i) << i;
+    return bits;
+}
+
+inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
 inline float __int_as_float(unsigned bits) {
     float f;
     std::memcpy(&f, &bits, sizeof f);

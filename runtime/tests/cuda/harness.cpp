@@ -2,7 +2,7 @@
 // source) and `ops.inc` (the list of its per-op kernels) beside this file's copy.
 //
 // harness WEIGHTS MODE [ARGS]; WEIGHTS: the arranged weights, little-endian f32.
-//   step modes (naive, warp, thread): stdin has lines "tok pos r_bits" (r as its f32 bits); each
+//   step modes (naive, warp, lanes, thread): stdin has lines "tok pos r_bits" (r as its f32 bits); each
 //   prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
 //   mg_streams_warp, as the host does), streams THREADS STREAMS STEPS LAUNCHES (THREADS per block:
@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     }
     const std::vector<float> w = read_weights(argv[1]);
     const std::string mode = argv[2];
-    if (mode == "naive" || mode == "warp" || mode == "thread") {
+    if (mode == "naive" || mode == "warp" || mode == "lanes" || mode == "thread") {
         std::vector<float> scratch(MG_SCRATCH, 0.0f), kv(MG_KV, 0.0f), logits(MG_VOCAB);
         int tok, pos;
         unsigned bits;
@@ -61,6 +61,9 @@ int main(int argc, char** argv) {
                 print_logits(-1, scratch.data() + MG_S_LOGITS);
             } else if (mode == "warp") {
                 launch(1, 32, [&] { mg_warp_step(w.data(), scratch.data(), tok, pos, r, &next); });
+                print_logits(next, scratch.data() + MG_S_LOGITS);
+            } else if (mode == "lanes") {
+                launch(1, 32, [&] { mg_lanes_step(w.data(), scratch.data(), tok, pos, r, &next); });
                 print_logits(next, scratch.data() + MG_S_LOGITS);
             } else {
                 launch(1, 1, [&] { mg_thread_step(w.data(), kv.data(), tok, pos, r, logits.data(), &next); });
