@@ -6,7 +6,7 @@
 //! streams) against the shared generation loop's checksums. No GPU needed; it says nothing about
 //! speed. Needs g++ with C++20: outside CI the test skips with a message when it is missing.
 
-use microgpt_model::Shape;
+use microgpt_model::{Param, Shape};
 use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, arrange, render};
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
@@ -14,6 +14,7 @@ use microgpt_weights::{Weights, default_weights};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const TEMPERATURE: f32 = 0.5;
 
@@ -33,11 +34,14 @@ impl Drop for Harness {
 fn harness(weights: &Weights) -> Option<(Harness, CudaSource)> {
     let source = render(weights.shape());
     let s = weights.shape();
+    // One directory per harness: tests run in parallel, some with the same shape.
+    static HARNESSES: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "microgpt-cuda-emu-{}-{}x{}",
+        "microgpt-cuda-emu-{}-{}x{}-{}",
         std::process::id(),
         s.embd,
-        s.layers
+        s.layers,
+        HARNESSES.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let h = Harness {
@@ -243,4 +247,17 @@ fn a_shape_off_the_fast_paths_matches_the_reference() {
     let shape = Shape::parse("embd=18,heads=3,layers=1,mlp=202").unwrap();
     assert!(render(&shape).text.contains("#define MG_S_SHARE 1024\n"));
     check_all(&Weights::random(shape, 11, 0.3));
+}
+
+#[test]
+fn attention_scores_far_above_the_own_one_match_the_reference() {
+    // The queries scaled up until older positions score more than 127 (in base 2) above the
+    // step's own position: relative to its own score their weights overflow, so the lane step
+    // must take them again relative to the maximum.
+    let mut weights = Weights::random(Shape::default(), 17, 0.3);
+    let wq = weights.layout().tensor(Param::Wq(0)).range();
+    for v in &mut weights.data_mut()[wq] {
+        *v *= 60.0;
+    }
+    check_all(&weights);
 }

@@ -17,11 +17,13 @@
 //!   registers: each lane computes the embedding, the RMSNorms and the residual adds itself, a
 //!   matvec's rows are split over the lanes and published through shared memory with one
 //!   `__syncwarp` (five a layer, two for the sampler, where the warp ops need one after every
-//!   op), an RMSNorm before a matvec is a factor on its sums, the rectifier is taken in the matvec
-//!   that feeds it, the attention keeps an online softmax per channel, and the sampler finds its
-//!   draw with a ballot. `mg_step_lanes` is that step, `mg_lanes_step` one step as a kernel (the
-//!   checks) and `mg_persistent` (one warp, every register it likes) runs a whole benchmark
-//!   stream with it in one launch, the weights in shared memory;
+//!   op), matvecs of one input by consecutive matrices (q, k, v) run as one, an RMSNorm before a
+//!   matvec is a factor on its sums, the rectifier is taken in the matvec that feeds it, the
+//!   attention weighs positions relative to the step's own score (falling back to a running
+//!   maximum where that could overflow), and the sampler finds its draw with a ballot.
+//!   `mg_step_lanes` is that step, `mg_lanes_step` one step as a kernel (the checks) and
+//!   `mg_persistent` (one warp, every register it likes) runs a whole benchmark stream with it in
+//!   one launch, the weights in shared memory;
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
@@ -31,8 +33,8 @@
 //!   weights at [`STREAM_WARPS_PER_SM`] warps per SM, the rest of the caches in global memory;
 //!   `mg_thread_step` one step of one stream, its cache all in global memory (for the checks).
 //!
-//! The device samplers draw without a division (the exponentials' running sum against r times their
-//! total), and the attention takes its softmax weights in base 2 (one `exp2f` each).
+//! The device samplers draw without a division (the exponentials' running sum against r times
+//! their total), and the attention takes its softmax weights in base 2 (`exp2f`).
 //!
 //! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
 //! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
@@ -443,8 +445,14 @@ impl LaneStep {
         if self.synced {
             self.current = 1 - self.current;
             self.used = 0;
-            self.synced = false;
         }
+        self.append(len)
+    }
+
+    /// Room for `len` floats in the current buffer after what it holds, even past a sync: what is
+    /// written there overlaps nothing that a lane may still read.
+    fn append(&mut self, len: usize) -> (usize, usize) {
+        self.synced = false;
         let at = self.used;
         self.used += len.next_multiple_of(4);
         self.size = self.size.max(self.used);
@@ -521,8 +529,11 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 let _ = writeln!(st.text, "    mg_l_embed<{e}, {quads}>(w, tok, pos, {o});");
             }
             Op::RmsNorm { input, out } => {
-                let (x, scale) = st.operand(input);
-                assert_eq!(scale, "1.0f", "the lane step normalises a vector in registers");
+                assert!(
+                    matches!(st.home(input), LaneHome::Registers),
+                    "the lane step normalises a vector in registers"
+                );
+                let x = buffer_name(input);
                 let n = input.len(shape);
                 if input == out {
                     st.written(out);
@@ -538,6 +549,33 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 }
             }
             Op::MatVec { weight, input, out } => {
+                let (rows, cols) = weight.dims(shape);
+                // Matvecs of the same input by matrices stored one after the other (q, k, v) run
+                // as one, their outputs side by side.
+                let mut outs = vec![out];
+                let mut end = layout.tensor(weight).offset + rows * cols;
+                while rows.is_multiple_of(4) {
+                    let Some(&Op::MatVec {
+                        weight: w2,
+                        input: i2,
+                        out: o2,
+                    }) = ops.get(i)
+                    else {
+                        break;
+                    };
+                    let t = layout.tensor(w2);
+                    if i2 != input || w2.dims(shape) != (rows, cols) || t.offset != end || outs.contains(&o2)
+                    {
+                        break;
+                    }
+                    if matches!(ops.get(i + 1), Some(Op::Relu { .. })) {
+                        break;
+                    }
+                    let _ = writeln!(st.text, "    // {} (with the one above)", ops[i]);
+                    outs.push(o2);
+                    end += rows * cols;
+                    i += 1;
+                }
                 let relu = matches!(ops.get(i), Some(Op::Relu { buf }) if *buf == out);
                 if relu {
                     let _ = writeln!(st.text, "    // {} (in the matvec)", ops[i]);
@@ -545,13 +583,23 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 }
                 let split = matches!(st.home(input), LaneHome::Shared { .. });
                 let (x, scale) = st.operand(input);
-                let (rows, cols) = weight.dims(shape);
-                let (buf, at) = st.alloc(rows);
-                st.written(out);
-                st.homes[out.index()] = Some(LaneHome::Shared { buf, at });
+                let mut first = None;
+                for &o in &outs {
+                    let (buf, at) = st.alloc(rows);
+                    first.get_or_insert((buf, at));
+                    st.written(o);
+                    st.homes[o.index()] = Some(LaneHome::Shared { buf, at });
+                }
+                let (buf, at) = first.expect("one output at least");
+                let all = rows * outs.len();
+                let stacked = if outs.len() > 1 {
+                    format!(", {rows}")
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     st.text,
-                    "    mg_l_matvec<{rows}, {cols}, {split}, {relu}>(w + {}, {x}, {scale}, sh{buf} + {at});",
+                    "    mg_l_matvec<{all}, {cols}, {split}, {relu}{stacked}>(w + {}, {x}, {scale}, sh{buf} + {at});",
                     param_macro(weight)
                 );
             }
@@ -559,28 +607,38 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 panic!("the lane step rectifies {buf:?} only right after the matvec that makes it")
             }
             Op::Attention { layer, q, k, v, out } => {
-                let [q, k, v] = [q, k, v].map(|b| st.operand(b).0);
+                let [q, k, v] = [q, k, v].map(|b| {
+                    assert!(
+                        matches!(st.home(b), LaneHome::Shared { .. }),
+                        "the lane step's attention reads its vectors from shared memory"
+                    );
+                    st.operand(b).0
+                });
                 let (buf, at) = st.alloc(e);
                 st.written(out);
                 st.homes[out.index()] = Some(LaneHome::Shared { buf, at });
                 let _ = writeln!(
                     st.text,
-                    "    mg_l_attention<{e}, {}, {}>(s + MG_S_KV + {}, s + MG_S_KV + {}, {q}, {k}, {v}, sh{buf} + {at}, pos);",
+                    "    mg_l_attention<{e}, {}>(s + MG_S_KV + {}, s + MG_S_KV + {}, {q}, {k}, {v}, sh{buf} + {at}, pos);",
                     shape.heads,
-                    shape.block,
                     2 * layer * shape.block * e,
                     (2 * layer + 1) * shape.block * e,
                 );
             }
             Op::Add { input, into } => {
-                let (x, scale) = st.operand(input);
                 assert!(
-                    scale == "1.0f" && !matches!(st.home(input), LaneHome::Registers),
+                    matches!(st.home(input), LaneHome::Shared { .. })
+                        && matches!(st.home(into), LaneHome::Registers),
                     "the lane step adds a published vector into registers"
                 );
-                let o = st.registers(shape, into);
+                let (x, _) = st.operand(input);
                 st.written(into);
-                let _ = writeln!(st.text, "    mg_l_add<{}>({x}, {o});", into.len(shape));
+                let _ = writeln!(
+                    st.text,
+                    "    mg_l_add<{}>({x}, {});",
+                    into.len(shape),
+                    buffer_name(into)
+                );
             }
             Op::Logits { input } => {
                 let (x, scale) = st.operand(input);
@@ -604,10 +662,11 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                      const int i = (threadIdx.x & 31) + 32 * k;\n            \
                      if ((threadIdx.x & 31) < MG_ROW_LANES({vocab}) && i < {vocab}) logits_out[i] = lg[k];\n        }}\n    }}"
                 );
-                // The draw writes the logits and then the exponentials, a sync after each.
+                // The draw writes the logits and then the exponentials, a sync after each; both in
+                // sh1 when the logits are there, so that the step ends with sh0 free for the next.
                 let (a, at_a) = st.alloc(vocab);
                 st.sync_marked();
-                let (b, at_b) = st.alloc(vocab);
+                let (b, at_b) = if a == 1 { st.append(vocab) } else { st.alloc(vocab) };
                 st.sync_marked();
                 let _ = writeln!(
                     st.text,
@@ -617,9 +676,7 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
         }
     }
     // The next step writes sh0 first: every lane must be done reading it.
-    if st.current == 0 {
-        st.text.push_str("    __syncwarp();\n");
-    }
+    assert_eq!(st.current, 1, "the lane step ends reading sh1");
     st.text.push_str("    return next;\n");
     (st.text, st.size)
 }
@@ -977,8 +1034,9 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
 // and shuffles add the groups' sums, so that every group ends with the whole rows: y[k] is row
 // r % RP + 32 k. Each lane sums its columns into A interleaved partial sums, to shorten the
 // dependency chain. Without SPLIT every lane takes all the columns (the idle lanes repeat rows):
-// for an x in registers, which a lane cannot index by its group.
-template <int ROWS, int COLS, bool SPLIT = true>
+// for an x in registers, which a lane cannot index by its group. With RB < ROWS, W is ROWS / RB
+// matrices of RB rows one after the other in memory (each transposed), read as one.
+template <int ROWS, int COLS, bool SPLIT = true, int RB = ROWS>
 __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const float* x, float (&y)[MG_LANE_STEPS(ROWS)]) {
     constexpr int RP = MG_ROW_LANES(ROWS);
     constexpr int G = SPLIT ? 32 / RP : 1;
@@ -988,10 +1046,17 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
     const int lane = threadIdx.x & 31;
     const int row = lane % RP, g = SPLIT ? lane / RP : 0;
     float acc[K][A];
+    const float* wr[K];  // element (r, 0) of the lane's rows; element (r, c) at wr[k][c * RB]
     #pragma unroll
     for (int k = 0; k < K; k++) {
         #pragma unroll
         for (int a = 0; a < A; a++) acc[k][a] = 0.0f;
+        const int r = row + 32 * k;
+        if constexpr (RB == ROWS) {
+            wr[k] = wt + r;
+        } else {
+            wr[k] = wt + (r / RB) * (RB * COLS) + r % RB;
+        }
     }
     #pragma unroll
     for (int j = 0; j < CG; j++) {
@@ -1001,7 +1066,7 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
             #pragma unroll
             for (int k = 0; k < K; k++) {
                 const int r = row + 32 * k;
-                if (r < ROWS) acc[k][j % A] = fmaf(wt[c * ROWS + r], xc, acc[k][j % A]);
+                if (r < ROWS) acc[k][j % A] = fmaf(wr[k][c * RB], xc, acc[k][j % A]);
             }
         }
     }
@@ -1230,11 +1295,12 @@ __device__ __forceinline__ void mg_l_add(const float* v, float* into) {
 }
 
 // out = W (x * scale) (rectified when RELU), written to shared memory by the lanes owning the rows
-// (mg_w_rows, SPLIT when x is in shared memory); the caller syncs the warp before any lane reads it.
-template <int ROWS, int COLS, bool SPLIT, bool RELU>
+// (mg_w_rows, SPLIT when x is in shared memory; W possibly several matrices of RB rows); the
+// caller syncs the warp before any lane reads it.
+template <int ROWS, int COLS, bool SPLIT, bool RELU, int RB = ROWS>
 __device__ __forceinline__ void mg_l_matvec(const float* __restrict__ wt, const float* x, float scale, float* out) {
     float v[MG_LANE_STEPS(ROWS)];
-    mg_w_rows<ROWS, COLS, SPLIT>(wt, x, v);
+    mg_w_rows<ROWS, COLS, SPLIT, RB>(wt, x, v);
     const int lane = threadIdx.x & 31;
     #pragma unroll
     for (int k = 0; k < MG_LANE_STEPS(ROWS); k++) {
@@ -1259,17 +1325,16 @@ __device__ __forceinline__ float mg_l_dot(const float* q, const float* keys) {
     return d;
 }
 
-// Causal attention at `pos` for the lane ops: q, k, v whole in shared memory, keys/values the
-// layer's cache ([T][E]); this position's key and value are stored in it here. Lane l owns the
-// channels d = l % E + 32 j (l + 32 j when E does not divide the warp) of head d / HD; when E
-// divides the warp into G > 1 groups, group g = l / E visits the older positions t = g, g + G, ...
-// Each lane keeps every channel's softmax online, in base 2: a running maximum, the sum of the
-// weights and the weighted value, rescaled when the maximum grows; this position's own score starts
-// them in group 0; shuffles merge the groups, and group 0 writes out[d] (shared memory). The same
-// quantities as the reference's, rounded differently; only positions 0..pos are visited.
-template <int E, int H, int T>
-__device__ __forceinline__ void mg_l_attention(float* keys, float* values, const float* q, const float* k,
-                                               const float* v, float* out, int pos) {
+// The softmax sums of mg_l_attention for the channels a lane owns (see there): l[j], the sum of
+// the weights, and acc[j], the weighted value, each merged over the groups of lanes. ONLINE: the
+// weights relative to the running maximum, rescaled when it grows (a second exponential a
+// position, and the groups' maxima merged first); else relative to this position's own score, one
+// exponential a position, which overflows where an older score exceeds it by more than 127 (in
+// base 2).
+template <int E, int H, bool ONLINE>
+__device__ __forceinline__ void mg_l_softmax(const float* keys, const float* values, const float* q, const float* k,
+                                             const float* v, int pos, float (&l)[E <= 32 && 32 % E == 0 ? 1 : MG_LANE_STEPS(E)],
+                                             float (&acc)[E <= 32 && 32 % E == 0 ? 1 : MG_LANE_STEPS(E)]) {
     constexpr int HD = E / H;
     constexpr int G = E <= 32 && 32 % E == 0 ? 32 / E : 1;
     constexpr int D = G > 1 ? 1 : MG_LANE_STEPS(E);
@@ -1277,7 +1342,7 @@ __device__ __forceinline__ void mg_l_attention(float* keys, float* values, const
     const int lane = threadIdx.x & 31;
     const int g = G > 1 ? lane / E : 0;
     const float scale = MG_LOG2E / sqrtf((float)HD);  // scores in base 2
-    float m[D], l[D], acc[D];
+    float m[D];
     #pragma unroll
     for (int j = 0; j < D; j++) {
         const int d = (G > 1 ? lane % E : lane) + 32 * j;
@@ -1289,48 +1354,91 @@ __device__ __forceinline__ void mg_l_attention(float* keys, float* values, const
             float qh[HD];
             #pragma unroll
             for (int c = 0; c < HD; c++) qh[c] = q[h * HD + c] * scale;
+            const float own = mg_l_dot<HD, QUADS>(qh, k + h * HD);
             if (g == 0) {
-                keys[pos * E + d] = k[d];
-                values[pos * E + d] = v[d];
-                m[j] = mg_l_dot<HD, QUADS>(qh, k + h * HD);
+                m[j] = own;
                 l[j] = 1.0f;
                 acc[j] = v[d];
             }
             #pragma unroll 2
             for (int t = g; t < pos; t += G) {
                 const float s = mg_l_dot<HD, QUADS>(qh, keys + t * E + h * HD);
-                const float mn = fmaxf(m[j], s);
-                const float c = exp2f(m[j] - mn);  // 0 while nothing is summed, 1 while the maximum holds
-                const float p = exp2f(s - mn);
-                l[j] = fmaf(l[j], c, p);
-                acc[j] = fmaf(acc[j], c, p * values[t * E + d]);
-                m[j] = mn;
+                if constexpr (ONLINE) {
+                    const float mn = fmaxf(m[j], s);
+                    const float c = exp2f(m[j] - mn);  // 0 while nothing is summed, 1 while the maximum holds
+                    const float p = exp2f(s - mn);
+                    l[j] = fmaf(l[j], c, p);
+                    acc[j] = fmaf(acc[j], c, p * values[t * E + d]);
+                    m[j] = mn;
+                } else {
+                    const float p = exp2f(s - own);
+                    l[j] += p;
+                    acc[j] = fmaf(p, values[t * E + d], acc[j]);
+                }
             }
         }
     }
     #pragma unroll
     for (int j = 0; j < D; j++) {
         if constexpr (G > 1) {
-            float mt = m[j];
-            #pragma unroll
-            for (int o = E; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(MG_FULL, mt, o));
-            const float c = exp2f(m[j] - mt);  // group 0 always holds this position: mt is finite
-            l[j] *= c;
-            acc[j] *= c;
+            if constexpr (ONLINE) {
+                float mt = m[j];
+                #pragma unroll
+                for (int o = E; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(MG_FULL, mt, o));
+                const float c = exp2f(m[j] - mt);  // group 0 always holds this position: mt is finite
+                l[j] *= c;
+                acc[j] *= c;
+            }
             #pragma unroll
             for (int o = E; o < 32; o <<= 1) {
                 l[j] += __shfl_xor_sync(MG_FULL, l[j], o);
                 acc[j] += __shfl_xor_sync(MG_FULL, acc[j], o);
             }
         }
+    }
+}
+
+// Causal attention at `pos` for the lane ops: q, k, v whole in shared memory, keys/values the
+// layer's cache ([T][E]); this position's key and value are stored in it here. Lane l owns the
+// channels d = l % E + 32 j (l + 32 j when E does not divide the warp) of head d / HD; when E
+// divides the warp into G > 1 groups, group g = l / E visits the older positions t = g, g + G, ...
+// and shuffles merge the groups' sums; group 0 writes out[d] (shared memory). The softmax weights
+// are taken in base 2 relative to this position's own score (so that it weighs exactly 1 and no
+// maximum is needed: one exponential a position); where a sum of weights reaches 2^64 (an older
+// score more than 64 above this one) larger ones could overflow, so the warp then takes them
+// again relative to the running maximum (mg_l_softmax). The same quantities as the reference's,
+// rounded differently; only positions 0..pos are visited.
+template <int E, int H>
+__device__ __forceinline__ void mg_l_attention(float* keys, float* values, const float* q, const float* k,
+                                               const float* v, float* out, int pos) {
+    constexpr int G = E <= 32 && 32 % E == 0 ? 32 / E : 1;
+    constexpr int D = G > 1 ? 1 : MG_LANE_STEPS(E);
+    const int lane = threadIdx.x & 31;
+    const int g = G > 1 ? lane / E : 0;
+    #pragma unroll
+    for (int j = 0; j < D; j++) {
         const int d = (G > 1 ? lane % E : lane) + 32 * j;
-        if (g == 0 && d < E) out[d] = acc[j] / l[j];
+        if (g == 0 && d < E) {
+            keys[pos * E + d] = k[d];
+            values[pos * E + d] = v[d];
+        }
+    }
+    float l[D], acc[D];
+    mg_l_softmax<E, H, false>(keys, values, q, k, v, pos, l, acc);
+    bool big = false;
+    #pragma unroll
+    for (int j = 0; j < D; j++) big |= !(l[j] < 0x1p64f);  // NaN included
+    if (__any_sync(MG_FULL, big)) mg_l_softmax<E, H, true>(keys, values, q, k, v, pos, l, acc);
+    #pragma unroll
+    for (int j = 0; j < D; j++) {
+        const int d = (G > 1 ? lane % E : lane) + 32 * j;
+        if (g == 0 && d < E) out[d] = __fdividef(acc[j], l[j]);  // 1 <= l < 2^126
     }
 }
 
 // The canonical draw by the lane ops, from lane-owned logits (logit lane + 32 k in lg[k]); a and b:
 // shared memory for MG_VOCAB floats each, 16-byte aligned. The maximum of the logits read whole,
-// each lane's exponentials exp((l_i - max) / T), then every lane reads those whole and takes their
+// each lane's exponentials exp((l_i - max) / T) (as exp2f), then every lane reads those whole and takes their
 // total, and for each logit it owns the running sum up to it, both as trees of pairs (short
 // chains); a ballot finds the first logit below BOS whose running sum exceeds r times the total
 // (BOS when none does). The same draw as mg_sample's unless r lies within rounding of a boundary.
@@ -1338,7 +1446,7 @@ template <int V>
 __device__ __forceinline__ int mg_l_sample(const float (&lg)[MG_LANE_STEPS(V)], float* a, float* b, float r) {
     constexpr int K = MG_LANE_STEPS(V);
     const int lane = threadIdx.x & 31;
-    const float it = mg_inv_temperature;
+    const float it2 = mg_inv_temperature * MG_LOG2E;  // exp(x / T) = exp2(x log2(e) / T)
     float all[V];
     #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -1349,7 +1457,7 @@ __device__ __forceinline__ int mg_l_sample(const float (&lg)[MG_LANE_STEPS(V)], 
     const float m = mg_tree_max<V>(all);
     #pragma unroll
     for (int k = 0; k < K; k++) {
-        if (lane + 32 * k < V) b[lane + 32 * k] = expf((lg[k] - m) * it);
+        if (lane + 32 * k < V) b[lane + 32 * k] = exp2f((lg[k] - m) * it2);
     }
     __syncwarp();
     mg_l_read<V>(b, all);
@@ -1582,7 +1690,12 @@ __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, un
     for (long long n = 0; n < steps; n++) {
         rng = mg_xorshift32(rng);
         const float u = mg_uniform24(rng);
-        const int next = LANES ? mg_step_lanes(w, s, tok, pos, u, 0) : mg_step_warp(w, s, tok, pos, u);
+        int next;
+        if constexpr (LANES) {
+            next = mg_step_lanes(w, s, tok, pos, u, 0);
+        } else {
+            next = mg_step_warp(w, s, tok, pos, u);
+        }
         sum = sum * 31ull + (unsigned long long)next;
         mg_advance(next, &tok, &pos);
     }

@@ -83,9 +83,12 @@ inline unsigned __ballot_sync(unsigned, bool pred) {
     return bits;
 }
 
+inline bool __any_sync(unsigned mask, bool pred) { return __ballot_sync(mask, pred) != 0; }
+
 inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __fdividef(float a, float b) { return a / b; }
 
 inline float __int_as_float(unsigned bits) {
     float f;
