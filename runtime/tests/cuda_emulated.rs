@@ -6,7 +6,7 @@
 //! streams) against the shared generation loop's checksums. No GPU needed; it says nothing about
 //! speed. Needs g++ with C++20: outside CI the test skips with a message when it is missing.
 
-use microgpt_model::{Param, Shape};
+use microgpt_model::{Buffer, Param, Shape};
 use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, arrange, render};
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
@@ -249,15 +249,44 @@ fn a_shape_off_the_fast_paths_matches_the_reference() {
     check_all(&Weights::random(shape, 11, 0.3));
 }
 
+/// The most any older position's score exceeds the step's own, over the steps of [`check_all`]
+/// (in base 2, as the kernels take the scores; the first layer).
+fn largest_score_above_the_own(weights: &Weights) -> f32 {
+    let shape = *weights.shape();
+    let (e, hd) = (shape.embd, shape.head_dim());
+    let scale = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+    let mut reference = Reference::<f32>::new(weights);
+    let mut most = f32::NEG_INFINITY;
+    for (tok, pos, _) in steps(weights, 40) {
+        reference.forward(tok, pos);
+        let q = reference.buffer(Buffer::Q);
+        let keys = reference.cache(0).0;
+        let score = |t: usize, h: usize| -> f32 {
+            (0..hd)
+                .map(|c| q[h * hd + c] * keys[t * e + h * hd + c])
+                .sum::<f32>()
+                * scale
+        };
+        for h in 0..shape.heads {
+            for t in 0..pos {
+                most = most.max(score(t, h) - score(pos, h));
+            }
+        }
+    }
+    most
+}
+
 #[test]
 fn attention_scores_far_above_the_own_one_match_the_reference() {
-    // The queries scaled up until older positions score more than 127 (in base 2) above the
+    // The queries scaled up until older positions score more than 128 (in base 2) above the
     // step's own position: relative to its own score their weights overflow, so the lane step
-    // must take them again relative to the maximum.
+    // must take them again relative to the maximum (without it the logits come out NaN).
     let mut weights = Weights::random(Shape::default(), 17, 0.3);
     let wq = weights.layout().tensor(Param::Wq(0)).range();
     for v in &mut weights.data_mut()[wq] {
         *v *= 60.0;
     }
+    let most = largest_score_above_the_own(&weights);
+    assert!(most > 128.0, "scores only {most} above the own");
     check_all(&weights);
 }

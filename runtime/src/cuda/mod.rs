@@ -233,7 +233,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         at += b.len(shape).next_multiple_of(4);
     }
     scratch.push(("MG_S_KV".into(), at));
-    at += kv_floats;
+    at += kv_floats.next_multiple_of(4);
     scratch.push(("MG_S_PROBS".into(), at));
     at += (shape.heads * block).next_multiple_of(4);
     scratch.push(("MG_S_DRAW".into(), at));
@@ -411,15 +411,16 @@ enum LaneHome {
 
 /// The lane step's bookkeeping of its two shared buffers: a matvec's lanes write their rows into
 /// the current one, one `__syncwarp` makes them readable whole, and the next write after that sync
-/// goes to the other buffer. So a buffer is overwritten only after a second sync, which every lane
-/// reaches after reading what the first one published; buffers published two syncs ago are gone.
+/// goes to the other buffer (or, with [`LaneStep::append`], to the current one past what it
+/// holds). So a float is overwritten only after a second sync, which every lane reaches after
+/// reading what the first one published; buffers published two syncs ago are gone.
 struct LaneStep {
     text: String,
     homes: Vec<Option<LaneHome>>,
     current: usize,
     used: usize,
     synced: bool,
-    /// Floats one shared buffer needs (the most written between two syncs).
+    /// Floats one shared buffer needs (the most either holds at once).
     size: usize,
 }
 
@@ -554,7 +555,7 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 // as one, their outputs side by side.
                 let mut outs = vec![out];
                 let mut end = layout.tensor(weight).offset + rows * cols;
-                while rows.is_multiple_of(4) {
+                while rows.is_multiple_of(4) && out != input {
                     let Some(&Op::MatVec {
                         weight: w2,
                         input: i2,
@@ -564,7 +565,11 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                         break;
                     };
                     let t = layout.tensor(w2);
-                    if i2 != input || w2.dims(shape) != (rows, cols) || t.offset != end || outs.contains(&o2)
+                    if i2 != input
+                        || o2 == input
+                        || w2.dims(shape) != (rows, cols)
+                        || t.offset != end
+                        || outs.contains(&o2)
                     {
                         break;
                     }
@@ -1045,13 +1050,14 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
     constexpr int A = CG >= 16 ? 4 : CG >= 2 ? 2 : 1;
     const int lane = threadIdx.x & 31;
     const int row = lane % RP, g = SPLIT ? lane / RP : 0;
+    static_assert(ROWS % RB == 0, "whole matrices of RB rows");
     float acc[K][A];
     const float* wr[K];  // element (r, 0) of the lane's rows; element (r, c) at wr[k][c * RB]
     #pragma unroll
     for (int k = 0; k < K; k++) {
         #pragma unroll
         for (int a = 0; a < A; a++) acc[k][a] = 0.0f;
-        const int r = row + 32 * k;
+        const int r = row + 32 * k < ROWS ? row + 32 * k : 0;  // rows past the end are not read
         if constexpr (RB == ROWS) {
             wr[k] = wt + r;
         } else {
@@ -1404,9 +1410,9 @@ __device__ __forceinline__ void mg_l_softmax(const float* keys, const float* val
 // divides the warp into G > 1 groups, group g = l / E visits the older positions t = g, g + G, ...
 // and shuffles merge the groups' sums; group 0 writes out[d] (shared memory). The softmax weights
 // are taken in base 2 relative to this position's own score (so that it weighs exactly 1 and no
-// maximum is needed: one exponential a position); where a sum of weights reaches 2^64 (an older
-// score more than 64 above this one) larger ones could overflow, so the warp then takes them
-// again relative to the running maximum (mg_l_softmax). The same quantities as the reference's,
+// maximum is needed: one exponential a position); where a sum of weights reaches 2^64 (older
+// scores about 64 above this one) larger ones could overflow, so the warp then takes them again
+// relative to the running maximum (mg_l_softmax). The same quantities as the reference's,
 // rounded differently; only positions 0..pos are visited.
 template <int E, int H>
 __device__ __forceinline__ void mg_l_attention(float* keys, float* values, const float* q, const float* k,
@@ -1837,6 +1843,34 @@ mod tests {
             for c in 0..cols {
                 assert_eq!(a[t.offset + c * rows + r], w.data()[t.offset + r * cols + c]);
             }
+        }
+    }
+
+    #[test]
+    fn every_scratch_region_is_16_byte_aligned() {
+        // The kernels read the scratch's vectors four floats at a time; odd sizes (a KV cache of
+        // 30 floats here) must not shift what follows.
+        for shape in [
+            "",
+            "embd=5,heads=1,block=3,mlp=8",
+            "embd=18,heads=3,mlp=202",
+            "vocab=3,embd=4,heads=1",
+        ] {
+            let src = render(&Shape::parse(shape).unwrap());
+            let offsets: Vec<(&str, usize)> = src
+                .text
+                .lines()
+                .filter_map(|l| l.strip_prefix("#define MG_S_"))
+                .map(|l| {
+                    let (name, value) = l.split_once(' ').unwrap();
+                    (name, value.parse().unwrap())
+                })
+                .collect();
+            assert!(offsets.len() >= Buffer::ALL.len() + 4, "{shape}: {offsets:?}");
+            for (name, at) in offsets {
+                assert!(at.is_multiple_of(4), "{shape}: MG_S_{name} at {at}");
+            }
+            assert!(src.scratch_floats.is_multiple_of(32));
         }
     }
 
