@@ -243,9 +243,11 @@ fn a_shape_off_the_fast_paths_matches_the_reference() {
     // Three heads do not divide a warp (the heads take turns in the warp attention), rows of 18
     // and 202 are not multiples of 4 (the thread kernels read weights one at a time), and the
     // lane step's shared buffers (204 floats each) do not fit over the warp step's buffers, so
-    // they go after the rest of the scratch.
+    // they go after the rest of the scratch, in the lane kernels' longer one.
     let shape = Shape::parse("embd=18,heads=3,layers=1,mlp=202").unwrap();
-    assert!(render(&shape).text.contains("#define MG_S_SHARE 1024\n"));
+    let src = render(&shape);
+    assert!(src.text.contains("#define MG_S_SHARE 1024\n"));
+    assert_eq!((src.scratch_floats, src.lane_scratch_floats), (1024, 1440));
     check_all(&Weights::random(shape, 11, 0.3));
 }
 

@@ -487,7 +487,7 @@ impl Persistent {
         let sms = dev.gpu.sms;
         let (config, streams, name, note) = match layout {
             Layout::OneWarp => {
-                let bytes = src.shared_bytes(1);
+                let bytes = src.persistent_shared_bytes();
                 dev.allow_shared(&run_fn, bytes)?;
                 (
                     LaunchConfig {
@@ -548,7 +548,8 @@ impl Persistent {
         let stream = &dev.gpu.stream;
         let step_floats = match layout {
             Layout::ThreadPerStream => src.kv_floats,
-            _ => src.scratch_floats,
+            Layout::OneWarp => src.lane_scratch_floats,
+            Layout::WarpPerStream => src.scratch_floats,
         };
         let info = dev.info(name, streams, note);
         let mut v = Persistent {
@@ -623,8 +624,9 @@ impl Persistent {
                     .arg(&p)
                     .arg(&r)
                     .arg(&mut self.step_next);
-                // SAFETY: mg_warp_step and mg_lanes_step(const float*, float* s[MG_SCRATCH],
-                // int, int, float, int* next), all sized as allocated above.
+                // SAFETY: mg_warp_step(const float*, float* s[MG_SCRATCH], int, int, float,
+                // int* next), and mg_lanes_step the same with s[MG_LANE_SCRATCH], all sized as
+                // allocated above (step_floats).
                 driver("launch", unsafe { b.launch(one_warp()) })?;
                 let at = self.dev.source.logits_offset;
                 let view = self.step_scratch.slice(at..at + self.logits.len());

@@ -92,6 +92,9 @@ pub struct CudaSource {
     pub shared_weight_floats: usize,
     /// Floats of one warp's scratch (buffers, KV cache, probabilities).
     pub scratch_floats: usize,
+    /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_lanes_step`): the
+    /// same, with room for the lane step's shared buffers where they do not fit over the buffers.
+    pub lane_scratch_floats: usize,
     /// Floats of one stream's KV cache.
     pub kv_floats: usize,
     /// Positions of each stream's KV cache that `mg_streams` keeps in shared memory (the first
@@ -104,9 +107,14 @@ pub struct CudaSource {
 }
 
 impl CudaSource {
-    /// Dynamic shared memory of a persistent block with `warps` warps (bytes).
+    /// Dynamic shared memory of a `mg_streams_warp` block with `warps` warps (bytes).
     pub fn shared_bytes(&self, warps: usize) -> usize {
         block_shared_bytes(self.shared_weight_floats, warps, self.scratch_floats)
+    }
+
+    /// Dynamic shared memory of `mg_persistent`'s block of one warp (bytes).
+    pub fn persistent_shared_bytes(&self) -> usize {
+        block_shared_bytes(self.shared_weight_floats, 1, self.lane_scratch_floats)
     }
 
     /// Dynamic shared memory of a thread-per-stream block (bytes): its copy of the weights, then
@@ -238,19 +246,19 @@ pub fn render(shape: &Shape) -> CudaSource {
     at += (shape.heads * block).next_multiple_of(4);
     scratch.push(("MG_S_DRAW".into(), at));
     at += vocab.next_multiple_of(4);
+    let scratch_floats = at.next_multiple_of(32);
     // The lane step's two shared buffers: over the warp step's buffers before the logits where
-    // they fit (the lane step keeps those in registers), else after everything.
+    // they fit (the lane step keeps those in registers), else after the warp scratch, in a longer
+    // scratch of the lane kernels' own.
     let (lane_body, share_floats) = lane_step(shape, program.ops());
     let logits_at = scratch[Buffer::Logits.index()].1;
-    let share_at = if 2 * share_floats <= logits_at {
-        0
+    let (share_at, lane_scratch_floats) = if 2 * share_floats <= logits_at {
+        (0, scratch_floats)
     } else {
-        at += 2 * share_floats;
-        at - 2 * share_floats
+        (at, (at + 2 * share_floats).next_multiple_of(32))
     };
     scratch.push(("MG_S_SHARE".into(), share_at));
     scratch.push(("MG_SHARE".into(), share_floats));
-    let scratch_floats = at.next_multiple_of(32);
     let warp_block_bytes = block_shared_bytes(shared_weight_floats, WARPS_PER_BLOCK, scratch_floats);
     let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, MAX_WARPS_PER_SM / WARPS_PER_BLOCK);
     let logits_offset = logits_at;
@@ -287,6 +295,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_LAYERS", shape.layers),
         ("MG_KV_SHARED_POSITIONS", kv_shared_positions),
         ("MG_SCRATCH", scratch_floats),
+        ("MG_LANE_SCRATCH", lane_scratch_floats),
         ("MG_WARPS_PER_BLOCK", WARPS_PER_BLOCK),
         ("MG_WARP_BLOCKS_PER_SM", warp_blocks_per_sm),
     ] {
@@ -391,6 +400,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         weight_floats,
         shared_weight_floats,
         scratch_floats,
+        lane_scratch_floats,
         kv_floats,
         kv_shared_positions,
         logits_offset,
@@ -1669,7 +1679,8 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
     if (threadIdx.x == 0) *next = drawn;
 }
 
-// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent.
+// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent. s: a
+// global scratch of MG_LANE_SCRATCH floats.
 extern "C" __global__ void mg_lanes_step(const float* __restrict__ w, float* s, int tok, int pos, float r, int* next) {
     const int drawn = mg_step_lanes(w, s, tok, pos, r, s + MG_S_LOGITS);
     if (threadIdx.x == 0) *next = drawn;
@@ -1687,7 +1698,7 @@ __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, un
     const int lane = threadIdx.x & 31;
     const int stream = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (stream >= streams) return;
-    float* s = smem + MG_WEIGHTS_SHARED + (threadIdx.x >> 5) * MG_SCRATCH;
+    float* s = smem + MG_WEIGHTS_SHARED + (threadIdx.x >> 5) * (LANES ? MG_LANE_SCRATCH : MG_SCRATCH);
     for (int i = lane; i < MG_KV; i += 32) s[MG_S_KV + i] = kv[(long long)stream * MG_KV + i];
     __syncwarp();
     int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];

@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
     const std::vector<float> w = read_weights(argv[1]);
     const std::string mode = argv[2];
     if (mode == "naive" || mode == "warp" || mode == "lanes" || mode == "thread") {
-        std::vector<float> scratch(MG_SCRATCH, 0.0f), kv(MG_KV, 0.0f), logits(MG_VOCAB);
+        std::vector<float> scratch(MG_LANE_SCRATCH, 0.0f), kv(MG_KV, 0.0f), logits(MG_VOCAB);
         int tok, pos;
         unsigned bits;
         while (std::scanf("%d %d %u", &tok, &pos, &bits) == 3) {
