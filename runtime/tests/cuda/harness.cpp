@@ -2,8 +2,9 @@
 // source) and `ops.inc` (the list of its per-op kernels) beside this file's copy.
 //
 // harness WEIGHTS MODE [ARGS]; WEIGHTS: the arranged weights, little-endian f32.
-//   step modes (naive, warp, lanes, thread): stdin has lines "tok pos r_bits" (r as its f32 bits); each
-//   prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to the host);
+//   step modes (naive, warp, lanes, thread): stdin has lines "tok pos r_bits" (r as its f32
+//   bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to
+//   the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
 //   mg_streams_warp, as the host does), streams THREADS STREAMS STEPS LAUNCHES (THREADS per block:
 //   MG_STREAM_THREADS): stdin has
