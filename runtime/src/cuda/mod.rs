@@ -261,7 +261,6 @@ pub fn render(shape: &Shape) -> CudaSource {
     scratch.push(("MG_SHARE".into(), share_floats));
     let warp_block_bytes = block_shared_bytes(shared_weight_floats, WARPS_PER_BLOCK, scratch_floats);
     let warp_blocks_per_sm = (SHARED_PER_SM / warp_block_bytes).clamp(1, MAX_WARPS_PER_SM / WARPS_PER_BLOCK);
-    let logits_offset = logits_at;
     let stream_block_bytes = SHARED_PER_SM * STREAM_THREADS / (32 * STREAM_WARPS_PER_SM);
     let kv_shared_positions = (stream_block_bytes.saturating_sub(4 * shared_weight_floats)
         / (4 * STREAM_THREADS * kv_position_floats(shape)))
@@ -403,7 +402,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         lane_scratch_floats,
         kv_floats,
         kv_shared_positions,
-        logits_offset,
+        logits_offset: logits_at,
         op_kernels,
     }
 }
@@ -936,35 +935,44 @@ __device__ __forceinline__ int mg_sample(const float* logits, float r) {
     return chosen;
 }
 
+// dst[0..N) = src[0..N), src 16-byte aligned: four at a time.
+template <int N>
+__device__ __forceinline__ void mg_l_read(const float* src, float* dst) {
+    #pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        const float4 q = reinterpret_cast<const float4*>(src)[j];
+        dst[4 * j] = q.x;
+        dst[4 * j + 1] = q.y;
+        dst[4 * j + 2] = q.z;
+        dst[4 * j + 3] = q.w;
+    }
+    #pragma unroll
+    for (int i = N / 4 * 4; i < N; i++) dst[i] = src[i];
+}
+
 // The same draw by a warp, with the same result bit for bit. The lane owning logit i (i = lane +
 // 32 k) takes its exponential; the vectors go through `draw` (a scratch of MG_VOCAB floats,
 // 16-byte aligned) so that every lane reads them whole, as broadcasts, for the maximum, the total
 // and the running sum, which it takes left to right as mg_sample does.
 //
-// mg_w_share: lane-owned v (element lane + 32 k in v[k]) into `all`, whole, in every lane.
-__device__ __forceinline__ void mg_w_share(float* draw, const float* v, float* all) {
-    __syncwarp();  // every lane has read the previous vector
+// mg_w_share: lane-owned v (element lane + 32 k in v[k]) into `all`, whole, in every lane,
+// through `buf` (MG_VOCAB floats, 16-byte aligned). The caller syncs the warp before a second
+// share through the same buffer.
+__device__ __forceinline__ void mg_w_share(float* buf, const float* v, float* all) {
     #pragma unroll
     for (int k = 0; k < MG_LANE_STEPS(MG_VOCAB); k++) {
         const int i = (threadIdx.x & 31) + 32 * k;
-        if (i < MG_VOCAB) draw[i] = v[k];
+        if (i < MG_VOCAB) buf[i] = v[k];
     }
     __syncwarp();
-    #pragma unroll
-    for (int j = 0; j < (MG_VOCAB + 3) / 4; j++) {
-        const float4 q = reinterpret_cast<const float4*>(draw)[j];
-        all[4 * j] = q.x;
-        all[4 * j + 1] = q.y;
-        all[4 * j + 2] = q.z;
-        all[4 * j + 3] = q.w;
-    }
+    mg_l_read<MG_VOCAB>(buf, all);
 }
 
 __device__ __forceinline__ int mg_w_sample(const float* logits, float* draw, float r) {
     constexpr int K = MG_LANE_STEPS(MG_VOCAB);
     const int lane = threadIdx.x & 31;
     const float it = mg_inv_temperature;
-    float v[K], all[(MG_VOCAB + 3) / 4 * 4];
+    float v[K], all[MG_VOCAB];
     #pragma unroll
     for (int k = 0; k < K; k++) {
         const int i = lane + 32 * k;
@@ -977,6 +985,7 @@ __device__ __forceinline__ int mg_w_sample(const float* logits, float* draw, flo
     const float m = fmaxf(fmaxf(mq[0], mq[1]), fmaxf(mq[2], mq[3]));
     #pragma unroll
     for (int k = 0; k < K; k++) v[k] = expf((v[k] - m) * it);
+    __syncwarp();  // every lane has read the logits out of draw
     mg_w_share(draw, v, all);
     float total = 0.0f;
     #pragma unroll
@@ -1097,17 +1106,25 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
     }
 }
 
-// y = W x by a warp (mg_w_rows), stored by the lanes of column group 0.
-template <int ROWS, int COLS>
-__device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
+// out = W (x * scale) (rectified when RELU), written to shared memory by the lanes owning the rows
+// (mg_w_rows, SPLIT when x is in shared memory; W possibly several matrices of RB rows); the
+// caller syncs the warp before any lane reads it.
+template <int ROWS, int COLS, bool SPLIT, bool RELU, int RB = ROWS>
+__device__ __forceinline__ void mg_l_matvec(const float* __restrict__ wt, const float* x, float scale, float* out) {
     float v[MG_LANE_STEPS(ROWS)];
-    mg_w_rows<ROWS, COLS>(wt, x, v);
+    mg_w_rows<ROWS, COLS, SPLIT, RB>(wt, x, v);
     const int lane = threadIdx.x & 31;
     #pragma unroll
     for (int k = 0; k < MG_LANE_STEPS(ROWS); k++) {
         const int r = lane + 32 * k;
-        if (lane < MG_ROW_LANES(ROWS) && r < ROWS) y[r] = v[k];
+        if (lane < MG_ROW_LANES(ROWS) && r < ROWS) out[r] = RELU ? fmaxf(v[k] * scale, 0.0f) : v[k] * scale;
     }
+}
+
+// y = W x by a warp (mg_w_rows), stored by the lanes of column group 0, the warp synced.
+template <int ROWS, int COLS>
+__device__ __forceinline__ void mg_w_matvec(const float* __restrict__ wt, const float* x, float* y) {
+    mg_l_matvec<ROWS, COLS, true, false>(wt, x, 1.0f, y);
     __syncwarp();
 }
 
@@ -1233,21 +1250,6 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
 // RMSNorm before a matvec is a factor applied to its sums, so that the matvec need not wait for
 // the square root.
 
-// dst[0..N) = src[0..N), src 16-byte aligned: four at a time.
-template <int N>
-__device__ __forceinline__ void mg_l_read(const float* src, float* dst) {
-    #pragma unroll
-    for (int j = 0; j < N / 4; j++) {
-        const float4 q = reinterpret_cast<const float4*>(src)[j];
-        dst[4 * j] = q.x;
-        dst[4 * j + 1] = q.y;
-        dst[4 * j + 2] = q.z;
-        dst[4 * j + 3] = q.w;
-    }
-    #pragma unroll
-    for (int i = N / 4 * 4; i < N; i++) dst[i] = src[i];
-}
-
 // Sums and maxima of N values as a balanced tree of pairs (a short chain, the same order in every
 // lane).
 template <int N>
@@ -1308,21 +1310,6 @@ __device__ __forceinline__ void mg_l_add(const float* v, float* into) {
     mg_l_read<N>(v, t);
     #pragma unroll
     for (int i = 0; i < N; i++) into[i] += t[i];
-}
-
-// out = W (x * scale) (rectified when RELU), written to shared memory by the lanes owning the rows
-// (mg_w_rows, SPLIT when x is in shared memory; W possibly several matrices of RB rows); the
-// caller syncs the warp before any lane reads it.
-template <int ROWS, int COLS, bool SPLIT, bool RELU, int RB = ROWS>
-__device__ __forceinline__ void mg_l_matvec(const float* __restrict__ wt, const float* x, float scale, float* out) {
-    float v[MG_LANE_STEPS(ROWS)];
-    mg_w_rows<ROWS, COLS, SPLIT, RB>(wt, x, v);
-    const int lane = threadIdx.x & 31;
-    #pragma unroll
-    for (int k = 0; k < MG_LANE_STEPS(ROWS); k++) {
-        const int r = lane + 32 * k;
-        if (lane < MG_ROW_LANES(ROWS) && r < ROWS) out[r] = RELU ? fmaxf(v[k] * scale, 0.0f) : v[k] * scale;
-    }
 }
 
 // q . keys[0..HD), q in registers; with QUADS (HD and the offsets multiples of 4) four at a time.
@@ -1463,20 +1450,12 @@ __device__ __forceinline__ int mg_l_sample(const float (&lg)[MG_LANE_STEPS(V)], 
     constexpr int K = MG_LANE_STEPS(V);
     const int lane = threadIdx.x & 31;
     const float it2 = mg_inv_temperature * MG_LOG2E;  // exp(x / T) = exp2(x log2(e) / T)
-    float all[V];
-    #pragma unroll
-    for (int k = 0; k < K; k++) {
-        if (lane + 32 * k < V) a[lane + 32 * k] = lg[k];
-    }
-    __syncwarp();
-    mg_l_read<V>(a, all);
+    float all[V], e[K];
+    mg_w_share(a, lg, all);
     const float m = mg_tree_max<V>(all);
     #pragma unroll
-    for (int k = 0; k < K; k++) {
-        if (lane + 32 * k < V) b[lane + 32 * k] = exp2f((lg[k] - m) * it2);
-    }
-    __syncwarp();
-    mg_l_read<V>(b, all);
+    for (int k = 0; k < K; k++) e[k] = exp2f((lg[k] - m) * it2);
+    mg_w_share(b, e, all);
     const float rt = r * mg_tree_sum<V>(all);
     #pragma unroll
     for (int k = 0; k < K; k++) {
