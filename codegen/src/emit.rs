@@ -1,5 +1,6 @@
 //! A statement list under construction, with fresh local names.
 
+use microgpt_model::numerics::F32Ops;
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
@@ -64,4 +65,27 @@ pub fn tree(
         terms = next;
     }
     terms.pop().expect("at least one term")
+}
+
+/// [`F32Ops`] as a Rust expression on `f32` values, one operation per step as written (Rust
+/// does not fuse a multiply and an add).
+pub struct Expr;
+
+impl F32Ops for Expr {
+    type V = TokenStream;
+    fn constant(&mut self, x: f32) -> TokenStream {
+        quote! { #x }
+    }
+    fn mul(&mut self, a: TokenStream, b: TokenStream) -> TokenStream {
+        quote! { (#a * #b) }
+    }
+    fn add(&mut self, a: TokenStream, b: TokenStream) -> TokenStream {
+        quote! { (#a + #b) }
+    }
+    fn div(&mut self, a: TokenStream, b: TokenStream) -> TokenStream {
+        quote! { (#a / #b) }
+    }
+    fn sqrt(&mut self, a: TokenStream) -> TokenStream {
+        quote! { #a.sqrt() }
+    }
 }

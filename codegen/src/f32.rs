@@ -10,11 +10,13 @@
 //!   weighted sum of values are vertical operations.
 
 use crate::attn::{self, LaneOps};
-use crate::emit::{Body, ident, tree};
+use crate::emit::{Body, Expr, ident, tree};
 use crate::frame::Frame;
 use crate::target::Target;
-use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY, EXP2_POLY};
-use microgpt_model::{Buffer, Op, Param, Program, RMS_EPS, Shape};
+use microgpt_model::numerics::{
+    EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY, EXP2_POLY, rms_factor,
+};
+use microgpt_model::{Buffer, Op, Param, Program, Shape};
 use microgpt_runtime::kernel::layout::Arrangement;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
@@ -174,8 +176,8 @@ impl<'a> F32Gen<'a> {
                     |a, b| self.f.t.add(a, b),
                 );
                 let hsum = self.f.t.hsum(quote! { sq });
-                let inv_n = 1.0f32 / n as f32;
-                let eps = RMS_EPS as f32;
+                let pending = x.scale.as_ref().map(|_| quote! { c });
+                let factor = rms_factor(&mut Expr, hsum, n, pending);
                 let name = format_ident!("op{:02}_rmsnorm_scale", index);
                 let regs = x.regs.clone();
                 let scale = match &x.scale {
@@ -189,7 +191,7 @@ impl<'a> F32Gen<'a> {
                             #attrs
                             unsafe fn #name(x: #ty) -> f32 {
                                 let sq = #squares;
-                                1.0f32 / (#hsum * #inv_n + #eps).sqrt()
+                                #factor
                             }
                         });
                         body.bind("scale", quote! { #name(#regs) })
@@ -204,8 +206,7 @@ impl<'a> F32Gen<'a> {
                             #attrs
                             unsafe fn #name(x: #ty, c: f32) -> f32 {
                                 let sq = #squares;
-                                let ms = #hsum * (c * c) * #inv_n;
-                                c / (ms + #eps).sqrt()
+                                #factor
                             }
                         });
                         body.bind("scale", quote! { #name(#regs, #c) })

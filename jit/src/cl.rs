@@ -6,7 +6,7 @@ use cranelift_codegen::ir::immediates::Ieee32;
 use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
-use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY};
+use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY, F32Ops};
 
 /// f32 lanes per vector.
 pub const LANES: usize = 4;
@@ -19,6 +19,26 @@ pub fn mem() -> MemFlagsData {
 /// Reinterpreting a vector's bits (little-endian lanes on every target this runs on).
 fn bits() -> MemFlagsData {
     MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
+/// Scalar `f32` rules of the model ([`microgpt_model::numerics`]) as Cranelift instructions.
+impl F32Ops for Cl<'_> {
+    type V = Value;
+    fn constant(&mut self, x: f32) -> Value {
+        self.f32(x)
+    }
+    fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fmul(a, b)
+    }
+    fn add(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fadd(a, b)
+    }
+    fn div(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fdiv(a, b)
+    }
+    fn sqrt(&mut self, a: Value) -> Value {
+        self.b.ins().sqrt(a)
+    }
 }
 
 /// The builder of one generated function.

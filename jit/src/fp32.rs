@@ -11,7 +11,8 @@ use crate::state::{StateLayout, padded};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{BlockArg, InstBuilder, SourceLoc, Value};
-use microgpt_model::{Buffer, Op, Param, Program, RMS_EPS};
+use microgpt_model::numerics::rms_factor;
+use microgpt_model::{Buffer, Op, Param, Program};
 use std::collections::HashMap;
 
 /// A buffer's registers and the pending RMSNorm factor (an f32 value) they still carry.
@@ -65,17 +66,7 @@ pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params)
                         ss
                     }
                 };
-                let inv_n = cl.f32(1.0 / s.embd as f32);
-                let mut ms = cl.b.ins().fmul(ss, inv_n);
-                if let Some(c) = x.scale {
-                    let c2 = cl.b.ins().fmul(c, c);
-                    ms = cl.b.ins().fmul(ms, c2);
-                }
-                let eps = cl.f32(RMS_EPS as f32);
-                let d = cl.b.ins().fadd(ms, eps);
-                let d = cl.b.ins().sqrt(d);
-                let num = x.scale.unwrap_or_else(|| cl.f32(1.0));
-                let scale = cl.b.ins().fdiv(num, d);
+                let scale = rms_factor(cl, ss, s.embd, x.scale);
                 vals.insert(
                     out,
                     Val {

@@ -1,5 +1,5 @@
-//! Numerical definitions shared by the renderers: the Q4.12 datapath's `exp`, and the power of
-//! two of the fp32 lane-batched kernels.
+//! Numerical definitions shared by the renderers: the Q4.12 datapath's `exp`, the power of two
+//! of the fp32 lane-batched kernels, and the deferred RMSNorm factor (see [`rms_factor`]).
 //!
 //! model's Q4.12 arithmetic computes its softmax in f32. For every Q4.12 kernel to reproduce the
 //! scalar reference's integers bit for bit, all of them must evaluate `exp` with the same
@@ -56,6 +56,61 @@ pub fn exp2_fp32(y: f32) -> f32 {
     p * 2f32.powi(n as i32)
 }
 
+/// Scalar f32 arithmetic, each operation rounded once: [`Eval`] computes, a renderer builds the
+/// expression it emits. Rules written against it ([`rms_factor`]) are one order of operations
+/// for every renderer.
+pub trait F32Ops {
+    type V: Clone;
+    fn constant(&mut self, x: f32) -> Self::V;
+    fn mul(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn add(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn div(&mut self, a: Self::V, b: Self::V) -> Self::V;
+    fn sqrt(&mut self, a: Self::V) -> Self::V;
+}
+
+/// [`F32Ops`] on plain `f32` values.
+pub struct Eval;
+
+impl F32Ops for Eval {
+    type V = f32;
+    fn constant(&mut self, x: f32) -> f32 {
+        x
+    }
+    fn mul(&mut self, a: f32, b: f32) -> f32 {
+        a * b
+    }
+    fn add(&mut self, a: f32, b: f32) -> f32 {
+        a + b
+    }
+    fn div(&mut self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    fn sqrt(&mut self, a: f32) -> f32 {
+        a.sqrt()
+    }
+}
+
+/// RMSNorm's factor for `n` values whose squares sum to `sum_sq`, in the renderers that defer
+/// the factor to where a value is used. Without a `pending` factor: `1 / √(sum_sq · (1/n) + ε)`.
+/// With one (the values stand for `c · x` and `x` is what was squared): the factor that
+/// normalises `c · x` and also applies `c`, `c / √(sum_sq · (1/n) · c² + ε)`.
+pub fn rms_factor<O: F32Ops>(o: &mut O, sum_sq: O::V, n: usize, pending: Option<O::V>) -> O::V {
+    let inv_n = o.constant(1.0 / n as f32);
+    let mut ms = o.mul(sum_sq, inv_n);
+    let num = match pending {
+        Some(c) => {
+            let c2 = o.mul(c.clone(), c.clone());
+            ms = o.mul(ms, c2);
+            c
+        }
+        None => o.constant(1.0),
+    };
+    let eps = o.constant(crate::RMS_EPS as f32);
+    let d = o.add(ms, eps);
+    let d = o.sqrt(d);
+    o.div(num, d)
+}
+
 /// `e^x` as the Q4.12 datapath defines it (see the module documentation).
 #[inline]
 pub fn exp_q412(x: f32) -> f32 {
@@ -91,6 +146,27 @@ mod tests {
         assert_eq!(exp_q412(0.0), 1.0);
         assert!(exp_q412(-1000.0) > 0.0 && exp_q412(-1000.0) < 2e-38);
         assert!(exp_q412(1000.0).is_finite());
+    }
+
+    #[test]
+    fn a_pending_factor_composes_into_the_rmsnorm_of_the_scaled_values() {
+        let x = [0.3f32, -1.25, 2.0, 0.0, -0.5, 4.0, 1.5];
+        let (c, n) = (0.37f32, x.len());
+        let squares = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+        // Materialised: RMSNorm of c·x, then applied to c·x.
+        let cx: Vec<f32> = x.iter().map(|a| c * a).collect();
+        let direct = rms_factor(&mut Eval, squares(&cx), n, None);
+        let want = 1.0 / (squares(&cx) as f64 / n as f64 + crate::RMS_EPS).sqrt();
+        assert!((direct as f64 / want - 1.0).abs() < 1e-6, "{direct} vs {want}");
+        // Deferred: from x's squares and c, one factor that takes x to the normalised c·x.
+        let deferred = rms_factor(&mut Eval, squares(&x), n, Some(c));
+        for (a, b) in x.iter().zip(&cx) {
+            let (got, want) = (a * deferred, b * direct);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
     }
 
     #[test]
