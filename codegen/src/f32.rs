@@ -13,9 +13,7 @@ use crate::attn::{self, LaneOps};
 use crate::emit::{Body, Expr, ident, tree};
 use crate::frame::Frame;
 use crate::target::Target;
-use microgpt_model::numerics::{
-    EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY, EXP2_POLY, rms_factor,
-};
+use microgpt_model::numerics::{EXP_MIN, EXP2_POLY, ExpOps, F32Ops, exp_rule, rms_factor};
 use microgpt_model::{Buffer, Op, Param, Program, Shape};
 use microgpt_runtime::kernel::layout::Arrangement;
 use proc_macro2::{Ident, TokenStream};
@@ -1022,55 +1020,75 @@ pub fn sample_fn(t: Target, s: &Shape, attrs: &T, prescaled: bool, exp: &Ident) 
     }
 }
 
-/// The exp helper of a target: Cody-Waite reduction and the degree-6 polynomial of
-/// `microgpt_model::numerics`, fused (fp32 kernels) or with every operation rounded separately
+/// [`ExpOps`] on a target's vectors, as Rust expressions; the values a rule names become
+/// locals of `body`.
+struct Lanes<'b> {
+    t: Target,
+    body: &'b mut Body,
+}
+
+impl F32Ops for Lanes<'_> {
+    type V = T;
+    fn constant(&mut self, x: f32) -> T {
+        self.t.splat(quote! { #x })
+    }
+    fn mul(&mut self, a: T, b: T) -> T {
+        self.t.mul(a, b)
+    }
+    fn add(&mut self, a: T, b: T) -> T {
+        self.t.add(a, b)
+    }
+    fn div(&mut self, a: T, b: T) -> T {
+        self.t.div(a, b)
+    }
+    fn sqrt(&mut self, a: T) -> T {
+        self.t.sqrt(a)
+    }
+}
+
+impl ExpOps for Lanes<'_> {
+    fn sub(&mut self, a: T, b: T) -> T {
+        self.t.sub(a, b)
+    }
+    fn min(&mut self, a: T, b: T) -> T {
+        self.t.min(a, b)
+    }
+    fn max(&mut self, a: T, b: T) -> T {
+        self.t.max(a, b)
+    }
+    fn fma(&mut self, a: T, b: T, c: T) -> T {
+        self.t.fma(a, b, c)
+    }
+    fn round(&mut self, a: T) -> T {
+        self.t.round(a)
+    }
+    fn pow2(&mut self, n: T) -> T {
+        self.t.exp2_int(n)
+    }
+    fn name(&mut self, v: T, name: &str) -> T {
+        let id = ident(name);
+        self.body.push(quote! { let #id = #v; });
+        quote! { #id }
+    }
+}
+
+/// The exp helper of a target: `microgpt_model::numerics::exp_rule` rendered on its vectors,
+/// fused (fp32 kernels, except AVX-512's table form) or with every operation rounded separately
 /// (Q4.12 kernels, which must match the scalar reference bit for bit).
 pub fn exp_fn(t: Target, fused: bool, attrs: &T, name: &Ident) -> T {
     if fused && t == Target::Avx512 {
         return exp_table_avx512(attrs, name);
     }
     let v = t.vf();
-    let c = |x: f32| t.splat(quote! { #x });
-    let [c0, c1, c2, c3, c4, c5] = EXP_POLY;
-    let (lo, hi) = (c(EXP_MIN), c(EXP_MAX));
-    let clamp = t.max(t.min(quote! { x }, hi), lo);
-    let n = t.round(t.mul(quote! { x }, c(EXP_LOG2E)));
-    let rr = if fused {
-        let neg_hi = -EXP_LN2_HI;
-        let neg_lo = -EXP_LN2_LO;
-        t.fma(
-            quote! { n },
-            c(neg_lo),
-            t.fma(quote! { n }, c(neg_hi), quote! { x }),
-        )
-    } else {
-        t.sub(
-            t.sub(quote! { x }, t.mul(quote! { n }, c(EXP_LN2_HI))),
-            t.mul(quote! { n }, c(EXP_LN2_LO)),
-        )
-    };
-    let step = |acc: T, coef: f32| t.mul_add(acc, quote! { r }, c(coef), fused);
-    let p = step(step(step(step(step(c(c5), c4), c3), c2), c1), c0);
-    let y = t.add(
-        t.mul_add(
-            quote! { p },
-            t.mul(quote! { r }, quote! { r }),
-            quote! { r },
-            fused,
-        ),
-        c(1.0),
-    );
-    let scaled = t.mul(quote! { y }, t.exp2_int(quote! { n }));
+    let mut body = Body::default();
+    let e = exp_rule(&mut Lanes { t, body: &mut body }, quote! { x }, fused);
+    let b = body.into_tokens();
     quote! {
         /// `e^x` per lane: Cody-Waite range reduction and a degree-6 polynomial.
         #attrs
         unsafe fn #name(x: #v) -> #v {
-            let x = #clamp;
-            let n = #n;
-            let r = #rr;
-            let p = #p;
-            let y = #y;
-            #scaled
+            #b
+            #e
         }
     }
 }

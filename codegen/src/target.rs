@@ -221,15 +221,6 @@ impl Target {
         }
     }
 
-    /// `a · b + c`, fused or not.
-    pub fn mul_add(self, a: T, b: T, c: T, fused: bool) -> T {
-        if fused {
-            self.fma(a, b, c)
-        } else {
-            self.add(self.mul(a, b), c)
-        }
-    }
-
     /// Round to nearest, ties to even.
     pub fn round(self, v: T) -> T {
         match self {

@@ -6,7 +6,7 @@ use cranelift_codegen::ir::immediates::Ieee32;
 use cranelift_codegen::ir::types::{F32X4, I8X16, I16X8, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
-use microgpt_model::numerics::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAX, EXP_MIN, EXP_POLY, F32Ops};
+use microgpt_model::numerics::{ExpOps, F32Ops, exp_rule};
 
 /// f32 lanes per vector.
 pub const LANES: usize = 4;
@@ -38,6 +38,53 @@ impl F32Ops for Cl<'_> {
     }
     fn sqrt(&mut self, a: Value) -> Value {
         self.b.ins().sqrt(a)
+    }
+}
+
+/// [`ExpOps`] on f32x4 values (constants are splat vectors).
+struct Lanes<'c, 'a>(&'c mut Cl<'a>);
+
+impl F32Ops for Lanes<'_, '_> {
+    type V = Value;
+    fn constant(&mut self, x: f32) -> Value {
+        self.0.splat_f(x)
+    }
+    fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.0.fmul(a, b)
+    }
+    fn add(&mut self, a: Value, b: Value) -> Value {
+        self.0.fadd(a, b)
+    }
+    fn div(&mut self, a: Value, b: Value) -> Value {
+        self.0.fdiv(a, b)
+    }
+    fn sqrt(&mut self, a: Value) -> Value {
+        self.0.b.ins().sqrt(a)
+    }
+}
+
+impl ExpOps for Lanes<'_, '_> {
+    fn sub(&mut self, a: Value, b: Value) -> Value {
+        self.0.fsub(a, b)
+    }
+    fn min(&mut self, a: Value, b: Value) -> Value {
+        self.0.fmin(a, b)
+    }
+    fn max(&mut self, a: Value, b: Value) -> Value {
+        self.0.fmax(a, b)
+    }
+    fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
+        self.0.fma(a, b, c)
+    }
+    fn round(&mut self, a: Value) -> Value {
+        self.0.b.ins().nearest(a)
+    }
+    fn pow2(&mut self, n: Value) -> Value {
+        let ni = self.0.integral_to_i32(n);
+        let bias = self.0.splat_i(127);
+        let e = self.0.b.ins().iadd(ni, bias);
+        let e = self.0.b.ins().ishl_imm_s(e, 23);
+        self.0.bitcast(F32X4, e)
     }
 }
 
@@ -141,16 +188,6 @@ impl<'a> Cl<'a> {
     /// `a · b + c`, fused.
     pub fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
         self.b.ins().fma(a, b, c)
-    }
-
-    /// `a · b + c`, fused or rounded twice.
-    pub fn mul_add(&mut self, a: Value, b: Value, c: Value, fused: bool) -> Value {
-        if fused {
-            self.fma(a, b, c)
-        } else {
-            let p = self.fmul(a, b);
-            self.fadd(p, c)
-        }
     }
 
     pub fn lane(&mut self, v: Value, lane: usize) -> Value {
@@ -258,46 +295,10 @@ impl<'a> Cl<'a> {
         self.bitcast(I32X4, m)
     }
 
-    /// `e^x` per lane: the Cody-Waite reduction and degree-6 polynomial of
-    /// `microgpt_model::numerics`, fused (fp32) or rounded step by step (Q4.12, matching the
-    /// reference bit for bit).
+    /// `e^x` per lane: `microgpt_model::numerics::exp_rule`, fused (fp32) or rounded step by
+    /// step (Q4.12, matching the reference bit for bit).
     pub fn exp(&mut self, x: Value, fused: bool) -> Value {
-        let lo = self.splat_f(EXP_MIN);
-        let hi = self.splat_f(EXP_MAX);
-        let x = self.fmin(x, hi);
-        let x = self.fmax(x, lo);
-        let log2e = self.splat_f(EXP_LOG2E);
-        let t = self.fmul(x, log2e);
-        let n = self.b.ins().nearest(t);
-        let r = if fused {
-            let a = self.splat_f(-EXP_LN2_HI);
-            let b = self.splat_f(-EXP_LN2_LO);
-            let r = self.fma(n, a, x);
-            self.fma(n, b, r)
-        } else {
-            let a = self.splat_f(EXP_LN2_HI);
-            let b = self.splat_f(EXP_LN2_LO);
-            let na = self.fmul(n, a);
-            let r = self.fsub(x, na);
-            let nb = self.fmul(n, b);
-            self.fsub(r, nb)
-        };
-        let [c0, c1, c2, c3, c4, c5] = EXP_POLY;
-        let mut p = self.splat_f(c5);
-        for c in [c4, c3, c2, c1, c0] {
-            let cv = self.splat_f(c);
-            p = self.mul_add(p, r, cv, fused);
-        }
-        let r2 = self.fmul(r, r);
-        let y = self.mul_add(p, r2, r, fused);
-        let one = self.splat_f(1.0);
-        let y = self.fadd(y, one);
-        let ni = self.integral_to_i32(n);
-        let bias = self.splat_i(127);
-        let e = self.b.ins().iadd(ni, bias);
-        let e = self.b.ins().ishl_imm_s(e, 23);
-        let scale = self.bitcast(F32X4, e);
-        self.fmul(y, scale)
+        exp_rule(&mut Lanes(self), x, fused)
     }
 
     // ---- i32x4 / i16x8 --------------------------------------------------------------------
