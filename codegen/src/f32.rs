@@ -13,7 +13,7 @@ use crate::attn::{self, LaneOps};
 use crate::emit::{Body, Expr, ident, tree};
 use crate::frame::Frame;
 use crate::target::Target;
-use microgpt_model::numerics::{EXP_MIN, EXP2_POLY, ExpOps, F32Ops, exp_rule, rms_factor};
+use microgpt_model::numerics::{EXP_MIN, ExpOps, F32Ops, exp_rule, exp2_rule, rms_factor};
 use microgpt_model::{Buffer, Op, Param, Program, Shape};
 use microgpt_runtime::kernel::layout::Arrangement;
 use proc_macro2::{Ident, TokenStream};
@@ -903,32 +903,20 @@ fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
 /// elsewhere `y` is first clamped to [-126, 126].
 pub fn exp2_fn(t: Target, attrs: &T, name: &Ident) -> T {
     let v = t.vf();
-    let c = |x: f32| t.splat(quote! { #x });
-    let (top, rest) = EXP2_POLY.split_last().expect("a polynomial");
-    let p = rest
-        .iter()
-        .rev()
-        .fold(c(*top), |acc, &k| t.fma(acc, quote! { f }, c(k)));
-    let (clamp, scaled) = if t == Target::Avx512 {
-        (quote! {}, quote! { _mm512_scalef_ps(p, n) })
-    } else {
+    let mut body = Body::default();
+    if t != Target::Avx512 {
+        let c = |x: f32| t.splat(quote! { #x });
         let clamped = t.max(t.min(quote! { y }, c(126.0)), c(-126.0));
-        (
-            quote! { let y = #clamped; },
-            t.mul(quote! { p }, t.exp2_int(quote! { n })),
-        )
-    };
-    let n = t.round(quote! { y });
-    let f = t.sub(quote! { y }, quote! { n });
+        body.push(quote! { let y = #clamped; });
+    }
+    let e = exp2_rule(&mut Lanes { t, body: &mut body }, quote! { y });
+    let b = body.into_tokens();
     quote! {
         /// `2^y` per lane: `2^round(y)` times a degree-6 polynomial of the rest.
         #attrs
         unsafe fn #name(y: #v) -> #v {
-            #clamp
-            let n = #n;
-            let f = #f;
-            let p = #p;
-            #scaled
+            #b
+            #e
         }
     }
 }
@@ -1064,6 +1052,16 @@ impl ExpOps for Lanes<'_> {
     }
     fn pow2(&mut self, n: T) -> T {
         self.t.exp2_int(n)
+    }
+    fn scale_pow2(&mut self, p: T, n: T) -> T {
+        match self.t {
+            // vscalefps: the whole range (0 below about -150, infinity above 128).
+            Target::Avx512 => quote! { _mm512_scalef_ps(#p, #n) },
+            _ => {
+                let s = self.t.exp2_int(n);
+                self.t.mul(p, s)
+            }
+        }
     }
     fn name(&mut self, v: T, name: &str) -> T {
         let id = ident(name);

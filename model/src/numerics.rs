@@ -44,16 +44,10 @@ pub const EXP2_POLY: [f32; 7] = [
     0.000_153_707_03,
 ];
 
-/// `2^y` as the fp32 lane-batched kernels compute it (see [`EXP2_POLY`]), one lane in scalar
-/// code, for tests. `y` in [-126, 126].
+/// `2^y` as the fp32 lane-batched kernels compute it ([`exp2_rule`]), one lane in scalar code,
+/// for tests. `y` in [-126, 126].
 pub fn exp2_fp32(y: f32) -> f32 {
-    let n = y.round_ties_even();
-    let f = y - n;
-    let p = EXP2_POLY[..6]
-        .iter()
-        .rev()
-        .fold(EXP2_POLY[6], |acc, &c| acc.mul_add(f, c));
-    p * 2f32.powi(n as i32)
+    exp2_rule(&mut Eval, y)
 }
 
 /// Scalar f32 arithmetic, each operation rounded once: [`Eval`] computes, a renderer builds the
@@ -131,6 +125,11 @@ pub trait ExpOps: F32Ops {
             self.add(p, c)
         }
     }
+    /// `p · 2^n` for an integral `n` in [-126, 127] (a target may take a wider range).
+    fn scale_pow2(&mut self, p: Self::V, n: Self::V) -> Self::V {
+        let s = self.pow2(n);
+        self.mul(p, s)
+    }
     /// A value the rule uses more than once, or names for a reader: a renderer may bind it to
     /// a local called `name`.
     fn name(&mut self, v: Self::V, _name: &str) -> Self::V {
@@ -199,6 +198,23 @@ pub fn exp_rule<O: ExpOps>(o: &mut O, x: O::V, fused: bool) -> O::V {
     let y = o.name(y, "y");
     let scale = o.pow2(n);
     o.mul(y, scale)
+}
+
+/// `2^y` as the fp32 lane-batched kernels compute it (see [`EXP2_POLY`]): `n = round(y)`,
+/// `f = y - n`, the polynomial of `f` by Horner's rule with fused multiply-adds, times `2^n`.
+pub fn exp2_rule<O: ExpOps>(o: &mut O, y: O::V) -> O::V {
+    let n = o.round(y.clone());
+    let n = o.name(n, "n");
+    let f = o.sub(y, n.clone());
+    let f = o.name(f, "f");
+    let (top, rest) = EXP2_POLY.split_last().expect("a polynomial");
+    let mut p = o.constant(*top);
+    for &k in rest.iter().rev() {
+        let k = o.constant(k);
+        p = o.fma(p, f.clone(), k);
+    }
+    let p = o.name(p, "p");
+    o.scale_pow2(p, n)
 }
 
 /// `e^x` as the Q4.12 datapath defines it, on one `f32` ([`exp_rule`], unfused).
