@@ -12,6 +12,7 @@ use crate::emit::{Body, tree};
 use crate::expand::{KernelId, Kind, cfg_attr, feature_checks};
 use crate::f32::{exp_fn, exp2_fn};
 use crate::target::Target;
+use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
@@ -708,7 +709,7 @@ impl<'a> BatchGen<'a> {
     /// this step's own key (age 0, valid in every lane) instead of the maximum, so age 0 weighs
     /// exactly 1 and each older slot's weight, sum and weighted value come from one load of its
     /// key and value. The scores are in base 2 (the query weights carry `log2(e)`, see
-    /// [`query_scale`]) and the weights `2^(score - own)`. Softmax does not depend on the shift;
+    /// [`base2_query_scale`]) and the weights `2^(score - own)`. Softmax does not depend on the shift;
     /// the maximum only guards against overflow, so when a lane's sum of weights reaches 2^64
     /// (for one, a base-2 score 64 above this step's own) the step falls back to `stable`, the
     /// max-shifted form.
@@ -906,13 +907,6 @@ impl EmbTable {
     }
 }
 
-/// What the fp32 kernels multiply the query weights by at prepare time: `1/√head_dim` (the
-/// attention's scale) times `log2(e)`, so that the scores come out in base 2 and the softmax
-/// weights are powers of two (`2^(s·log2 e) = e^s`).
-fn query_scale(s: Shape) -> f32 {
-    std::f32::consts::LOG2_E / (s.head_dim() as f32).sqrt()
-}
-
 /// Rows per accumulator block of a matvec with `rows` rows: the vector registers less three (the
 /// input column being read, a scratch register for a product, one to spare) as accumulators,
 /// split evenly over the rows. Within a block each input column is loaded once and updates every
@@ -950,7 +944,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
             quote! { (#start, #end) }
         })
         .collect();
-    let q_scale = query_scale(s);
+    let q_scale = base2_query_scale(&s);
     let (precision, weights_ty, keys_ty, fill, words, logits_scale) = if q {
         (
             quote! { Q412 },

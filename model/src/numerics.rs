@@ -50,6 +50,13 @@ pub fn exp2_fp32(y: f32) -> f32 {
     exp2_rule(&mut Eval, y)
 }
 
+/// What the kernels that take attention's softmax in base 2 multiply the query weights by when
+/// they prepare them: `1/√head_dim` (the attention's scale) times `log2(e)`, so that the scores
+/// come out in base 2 and each softmax weight is a power of two (`2^(s·log2 e) = e^s`).
+pub fn base2_query_scale(shape: &crate::Shape) -> f32 {
+    std::f32::consts::LOG2_E / (shape.head_dim() as f32).sqrt()
+}
+
 /// Scalar f32 arithmetic, each operation rounded once: [`Eval`] computes, a renderer builds the
 /// expression it emits. Rules written against it ([`rms_factor`]) are one order of operations
 /// for every renderer.

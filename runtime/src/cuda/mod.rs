@@ -38,7 +38,9 @@
 //!
 //! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
 //! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
-//! `r` of `W·x` touch consecutive words.
+//! `r` of `W·x` touch consecutive words, and the query weights multiplied by
+//! [`base2_query_scale`] (the attention's `1/√head_dim` and `log2(e)`), so that the scores come
+//! out in base 2 with no multiply on the device.
 //!
 //! Streams follow [`crate::stream::Stream`]: BOS at position 0, restart after drawing BOS or
 //! filling the block; stream `s` of a run with seed `seed` starts from
@@ -50,6 +52,7 @@
 pub mod host;
 
 use crate::VariantSpec;
+use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use microgpt_weights::Weights;
 use std::fmt::Write;
@@ -178,10 +181,11 @@ pub fn variants() -> Vec<VariantSpec> {
     }
 }
 
-/// The weights in the order the kernels read them (see the module docs).
+/// The weights in the order and scale the kernels read them (see the module docs).
 pub fn arrange(weights: &Weights) -> Vec<f32> {
     let layout = weights.layout();
     let mut out = weights.data().to_vec();
+    let q_scale = base2_query_scale(weights.shape());
     for t in layout.tensors() {
         if transposed(t.param) {
             let src = &weights.data()[t.range()];
@@ -191,6 +195,9 @@ pub fn arrange(weights: &Weights) -> Vec<f32> {
                     dst[c * t.rows + r] = src[r * t.cols + c];
                 }
             }
+        }
+        if let Param::Wq(_) = t.param {
+            out[t.range()].iter_mut().for_each(|w| *w *= q_scale);
         }
     }
     out
@@ -873,8 +880,8 @@ fn quads(shape: &Shape, p: Param) -> bool {
 const PRELUDE: &str = r#"
 #define MG_FULL 0xffffffffu
 #define MG_NEG_INF __int_as_float(0xff800000)
-// Attention scores are taken in base 2 (log2(e) / sqrt(head_dim) as their scale), so that each
-// softmax weight is one exp2f: exp(x) = exp2(x log2(e)).
+// Attention scores come out in base 2 (Wq carries log2(e) / sqrt(head_dim), see arrange), so that
+// each softmax weight is one exp2f: exp(x) = exp2(x log2(e)).
 #define MG_LOG2E 1.4426950408889634f
 // Warp code visits element i = lane + 32 k of an N-vector for k < MG_LANE_STEPS(N): unrolled and
 // predicated, no loop.
@@ -1167,7 +1174,6 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
         }
     }
     __syncwarp();
-    const float scale = MG_LOG2E / sqrtf((float)HD);  // scores in base 2
     if constexpr (32 % H == 0) {
         constexpr int G = 32 / H;
         constexpr int K = (T + G - 1) / G;
@@ -1182,7 +1188,7 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
                 float acc = 0.0f;
                 #pragma unroll
                 for (int c = 0; c < HD; c++) acc = fmaf(q[h * HD + c], keys[t * E + h * HD + c], acc);
-                d[j] = acc * scale;
+                d[j] = acc;
                 m = fmaxf(m, d[j]);
             }
         }
@@ -1211,7 +1217,6 @@ __device__ __forceinline__ void mg_w_attention(float* keys, float* values, const
                 float d = 0.0f;
                 #pragma unroll
                 for (int j = 0; j < HD; j++) d = fmaf(q[h * HD + j], keys[t * E + h * HD + j], d);
-                d *= scale;
                 probs[h * T + t] = d;
                 m = fmaxf(m, d);
             }
@@ -1344,7 +1349,6 @@ __device__ __forceinline__ void mg_l_softmax(const float* keys, const float* val
     constexpr bool QUADS = HD % 4 == 0;
     const int lane = threadIdx.x & 31;
     const int g = G > 1 ? lane / E : 0;
-    const float scale = MG_LOG2E / sqrtf((float)HD);  // scores in base 2
     float m[D];
     #pragma unroll
     for (int j = 0; j < D; j++) {
@@ -1356,7 +1360,7 @@ __device__ __forceinline__ void mg_l_softmax(const float* keys, const float* val
             const int h = d / HD;
             float qh[HD];
             #pragma unroll
-            for (int c = 0; c < HD; c++) qh[c] = q[h * HD + c] * scale;
+            for (int c = 0; c < HD; c++) qh[c] = q[h * HD + c];
             const float own = mg_l_dot<HD, QUADS>(qh, k + h * HD);
             if (g == 0) {
                 m[j] = own;
@@ -1560,7 +1564,7 @@ __device__ __forceinline__ void mg_t_cache_store(float* cache, float* shared, co
 }
 
 // One position of mg_t_attention, from shared or global memory: keys/values point at element 0 of
-// the position (stride S), q is scaled for base 2 (MG_LOG2E).
+// the position (stride S); q's scores come out in base 2 (see MG_LOG2E).
 template <int E, int H, int S>
 __device__ __forceinline__ void mg_t_attend(const float* keys, const float* values, const float* q, float* m, float* l,
                                             float* out) {
@@ -1606,15 +1610,12 @@ __device__ __forceinline__ void mg_t_attention(const float* keys, const float* v
     }
     #pragma unroll
     for (int i = 0; i < E; i++) out[i] = 0.0f;
-    float qs[E];
-    #pragma unroll
-    for (int i = 0; i < E; i++) qs[i] = q[i] * (MG_LOG2E / sqrtf((float)HD));
     #pragma unroll
     for (int t = 0; t < P; t++) {
-        if (t <= pos) mg_t_attend<E, H, S>(skeys + t * E * S, svalues + t * E * S, qs, m, l, out);
+        if (t <= pos) mg_t_attend<E, H, S>(skeys + t * E * S, svalues + t * E * S, q, m, l, out);
     }
     #pragma unroll 2
-    for (int t = P; t <= pos; t++) mg_t_attend<E, H, S>(keys + t * E * S, values + t * E * S, qs, m, l, out);
+    for (int t = P; t <= pos; t++) mg_t_attend<E, H, S>(keys + t * E * S, values + t * E * S, q, m, l, out);
     #pragma unroll
     for (int h = 0; h < H; h++) {
         #pragma unroll
@@ -1821,17 +1822,30 @@ mod tests {
     }
 
     #[test]
-    fn arrange_transposes_matrices_only() {
-        let w = Weights::random(Shape::default(), 3, 0.5);
+    fn arrange_transposes_matrices_only_and_scales_the_queries() {
+        let shape = Shape::parse("layers=2").unwrap();
+        let w = Weights::random(shape, 3, 0.5);
         let a = arrange(&w);
         let layout = w.layout();
         let wte = layout.tensor(Param::Wte).range();
         assert_eq!(a[wte.clone()], w.data()[wte]);
-        let t = layout.tensor(Param::Fc1(0));
-        let (rows, cols) = (t.rows, t.cols);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(a[t.offset + c * rows + r], w.data()[t.offset + r * cols + c]);
+        let scale = base2_query_scale(&shape);
+        for (param, by) in [
+            (Param::Fc1(0), 1.0),
+            (Param::Wq(0), scale),
+            (Param::Wq(1), scale),
+            (Param::Wk(1), 1.0),
+        ] {
+            let t = layout.tensor(param);
+            let (rows, cols) = (t.rows, t.cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        a[t.offset + c * rows + r],
+                        w.data()[t.offset + r * cols + c] * by,
+                        "{param:?}"
+                    );
+                }
             }
         }
     }
