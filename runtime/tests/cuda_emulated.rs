@@ -6,6 +6,7 @@
 //! streams) against the shared generation loop's checksums. No GPU needed; it says nothing about
 //! speed. Needs g++ with C++20: outside CI the test skips with a message when it is missing.
 
+use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Param, Shape};
 use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, arrange, render};
 use microgpt_runtime::stream::stream_seed;
@@ -256,7 +257,7 @@ fn a_shape_off_the_fast_paths_matches_the_reference() {
 fn largest_score_above_the_own(weights: &Weights) -> f32 {
     let shape = *weights.shape();
     let (e, hd) = (shape.embd, shape.head_dim());
-    let scale = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+    let scale = base2_query_scale(&shape);
     let mut reference = Reference::<f32>::new(weights);
     let mut most = f32::NEG_INFINITY;
     for (tok, pos, _) in steps(weights, 40) {

@@ -880,8 +880,9 @@ fn quads(shape: &Shape, p: Param) -> bool {
 const PRELUDE: &str = r#"
 #define MG_FULL 0xffffffffu
 #define MG_NEG_INF __int_as_float(0xff800000)
-// Attention scores come out in base 2 (Wq carries log2(e) / sqrt(head_dim), see arrange), so that
-// each softmax weight is one exp2f: exp(x) = exp2(x log2(e)).
+// exp(x) = exp2(x log2(e)): the samplers take their exponentials as exp2f. (Attention scores come
+// out in base 2 without it: the query weights are uploaded times log2(e) / sqrt(head_dim), see
+// `arrange`.)
 #define MG_LOG2E 1.4426950408889634f
 // Warp code visits element i = lane + 32 k of an N-vector for k < MG_LANE_STEPS(N): unrolled and
 // predicated, no loop.
@@ -1156,7 +1157,8 @@ __device__ __forceinline__ void mg_w_relu(float* b) {
 }
 
 // Causal attention at `pos`: store k and v, then per head softmax(q.K[t] / sqrt(hd)) over t <= pos
-// (in base 2, see MG_LOG2E) and out = sum_t p_t V[t] (lanes own channels). keys/values: [T][E].
+// (in base 2: Wq carries log2(e), see arrange) and out = sum_t p_t V[t] (lanes own channels).
+// keys/values: [T][E].
 // When the heads divide the warp, each head gets 32 / H lanes (positions g, g + 32 / H, ...) and
 // every head's maximum and sum are reduced at once; else the heads take turns, lanes owning
 // positions.
@@ -1358,7 +1360,7 @@ __device__ __forceinline__ void mg_l_softmax(const float* keys, const float* val
         acc[j] = 0.0f;
         if (d < E) {
             const int h = d / HD;
-            float qh[HD];
+            float qh[HD];  // the head's query in registers for the whole loop
             #pragma unroll
             for (int c = 0; c < HD; c++) qh[c] = q[h * HD + c];
             const float own = mg_l_dot<HD, QUADS>(qh, k + h * HD);
@@ -1564,7 +1566,7 @@ __device__ __forceinline__ void mg_t_cache_store(float* cache, float* shared, co
 }
 
 // One position of mg_t_attention, from shared or global memory: keys/values point at element 0 of
-// the position (stride S); q's scores come out in base 2 (see MG_LOG2E).
+// the position (stride S); the scores come out in base 2 (Wq carries log2(e), see arrange).
 template <int E, int H, int S>
 __device__ __forceinline__ void mg_t_attend(const float* keys, const float* values, const float* q, float* m, float* l,
                                             float* out) {
