@@ -178,38 +178,27 @@ impl<'a> F32Gen<'a> {
                 let factor = rms_factor(&mut Expr, hsum, n, pending);
                 let name = format_ident!("op{:02}_rmsnorm_scale", index);
                 let regs = x.regs.clone();
-                let scale = match &x.scale {
-                    None => {
-                        let doc = format!(
-                            "{doc_head} Returns the normalising factor; it is applied where the \
-                             value is materialised."
-                        );
-                        self.f.items.push(quote! {
-                            #[doc = #doc]
-                            #attrs
-                            unsafe fn #name(x: #ty) -> f32 {
-                                let sq = #squares;
-                                #factor
-                            }
-                        });
-                        body.bind("scale", quote! { #name(#regs) })
-                    }
-                    Some(c) => {
-                        let doc = format!(
-                            "{doc_head} Returns the factor that normalises `c · x` (`c`: the factor \
-                             `x` already carries); it is applied where the value is materialised."
-                        );
-                        self.f.items.push(quote! {
-                            #[doc = #doc]
-                            #attrs
-                            unsafe fn #name(x: #ty, c: f32) -> f32 {
-                                let sq = #squares;
-                                #factor
-                            }
-                        });
-                        body.bind("scale", quote! { #name(#regs, #c) })
-                    }
+                // With a pending factor `c`, the function takes it and returns one factor for both.
+                let (what, c_param, c_arg) = match &x.scale {
+                    None => ("Returns the normalising factor".to_string(), quote! {}, quote! {}),
+                    Some(c) => (
+                        "Returns the factor that normalises `c · x` (`c`: the factor `x` already \
+                         carries)"
+                            .to_string(),
+                        quote! { , c: f32 },
+                        quote! { , #c },
+                    ),
                 };
+                let doc = format!("{doc_head} {what}; it is applied where the value is materialised.");
+                self.f.items.push(quote! {
+                    #[doc = #doc]
+                    #attrs
+                    unsafe fn #name(x: #ty #c_param) -> f32 {
+                        let sq = #squares;
+                        #factor
+                    }
+                });
+                let scale = body.bind("scale", quote! { #name(#regs #c_arg) });
                 vals.insert(
                     out,
                     Val {
