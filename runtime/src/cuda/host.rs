@@ -13,16 +13,82 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use microgpt_model::Shape;
 use microgpt_weights::Weights;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Whether the NVRTC library can be loaded; the reason when not.
+/// Whether the NVRTC library can be loaded; the reason when not, naming a copy found where the
+/// loader does not look, or under a name it does not try (CUDA 13's `libnvrtc.so.13`), if any.
 pub fn nvrtc_present() -> Result<(), String> {
     // SAFETY: only tries to open the shared library; nothing is called through it.
     if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        Ok(())
-    } else {
-        Err("NVRTC not found (libnvrtc.so: install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its lib/ on LD_LIBRARY_PATH)".into())
+        return Ok(());
     }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    dirs.extend(NVRTC_DIRS.iter().map(PathBuf::from));
+    Err(match nvrtc_hint(&dirs) {
+        Some(hint) => format!("NVRTC not loadable: {hint}"),
+        None => "NVRTC not found (libnvrtc.so: install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its lib/ on LD_LIBRARY_PATH)".into(),
+    })
+}
+
+/// Where CUDA toolkits usually put NVRTC, besides `LD_LIBRARY_PATH`.
+const NVRTC_DIRS: [&str; 4] = [
+    "/usr/local/cuda/lib64",
+    "/usr/local/cuda/targets/x86_64-linux/lib",
+    "/usr/local/cuda/targets/sbsa-linux/lib",
+    "/usr/lib/x86_64-linux-gnu",
+];
+
+/// The loader's names for NVRTC on Linux (cudarc's candidates, built for CUDA 12).
+fn nvrtc_name_loadable(name: &str) -> bool {
+    matches!(
+        name,
+        "libnvrtc.so"
+            | "libnvrtc.so.1"
+            | "libnvrtc.so.9"
+            | "libnvrtc.so.10"
+            | "libnvrtc.so.11"
+            | "libnvrtc.so.12"
+    )
+}
+
+/// What to do about the first `libnvrtc.so*` in `dirs`, when the loader found none: put its
+/// directory on `LD_LIBRARY_PATH`, or give it a name the loader tries.
+fn nvrtc_hint(dirs: &[PathBuf]) -> Option<String> {
+    let mut found: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libnvrtc.so"))
+        })
+        .collect();
+    // A name the loader tries first, then the shortest (libnvrtc.so.13 before libnvrtc.so.13.0.88).
+    found.sort_by_key(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        (!nvrtc_name_loadable(name), name.len())
+    });
+    let lib = found.first()?;
+    let name = lib.file_name()?.to_str()?;
+    let dir = lib.parent()?.display();
+    Some(if nvrtc_name_loadable(name) {
+        format!(
+            "found {}, but its directory is not searched: put {dir} on LD_LIBRARY_PATH",
+            lib.display()
+        )
+    } else {
+        format!(
+            "found {}, a name this build does not try: link it as libnvrtc.so in a directory on LD_LIBRARY_PATH (mkdir -p /tmp/nvrtc && ln -sf {} /tmp/nvrtc/libnvrtc.so && export LD_LIBRARY_PATH=/tmp/nvrtc)",
+            lib.display(),
+            lib.display()
+        )
+    })
 }
 
 /// Whether the driver library can be loaded; the reason when not.
@@ -336,6 +402,9 @@ pub fn variants() -> Vec<crate::VariantSpec> {
         VariantSpec::new("cuda-persistent", "cuda", Precision::F32, |w, s| {
             Ok(Box::new(Persistent::new(w, s, Layout::OneWarp)?) as Box<dyn Variant>)
         }),
+        VariantSpec::new("cuda-persistent-warp", "cuda", Precision::F32, |w, s| {
+            Ok(Box::new(Persistent::new(w, s, Layout::OneWarpWarpOps)?) as Box<dyn Variant>)
+        }),
         VariantSpec::new("cuda-streams", "cuda", Precision::F32, |w, s| {
             Ok(Box::new(Persistent::new(w, s, Layout::ThreadPerStream)?) as Box<dyn Variant>)
         }),
@@ -445,15 +514,18 @@ impl Variant for Naive {
 /// How a persistent variant maps streams onto the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// One stream on one warp: `mg_persistent` <<<1, 32>>>.
+    /// One stream on one warp, by the lane ops: `mg_persistent` <<<1, 32>>>.
     OneWarp,
+    /// One stream on one warp, by the warp ops: `mg_persistent_warp` <<<1, 32>>>.
+    OneWarpWarpOps,
     /// One stream per warp, as many warps as fit on every SM: `mg_streams_warp`.
     WarpPerStream,
     /// One stream per thread, as many threads as fit on every SM: `mg_streams`.
     ThreadPerStream,
 }
 
-/// `cuda-persistent`, `cuda-streams`, `cuda-streams-warp`: whole timed windows in one launch.
+/// `cuda-persistent`, `cuda-persistent-warp`, `cuda-streams`, `cuda-streams-warp`: whole timed
+/// windows in one launch.
 pub struct Persistent {
     info: VariantInfo,
     dev: Loaded,
@@ -481,13 +553,26 @@ impl Persistent {
             Layout::ThreadPerStream => ("mg_streams", "mg_thread_step"),
             Layout::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
             Layout::OneWarp => ("mg_persistent", "mg_lanes_step"),
+            Layout::OneWarpWarpOps => ("mg_persistent_warp", "mg_warp_step"),
         };
         let run_fn = dev.function(run_name)?;
         let step_fn = dev.function(step_name)?;
         let sms = dev.gpu.sms;
         let (config, streams, name, note) = match layout {
-            Layout::OneWarp => {
-                let bytes = src.persistent_shared_bytes();
+            Layout::OneWarp | Layout::OneWarpWarpOps => {
+                let (bytes, name, note) = if layout == Layout::OneWarp {
+                    (
+                        src.persistent_shared_bytes(),
+                        "cuda-persistent",
+                        "one warp, the whole window in one launch, short vectors whole in every lane",
+                    )
+                } else {
+                    (
+                        src.shared_bytes(1),
+                        "cuda-persistent-warp",
+                        "one warp, the whole window in one launch, each op a warp function over shared memory",
+                    )
+                };
                 dev.allow_shared(&run_fn, bytes)?;
                 (
                     LaunchConfig {
@@ -496,8 +581,8 @@ impl Persistent {
                         shared_mem_bytes: bytes as u32,
                     },
                     1,
-                    "cuda-persistent",
-                    "one warp, the whole window in one launch, short vectors whole in every lane".to_string(),
+                    name,
+                    note.to_string(),
                 )
             }
             Layout::WarpPerStream => {
@@ -549,7 +634,7 @@ impl Persistent {
         let step_floats = match layout {
             Layout::ThreadPerStream => src.kv_floats,
             Layout::OneWarp => src.lane_scratch_floats,
-            Layout::WarpPerStream => src.scratch_floats,
+            Layout::OneWarpWarpOps | Layout::WarpPerStream => src.scratch_floats,
         };
         let info = dev.info(name, streams, note);
         let mut v = Persistent {
@@ -649,7 +734,7 @@ impl Persistent {
             .arg(&streams)
             .arg(&steps)
             .arg(&mut self.checksums);
-        // SAFETY: mg_persistent, mg_streams_warp and mg_streams take (const float* w, unsigned*
+        // SAFETY: mg_persistent, mg_persistent_warp, mg_streams_warp and mg_streams take (const float* w, unsigned*
         // state[3 streams], float* kv[MG_KV streams], int streams, long long steps, unsigned long
         // long* checksums[streams]); the grid covers at least `streams` warps or threads and the
         // dynamic shared memory is what the kernel was allowed above.
@@ -716,6 +801,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nvrtc_hints_name_the_library_and_what_to_do() {
+        let root = std::env::temp_dir().join(format!("microgpt-nvrtc-hint-{}", std::process::id()));
+        let (cuda13, cuda12, empty) = (root.join("cuda13"), root.join("cuda12"), root.join("empty"));
+        for d in [&cuda13, &cuda12, &empty] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for name in ["libnvrtc.so.13.0.88", "libnvrtc.so.13", "libnvrtc-builtins.so.13"] {
+            std::fs::write(cuda13.join(name), b"").unwrap();
+        }
+        std::fs::write(cuda12.join("libnvrtc.so.12"), b"").unwrap();
+        assert_eq!(nvrtc_hint(&[empty.clone(), root.join("missing")]), None);
+        let hint = nvrtc_hint(&[empty.clone(), cuda13.clone()]).unwrap();
+        assert!(
+            hint.starts_with(&format!(
+                "found {}, a name",
+                cuda13.join("libnvrtc.so.13").display()
+            )),
+            "{hint}"
+        );
+        assert!(hint.contains("ln -sf") && !hint.contains('\n'), "{hint}");
+        let hint = nvrtc_hint(&[cuda13, cuda12.clone()]).unwrap();
+        assert!(
+            hint.contains(&format!("put {} on LD_LIBRARY_PATH", cuda12.display())),
+            "{hint}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

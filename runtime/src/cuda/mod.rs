@@ -12,7 +12,8 @@
 //!   (the naive variant launches them one by one and samples on the host), `mg_warp_step` runs a
 //!   whole step and the canonical sampler, and `mg_streams_warp` (one stream per warp, registers
 //!   capped for occupancy) runs whole benchmark streams in one launch, with the weights copied
-//!   into shared memory;
+//!   into shared memory, and `mg_persistent_warp` runs one such stream alone on one warp (the
+//!   one-warp kernel before the lane ops, kept beside it so that one run measures both);
 //! - **lane ops**: the same list for one warp with the short vectors whole in every lane's
 //!   registers: each lane computes the embedding, the RMSNorms and the residual adds itself, a
 //!   matvec's rows are split over the lanes and published through shared memory with one
@@ -110,7 +111,8 @@ pub struct CudaSource {
 }
 
 impl CudaSource {
-    /// Dynamic shared memory of a `mg_streams_warp` block with `warps` warps (bytes).
+    /// Dynamic shared memory of a `mg_streams_warp` block with `warps` warps (bytes);
+    /// `mg_persistent_warp`'s block is one warp.
     pub fn shared_bytes(&self, warps: usize) -> usize {
         block_shared_bytes(self.shared_weight_floats, warps, self.scratch_floats)
     }
@@ -141,6 +143,7 @@ impl CudaSource {
                 "mg_warp_step",
                 "mg_lanes_step",
                 "mg_persistent",
+                "mg_persistent_warp",
                 "mg_streams_warp",
                 "mg_thread_step",
                 "mg_streams",
@@ -152,9 +155,10 @@ impl CudaSource {
 }
 
 /// The CUDA variants: `cuda-naive` (one launch per op, the token drawn on the host),
-/// `cuda-persistent` (one warp, a whole window per launch), `cuda-streams` (one stream per
-/// thread on every SM) and `cuda-streams-warp` (one stream per warp). Built without the `cuda`
-/// feature, or where CUDA is missing, they are skipped with the reason.
+/// `cuda-persistent` (one warp, a whole window per launch, by the lane ops),
+/// `cuda-persistent-warp` (the same by the warp ops), `cuda-streams` (one stream per thread on
+/// every SM) and `cuda-streams-warp` (one stream per warp). Built without the `cuda` feature, or
+/// where CUDA is missing, they are skipped with the reason.
 pub fn variants() -> Vec<VariantSpec> {
     #[cfg(feature = "cuda")]
     {
@@ -165,6 +169,7 @@ pub fn variants() -> Vec<VariantSpec> {
         [
             "cuda-naive",
             "cuda-persistent",
+            "cuda-persistent-warp",
             "cuda-streams",
             "cuda-streams-warp",
         ]
@@ -1713,6 +1718,15 @@ extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent(const float* _
                                                                   int streams, long long steps,
                                                                   unsigned long long* checksums) {
     mg_warp_streams<true>(wg, state, kv, streams, steps, checksums);
+}
+
+// The same by the warp ops (each op a warp function over the scratch, as mg_streams_warp's
+// warps run them), one warp alone with every register it likes: the two one-warp steps side by
+// side.
+extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_warp(const float* __restrict__ wg, unsigned* state,
+                                                                       float* kv, int streams, long long steps,
+                                                                       unsigned long long* checksums) {
+    mg_warp_streams<false>(wg, state, kv, streams, steps, checksums);
 }
 
 // Many warps, MG_WARPS_PER_BLOCK per block: registers capped so that as many blocks fit on an SM

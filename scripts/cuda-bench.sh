@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The CUDA rows of the bench on a machine with an NVIDIA GPU, from a bench binary built with the
+# `cuda` feature (on this machine or on another one: the GPU machine needs the driver and NVRTC,
+# not Rust):
+#
+#     cargo build --release --features cuda --example bench
+#     scripts/cuda-bench.sh [BENCH [OUT]]
+#
+# BENCH defaults to target/release/examples/bench, OUT (created) to cuda-results. Writes:
+#   OUT/card.txt           the date, the card, its driver, clocks and power limit (nvidia-smi)
+#   OUT/default.txt, .json the CUDA rows at the default shape, trained weights, with names
+#   OUT/32x2.txt, .json    the same at embd=32,layers=2,mlp=128 (random weights)
+#   OUT/soak.txt           with SOAK=SECONDS: the fastest CUDA row that long, spot-checked
+# Fails when any CUDA row is skipped (no driver, device or NVRTC: the reason is in the output)
+# or a check fails. When NVRTC is installed only under a name the bench does not try (CUDA 13's
+# libnvrtc.so.13), it is linked as libnvrtc.so in a temporary folder put on LD_LIBRARY_PATH.
+# CUDA_HOME: the CUDA toolkit's folder, where NVRTC is looked for (default /usr/local/cuda).
+set -euo pipefail
+
+bench=${1:-target/release/examples/bench}
+out=${2:-cuda-results}
+[[ -x $bench ]] || { echo "cuda-bench: no bench binary at $bench (cargo build --release --features cuda --example bench)" >&2; exit 2; }
+command -v nvidia-smi >/dev/null || { echo "cuda-bench: nvidia-smi not found: no NVIDIA driver on this machine" >&2; exit 2; }
+mkdir -p "$out"
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.memory,power.limit --format=csv
+} | tee "$out/card.txt"
+
+# NVRTC: the bench loads libnvrtc.so or libnvrtc.so.{12,11,10,9,1} from the loader's path. Where
+# there is none, put the toolkit's folder (under CUDA_HOME, default /usr/local/cuda) on
+# LD_LIBRARY_PATH, or link its newest versioned copy (CUDA 13: libnvrtc.so.13) as libnvrtc.so in a
+# temporary folder.
+cuda=${CUDA_HOME:-/usr/local/cuda}
+loadable=(libnvrtc.so libnvrtc.so.12 libnvrtc.so.11 libnvrtc.so.10 libnvrtc.so.9 libnvrtc.so.1)
+IFS=: read -ra path <<<"${LD_LIBRARY_PATH:-}"
+nvrtc_on_path() {
+    local d n
+    ldconfig -p 2>/dev/null | grep -Eq '^\s*libnvrtc\.so(\.(12|11|10|9|1))? ' && return 0
+    for d in "${path[@]}"; do
+        for n in "${loadable[@]}"; do [[ -n $d && -e $d/$n ]] && return 0; done
+    done
+    return 1
+}
+if ! nvrtc_on_path; then
+    found=
+    for d in "$cuda"/lib64 "$cuda"/targets/*/lib; do
+        for n in "${loadable[@]}"; do
+            [[ -z $found && -e $d/$n ]] && found=$d
+        done
+    done
+    if [[ -n $found ]]; then
+        export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "cuda-bench: NVRTC from $found"
+    else
+        lib=$(ls -1 "$cuda"/lib64/libnvrtc.so.[0-9]* "$cuda"/targets/*/lib/libnvrtc.so.[0-9]* 2>/dev/null |
+            sort -V | tail -n 1 || true)
+        if [[ -n $lib ]]; then
+            link=$(mktemp -d)
+            trap 'rm -rf "$link"' EXIT
+            ln -s "$lib" "$link/libnvrtc.so"
+            export LD_LIBRARY_PATH="$link${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            echo "cuda-bench: NVRTC from $lib (linked as $link/libnvrtc.so)"
+        fi
+    fi
+fi
+
+run() {
+    local name=$1
+    shift
+    local rc=0
+    "$bench" --variant cuda "$@" 2>&1 | tee "$out/$name.txt" || rc=$?
+    if ((rc != 0)); then
+        echo "cuda-bench: the bench failed ($name, exit $rc)" >&2
+        exit 1
+    fi
+    if grep -q '^skipped cuda-' "$out/$name.txt"; then
+        echo "cuda-bench: CUDA rows were skipped ($name): see the reason above" >&2
+        exit 1
+    fi
+}
+
+run default --names --json "$out/default.json"
+run 32x2 --shape embd=32,layers=2,mlp=128 --json "$out/32x2.json"
+if [[ -n ${SOAK:-} ]]; then
+    run soak --repeats 1 --soak "$SOAK"
+fi
+echo "cuda-bench: done, results in $out/"
