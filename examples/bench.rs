@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 /// Benchmark every generated variant of microGPT against the reference and TALOS-V2.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, allow_negative_numbers = true)]
 struct Args {
     /// Also generate 20 names with each variant.
     #[arg(long)]
@@ -39,29 +39,30 @@ struct Args {
     #[arg(long, value_parser = |s: &str| s.parse::<Format>())]
     format: Option<Format>,
     /// Model shape, e.g. `vocab=27,block=16,embd=32,heads=4,layers=2,mlp=128` (fields left out
-    /// keep their defaults). Without --weights, the weights are a seeded random init.
+    /// keep their defaults). Without --weights, a shape other than the default gets a random init
+    /// seeded by --seed (the default shape keeps the embedded trained weights).
     #[arg(long, value_parser = |s: &str| Shape::parse(s).map_err(|e| e.to_string()))]
     shape: Option<Shape>,
     /// Only variants whose name contains this text.
     #[arg(long)]
     variant: Option<String>,
-    /// Minimum tokens per timed window.
+    /// Minimum tokens per timed window (at most 10^12).
     #[arg(long, default_value_t = 10_000)]
     tokens: u64,
-    /// Minimum seconds per timed window.
+    /// Minimum seconds per timed window (0 to 3600).
     #[arg(long, default_value_t = 0.2)]
     min_window: f64,
-    /// Timed windows per variant (the median is reported).
+    /// Timed windows per variant, 1 to 1000 (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Teacher-forced steps compared with each variant's oracle.
+    /// Teacher-forced steps compared with each variant's oracle (at least 1).
     #[arg(long, default_value_t = 4096)]
     check_tokens: usize,
-    /// RNG seed of the sampler (xorshift32).
+    /// RNG seed of the sampler (xorshift32, not 0), and of the random weights of --shape.
     #[arg(long, default_value_t = 42)]
     seed: u32,
-    /// Sampling temperature (> 0).
-    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    /// Sampling temperature (>= 0.001).
+    #[arg(long, default_value_t = 0.5)]
     temperature: f32,
     /// Also write the results as JSON.
     #[arg(long)]
@@ -105,42 +106,63 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if !(args.temperature.is_finite() && args.temperature > 0.0) {
-        return Err(format!(
-            "--temperature must be a positive number, got {}",
-            args.temperature
-        ));
-    }
-    if !(args.watts_per_core.is_finite() && args.watts_per_core > 0.0) {
-        return Err(format!(
-            "--watts-per-core must be a positive number, got {}",
-            args.watts_per_core
-        ));
-    }
+    let options = BenchOptions {
+        seed: args.seed,
+        temperature: args.temperature,
+        min_tokens: args.tokens.max(1),
+        min_window_s: args.min_window,
+        repeats: args.repeats,
+        check_tokens: args.check_tokens,
+        names: if args.names { 20 } else { 0 },
+        watts_per_core: args.watts_per_core,
+        ..BenchOptions::default()
+    };
+    options.validate()?;
     if let Some(s) = args.soak
         && !(s.is_finite() && s > 0.0)
     {
         return Err(format!("--soak must be a positive number of seconds, got {s}"));
     }
+    if args.format.is_some() && args.weights.is_none() {
+        return Err("--format applies to the file of --weights, and none was given".into());
+    }
     if let Some(dir) = &args.chart {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
     }
-    if !(args.min_window.is_finite() && args.min_window >= 0.0) || args.repeats == 0 {
-        return Err("--min-window must be >= 0 and --repeats at least 1".into());
+    // The JSON is written at the end: find out now, not after the run, whether it can be.
+    if let Some(path) = &args.json {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| format!("--json {}: cannot write: {e}", path.display()))?;
     }
     let specs = microgpt::registry();
     if args.list {
         for s in &specs {
-            println!("{:24} {:12} {}", s.name, s.backend, s.precision);
+            let shape = s.shape.map_or("any shape".to_string(), |shape| shape.to_string());
+            println!(
+                "{:24} {:12} {:6} {shape}",
+                s.name,
+                s.backend,
+                s.precision.to_string()
+            );
         }
         return Ok(());
     }
     if let Some(f) = &args.variant
         && !specs.iter().any(|s| s.name.contains(f.as_str()))
     {
-        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(*n));
+        let peers = if cfg!(feature = "peers") {
+            ""
+        } else {
+            "; the candle row needs --features peers"
+        };
         return Err(format!(
-            "no variant matches `{f}` (variants: {})",
+            "no variant matches `{f}` (variants: {}{peers})",
             names.join(", ")
         ));
     }
@@ -157,18 +179,8 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(shape)) if shape != Shape::DEFAULT => Weights::random(shape, args.seed as u64, 0.08),
         (None, _) => default_weights(),
     };
+    microgpt::runtime::bench::check_fp32_range(&weights, &options, 64)?;
 
-    let options = BenchOptions {
-        seed: args.seed,
-        temperature: args.temperature,
-        min_tokens: args.tokens.max(1),
-        min_window_s: args.min_window,
-        repeats: args.repeats,
-        check_tokens: args.check_tokens,
-        names: if args.names { 20 } else { 0 },
-        watts_per_core: args.watts_per_core,
-        ..BenchOptions::default()
-    };
     let machine = Machine::detect();
     let roof = Roof::measure(0.5);
     let shape = *weights.shape();
@@ -183,9 +195,11 @@ fn run(args: Args) -> Result<(), String> {
     print!("{}", report_header.header());
     let _ = std::io::stdout().flush();
 
+    // The rows that will be prepared: those of other shapes are only listed as skipped.
     let selected = specs
         .iter()
         .filter(|s| args.variant.as_deref().is_none_or(|f| s.name.contains(f)))
+        .filter(|s| s.shape.is_none_or(|sh| sh == shape))
         .count();
     let mut done = 0;
     let live = std::io::stderr().is_terminal();
@@ -221,6 +235,9 @@ fn run(args: Args) -> Result<(), String> {
     print!("{}", report.table());
 
     let mut doc = report.json();
+    // Written now, and again at the end with the sweep and the soak: a later failure (no row for
+    // the charts) leaves the table's JSON behind.
+    write_json(args.json.as_deref(), &doc)?;
 
     if let Some(dir) = &args.chart {
         write_charts(dir, &report)?;
@@ -274,8 +291,7 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&doc).expect("JSON values serialise");
-        std::fs::write(path, text + "\n").map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        write_json(Some(path), &doc)?;
         println!("wrote {}", path.display());
     }
     let mut bad: Vec<&str> = outcomes
@@ -298,6 +314,13 @@ fn run(args: Args) -> Result<(), String> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Writes `doc` to `path`, if any.
+fn write_json(path: Option<&std::path::Path>, doc: &serde_json::Value) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let text = serde_json::to_string_pretty(doc).expect("JSON values serialise");
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }
 
 /// Throughput (log axis, TALOS-V2's line) and tokens per joule of every row that ran.
@@ -391,13 +414,20 @@ fn run_soaks(
                 _ => None,
             })
             .max_by(|a, b| a.timing.tok_per_s.total_cmp(&b.timing.tok_per_s));
-        let Some(best) = best else { continue };
+        let Some(best) = best else {
+            println!("\nsoak: no {precision} row ran and agreed with its oracle: no {precision} soak");
+            continue;
+        };
         let spec = specs
             .iter()
             .find(|s| s.name == best.info.name)
             .expect("rows come from specs");
         let mut variant = spec.prepare(weights, &settings)?;
         let Some(mut oracle) = variant.info().oracle.build(weights, &settings) else {
+            println!(
+                "\nsoak: {} has no oracle to spot-check against: not soaked",
+                spec.name
+            );
             continue;
         };
         println!(

@@ -69,7 +69,7 @@ enum What {
     Rust {
         #[arg(long, value_parser = parse_shape)]
         shape: Option<Shape>,
-        /// Only this target: scalar, avx2, avx512, neon.
+        /// Only this target: scalar, sse, avx2, avx512, neon.
         #[arg(long)]
         target: Option<String>,
         /// Only this precision: f32, q4.12.
@@ -113,6 +113,7 @@ fn jit(shape: Option<Shape>, precision: &str, disassemble: bool) -> Result<micro
     };
     let options = microgpt::jit::JitOptions {
         disassemble,
+        clif: !disassemble,
         ..microgpt::jit::JitOptions::new(precision)
     };
     microgpt::jit::compile(&weights, &Default::default(), &options).map_err(|e| e.to_string())
@@ -133,7 +134,10 @@ fn run(what: What) -> Result<String, String> {
         What::Ops { shape } => Ok(Program::forward(shape.unwrap_or_default()).listing()),
         What::Cuda { shape } => Ok(microgpt::runtime::cuda::render(&shape.unwrap_or_default()).text),
         What::Ptx { shape, arch } => ptx(shape.unwrap_or_default(), &arch),
-        What::Clif { shape, precision } => Ok(jit(shape, &precision, false)?.clif().to_string()),
+        What::Clif { shape, precision } => jit(shape, &precision, false)?
+            .clif()
+            .map(str::to_string)
+            .ok_or_else(|| "the JIT kept no CLIF".to_string()),
         What::Asm { shape, precision } => jit(shape, &precision, true)?
             .asm()
             .map(str::to_string)
@@ -148,7 +152,10 @@ fn run(what: What) -> Result<String, String> {
                 match target.as_deref() {
                     None => None,
                     Some(name) => Some(Target::ALL.into_iter().find(|t| t.slug() == name).ok_or_else(
-                        || format!("unknown target `{name}` (expected scalar, avx2, avx512 or neon)"),
+                        || {
+                            let all: Vec<&str> = Target::ALL.iter().map(|t| t.slug()).collect();
+                            format!("unknown target `{name}` (expected one of {})", all.join(", "))
+                        },
                     )?),
                 };
             let kind = match precision.as_deref() {
@@ -158,13 +165,7 @@ fn run(what: What) -> Result<String, String> {
                 Some(other) => return Err(format!("unknown precision `{other}` (expected f32 or q4.12)")),
             };
             let shape = shape.unwrap_or_default();
-            if shape.weight_macs() > microgpt_codegen::valid::MAX_UNROLLED_MACS {
-                return Err(format!(
-                    "shape {shape} is too large to unroll ({} weight MACs; at most {})",
-                    shape.weight_macs(),
-                    microgpt_codegen::valid::MAX_UNROLLED_MACS
-                ));
-            }
+            microgpt_codegen::valid::check_unrollable(&shape)?;
             let keep = |id: KernelId| {
                 target.is_none_or(|t| id.target == t)
                     && kind.is_none_or(|k| id.kind == k)

@@ -5,6 +5,8 @@
 //! cargo run --release --example train -- --data names.txt --recipe microgpt
 //! ```
 
+mod common;
+
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use microgpt::model::Shape;
@@ -54,7 +56,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match common::parse::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

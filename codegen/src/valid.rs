@@ -5,9 +5,33 @@ use microgpt_model::{FIELDS, Shape, ShapeError};
 use proc_macro2::Span;
 use syn::{Error, Ident};
 
-/// Largest weight MAC count the fully unrolled generator accepts (the scalar kernel has one
-/// statement per MAC).
-pub const MAX_UNROLLED_MACS: usize = 1 << 17;
+/// Largest size, in [`unrolled_size`]'s units, the fully unrolled generator accepts: about
+/// 110 MB of generated Rust for every target and precision (the shipped `embd=32,layers=2,mlp=128`
+/// shape is 58,613 units and 53 MB).
+pub const MAX_UNROLLED_SIZE: usize = 1 << 17;
+
+/// How much code the fully unrolled kernels of `shape` take, in weight-MAC equivalents (measured
+/// on the generated text: about 0.84 KB a MAC over all the kernels): one a weight MAC (the scalar
+/// kernel has one statement each), two a (position, older position, channel) triple of the
+/// attention (every position's step is unrolled over the positions before it, in every layer),
+/// fifteen a vocabulary entry (the sampler and the logits).
+pub fn unrolled_size(shape: &Shape) -> usize {
+    shape.weight_macs() + 2 * shape.layers * shape.block * shape.block * shape.embd + 15 * shape.vocab
+}
+
+/// Whether `shape` is small enough for the fully unrolled generator; the reason when not.
+pub fn check_unrollable(shape: &Shape) -> Result<(), String> {
+    let size = unrolled_size(shape);
+    if size > MAX_UNROLLED_SIZE {
+        return Err(format!(
+            "shape {shape} is too large to unroll: {size} units ({} weight MACs + 2 x {} attention (position, older position, channel) triples + 15 x {} vocabulary entries); fully unrolled kernels are generated for at most {MAX_UNROLLED_SIZE} (the JIT takes larger ones)",
+            shape.weight_macs(),
+            shape.layers * shape.block * shape.block * shape.embd,
+            shape.vocab
+        ));
+    }
+    Ok(())
+}
 
 /// What the macro generates: a module `name` of kernels for `shape`.
 pub struct Spec {
@@ -115,14 +139,27 @@ pub fn validate(input: &Input) -> Result<Spec, Error> {
         };
         Error::new(span, e.to_string())
     })?;
-    if shape.weight_macs() > MAX_UNROLLED_MACS {
-        return Err(Error::new(
-            Span::call_site(),
-            format!(
-                "shape {shape} has {} weight MACs per token; fully unrolled kernels are generated for at most {MAX_UNROLLED_MACS}",
-                shape.weight_macs()
-            ),
-        ));
-    }
+    check_unrollable(&shape).map_err(|e| Error::new(Span::call_site(), e))?;
     Ok(Spec { name, shape })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_shapes_unroll_and_long_blocks_or_vocabularies_do_not() {
+        assert_eq!(unrolled_size(&Shape::DEFAULT), 3504 + 2 * 16 * 16 * 16 + 15 * 27);
+        let shipped = Shape::parse("embd=32,layers=2,mlp=128").unwrap();
+        assert_eq!(unrolled_size(&shipped), 58_613);
+        assert!(check_unrollable(&shipped).is_ok());
+        // Few weights, but every position's step unrolled over 255 older ones, or a sampler over
+        // 65536 entries: both generated gigabytes of text before this limit.
+        for long in ["block=256,embd=4,heads=1,mlp=4", "vocab=65536,embd=1,heads=1"] {
+            let shape = Shape::parse(long).unwrap();
+            assert!(shape.weight_macs() < MAX_UNROLLED_SIZE, "{long}");
+            let err = check_unrollable(&shape).unwrap_err();
+            assert!(err.contains("too large to unroll"), "{err}");
+        }
+    }
 }

@@ -42,7 +42,13 @@ pub enum JitError {
     Codegen(String),
     /// Defining or finalising the function in the JIT module failed.
     Module(String),
+    /// The shape's step has more weight MACs than [`MAX_MACS`].
+    TooLarge { macs: usize },
 }
+
+/// The most weight MACs per token the JIT compiles: it unrolls every matvec, and Cranelift
+/// takes about 2 s and 400 MB per million MACs.
+pub const MAX_MACS: usize = 1 << 22;
 
 impl fmt::Display for JitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -51,6 +57,10 @@ impl fmt::Display for JitError {
             JitError::Settings(e) => write!(f, "cranelift settings: {e}"),
             JitError::Codegen(e) => write!(f, "cranelift could not compile the step: {e}"),
             JitError::Module(e) => write!(f, "cranelift module: {e}"),
+            JitError::TooLarge { macs } => write!(
+                f,
+                "the step has {macs} weight MACs; the JIT unrolls its matvecs and compiles at most {MAX_MACS}"
+            ),
         }
     }
 }
@@ -68,6 +78,8 @@ pub struct JitOptions {
     pub without_fma: bool,
     /// Keep the machine code listing (for the inspect example).
     pub disassemble: bool,
+    /// Keep the CLIF text (for the inspect example and tests).
+    pub clif: bool,
 }
 
 impl JitOptions {
@@ -77,6 +89,7 @@ impl JitOptions {
             verify: cfg!(debug_assertions),
             without_fma: false,
             disassemble: false,
+            clif: false,
         }
     }
 }
@@ -96,7 +109,7 @@ pub struct Jit {
     state: Aligned<u8>,
     layout: StateLayout,
     temperature: f32,
-    clif: String,
+    clif: Option<String>,
     asm: Option<String>,
     compile_ms: f64,
 }
@@ -118,6 +131,10 @@ impl Drop for Jit {
 /// Renders and compiles the step for `weights` (any valid shape).
 pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> Result<Jit, JitError> {
     let start = Instant::now();
+    let macs = weights.shape().weight_macs();
+    if macs > MAX_MACS {
+        return Err(JitError::TooLarge { macs });
+    }
     let program = Program::forward(*weights.shape());
     let layout = StateLayout::new(&program, options.precision);
 
@@ -181,7 +198,7 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
         cl.b.seal_all_blocks();
         cl.b.finalize(module.isa().frontend_config());
     }
-    let clif = ctx.func.display().to_string();
+    let clif = options.clif.then(|| ctx.func.display().to_string());
     ctx.set_disasm(options.disassemble);
     module
         .define_function(id, &mut ctx)
@@ -271,10 +288,10 @@ impl Jit {
             .collect()
     }
 
-    /// The CLIF of the step, as rendered (before Cranelift's optimisations); each instruction's
-    /// `@nnnn` location is the index of the op it renders.
-    pub fn clif(&self) -> &str {
-        &self.clif
+    /// The CLIF of the step, as rendered (before Cranelift's optimisations), when compiled with
+    /// `clif`; each instruction's `@nnnn` location is the index of the op it renders.
+    pub fn clif(&self) -> Option<&str> {
+        self.clif.as_deref()
     }
 
     /// The machine code listing, when compiled with `disassemble`.

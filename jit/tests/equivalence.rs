@@ -115,6 +115,20 @@ fn fma_falls_back_to_the_library_call() {
 }
 
 #[test]
+fn shapes_too_large_to_unroll_are_refused_with_the_count() {
+    let shape = Shape::parse("embd=512,mlp=4096").unwrap();
+    assert!(shape.weight_macs() > microgpt_jit::MAX_MACS);
+    let w = Weights::random(shape, 1, 0.01);
+    let err = compile(&w, &Settings::default(), &options(Precision::F32))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains(&shape.weight_macs().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
 fn fp32_matches_the_golden_logits() {
     let test = "fp32_matches_the_golden_logits";
     let (Some(doc), Some(path)) = (golden_logits(test), shared_data("talos/weights_fp32.bin", test)) else {
@@ -132,8 +146,12 @@ fn fp32_matches_the_golden_logits() {
 #[test]
 fn clif_names_the_ops_and_compiles_quickly_enough_to_notice() {
     let w = microgpt_weights::default_weights();
-    let jit = compile(&w, &Settings::default(), &options(Precision::F32)).unwrap();
-    let clif = jit.clif();
+    let with_clif = |p| JitOptions {
+        clif: true,
+        ..options(p)
+    };
+    let jit = compile(&w, &Settings::default(), &with_clif(Precision::F32)).unwrap();
+    let clif = jit.clif().expect("CLIF requested");
     assert!(clif.contains("function") && clif.contains("f32x4") && clif.contains("fma"));
     // Source locations carry the op index: the last op (the logits) is 14, the sampler 15.
     assert!(
@@ -141,6 +159,9 @@ fn clif_names_the_ops_and_compiles_quickly_enough_to_notice() {
         "op indices as source locations"
     );
     assert!(jit.compile_ms() > 0.0);
-    let q = compile(&w, &Settings::default(), &options(Precision::Q412)).unwrap();
-    assert!(q.clif().contains("iadd_pairwise") && q.clif().contains("i16x8"));
+    let q = compile(&w, &Settings::default(), &with_clif(Precision::Q412)).unwrap();
+    let q = q.clif().expect("CLIF requested");
+    assert!(q.contains("iadd_pairwise") && q.contains("i16x8"));
+    let plain = compile(&w, &Settings::default(), &options(Precision::F32)).unwrap();
+    assert!(plain.clif().is_none(), "CLIF text only when asked for");
 }

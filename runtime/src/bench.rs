@@ -54,7 +54,62 @@ impl Default for BenchOptions {
     }
 }
 
+/// The smallest sampling temperature the bench accepts: below it, logits / T leave the range
+/// where the variants' orders of rounding agree on the draw (at 1e-10 the lane-batched rows,
+/// which fold 1/T into their weights, draw differently; near 1e-38 it overflows).
+pub const MIN_TEMPERATURE: f32 = 1e-3;
+
+/// The most timed windows per variant, and tokens per window, the bench accepts.
+pub const MAX_REPEATS: usize = 1000;
+pub const MAX_WINDOW_TOKENS: u64 = 1_000_000_000_000;
+/// The most teacher-forced steps per check.
+pub const MAX_CHECK_TOKENS: usize = 100_000_000;
+
 impl BenchOptions {
+    /// Whether the options make sense: a one-line reason naming the option when not.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= MIN_TEMPERATURE) {
+            return Err(format!(
+                "--temperature must be a number >= {MIN_TEMPERATURE}, got {}",
+                self.temperature
+            ));
+        }
+        if self.seed == 0 {
+            return Err("--seed must not be 0 (xorshift32 stays at 0: every draw would be the same)".into());
+        }
+        if !(1..=MAX_REPEATS).contains(&self.repeats) {
+            return Err(format!(
+                "--repeats must be 1 to {MAX_REPEATS}, got {}",
+                self.repeats
+            ));
+        }
+        if self.min_tokens > MAX_WINDOW_TOKENS {
+            return Err(format!(
+                "--tokens must be at most {MAX_WINDOW_TOKENS}, got {}",
+                self.min_tokens
+            ));
+        }
+        if !(self.min_window_s.is_finite() && (0.0..=3600.0).contains(&self.min_window_s)) {
+            return Err(format!(
+                "--min-window must be 0 to 3600 seconds, got {}",
+                self.min_window_s
+            ));
+        }
+        if !(1..=MAX_CHECK_TOKENS).contains(&self.check_tokens) {
+            return Err(format!(
+                "--check-tokens must be 1 to {MAX_CHECK_TOKENS} (every row is checked before it is timed), got {}",
+                self.check_tokens
+            ));
+        }
+        if !(self.watts_per_core.is_finite() && self.watts_per_core > 0.0) {
+            return Err(format!(
+                "--watts-per-core must be a positive number, got {}",
+                self.watts_per_core
+            ));
+        }
+        Ok(())
+    }
+
     pub fn settings(&self) -> Settings {
         Settings {
             temperature: self.temperature,
@@ -183,6 +238,35 @@ impl Agreement {
     pub fn token_agreement(&self) -> f64 {
         (self.agreed + self.excused) as f64 / self.tokens.max(1) as f64
     }
+}
+
+/// Whether fp32 can compute `weights` at all: over the first `steps` steps of the benchmark
+/// stream the fp32 reference's logits must be finite and agree with the f64 reference's (within
+/// 1e-3, relative to their size). Weights that are finite but so large that fp32 overflows (a
+/// sum of squares in an RMSNorm, say) are refused up front with the step, instead of every fp32
+/// row, the reference included, disagreeing with its oracle.
+pub fn check_fp32_range(weights: &Weights, o: &BenchOptions, steps: usize) -> Result<(), String> {
+    let shape = *weights.shape();
+    let mut single = crate::Reference::<f32>::new(weights);
+    let mut double = crate::Reference::<f64>::new(weights);
+    let mut sampler = Sampler::new(o.temperature);
+    let mut stream = Stream::new(&shape, o.seed);
+    for step in 0..steps {
+        let (tok, pos) = (stream.tok, stream.pos);
+        let want = double.forward(tok, pos);
+        let got = single.forward(tok, pos);
+        for (&g, &w) in got.iter().zip(want) {
+            let off = (g as f64 - w).abs();
+            if !(g.is_finite() && w.is_finite() && off <= 1e-3 * w.abs().max(1.0)) {
+                return Err(format!(
+                    "these weights are out of fp32's range: at step {step} (token {tok}, position {pos}) the fp32 reference gives a logit of {g:e} where the f64 reference gives {w:e}; the kernels compute in fp32"
+                ));
+            }
+        }
+        let next = sampler.draw(got, stream.rng.uniform());
+        stream.advance(next);
+    }
+    Ok(())
 }
 
 /// Compares `variant` with `oracle` on the oracle's own benchmark stream, teacher-forced: both
@@ -435,4 +519,102 @@ pub fn run_all(
         })));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use microgpt_model::Shape;
+
+    fn options() -> BenchOptions {
+        BenchOptions {
+            rapl: None,
+            ..BenchOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_each_bad_option_is_named() {
+        assert_eq!(options().validate(), Ok(()));
+        let bad = [
+            (
+                BenchOptions {
+                    temperature: 1e-10,
+                    ..options()
+                },
+                "--temperature",
+            ),
+            (
+                BenchOptions {
+                    temperature: f32::NAN,
+                    ..options()
+                },
+                "--temperature",
+            ),
+            (BenchOptions { seed: 0, ..options() }, "--seed"),
+            (
+                BenchOptions {
+                    repeats: 0,
+                    ..options()
+                },
+                "--repeats",
+            ),
+            (
+                BenchOptions {
+                    repeats: usize::MAX,
+                    ..options()
+                },
+                "--repeats",
+            ),
+            (
+                BenchOptions {
+                    min_tokens: u64::MAX,
+                    ..options()
+                },
+                "--tokens",
+            ),
+            (
+                BenchOptions {
+                    min_window_s: -1.0,
+                    ..options()
+                },
+                "--min-window",
+            ),
+            (
+                BenchOptions {
+                    check_tokens: 0,
+                    ..options()
+                },
+                "--check-tokens",
+            ),
+            (
+                BenchOptions {
+                    watts_per_core: 0.0,
+                    ..options()
+                },
+                "--watts-per-core",
+            ),
+        ];
+        for (o, flag) in bad {
+            let e = o.validate().unwrap_err();
+            assert!(e.starts_with(flag) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn weights_beyond_fp32_are_refused_and_ordinary_ones_pass() {
+        let o = options();
+        assert_eq!(
+            check_fp32_range(&microgpt_weights::default_weights(), &o, 64),
+            Ok(())
+        );
+        let shape = Shape::parse("embd=32,layers=2,mlp=128").unwrap();
+        assert_eq!(check_fp32_range(&Weights::random(shape, 3, 0.3), &o, 64), Ok(()));
+        // Finite weights whose squares overflow fp32 in the first RMSNorm: the fp32 reference
+        // then computes zeros where the f64 one does not.
+        let mut big = microgpt_weights::default_weights();
+        big.data_mut().iter_mut().for_each(|w| *w = 1e30);
+        let e = check_fp32_range(&big, &o, 64).unwrap_err();
+        assert!(e.contains("out of fp32's range") && e.contains("step 0"), "{e}");
+    }
 }

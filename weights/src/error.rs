@@ -30,6 +30,9 @@ pub enum Problem {
     Dtype { tensor: String, dtype: String },
     /// Tensor dimensions that disagree with each other or with the expected shape.
     Inconsistent(String),
+    /// Anything else that makes the source unusable (a folder where a file is needed, metadata
+    /// that does not parse), said in full.
+    Unusable(String),
     /// The tensors describe no valid shape.
     Shape(ShapeError),
     /// NaN or infinity.
@@ -83,6 +86,7 @@ impl fmt::Display for Problem {
                 "tensor `{tensor}` has dtype {dtype}; expected F32 (or I16 holding Q4.12)"
             ),
             Problem::Inconsistent(why) => write!(f, "inconsistent shapes: {why}"),
+            Problem::Unusable(why) => f.write_str(why),
             Problem::Shape(e) => write!(f, "invalid shape: {e}"),
             Problem::NonFinite { tensor, index, value } => {
                 write!(f, "tensor `{tensor}` holds {value} at index {index}")

@@ -81,7 +81,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Weights, WeightsError>
         Some(_) if is_dir => {
             return Err(WeightsError::new(
                 label,
-                Problem::Inconsistent("is a folder, and only talos-hex weights are folders".into()),
+                Problem::Unusable("is a folder, and only talos-hex weights are folders".into()),
             ));
         }
         _ => {}
@@ -127,7 +127,7 @@ pub fn load_bytes(bytes: &[u8], label: &str, options: &LoadOptions) -> Result<We
         }
         Format::TalosHex => Err(WeightsError::new(
             label,
-            Problem::Inconsistent("talos-hex weights are a folder of ROM files, not one file".into()),
+            Problem::Unusable("talos-hex weights are a folder of ROM files, not one file".into()),
         )),
     }
 }
@@ -225,12 +225,12 @@ fn read_safetensors(
     let (mlp, _) = dims(Param::Fc1(0))?;
     let heads = match metadata.metadata().as_ref().and_then(|m| m.get("heads")) {
         Some(text) => text.trim().parse().map_err(|_| {
-            err(Problem::Inconsistent(format!(
+            err(Problem::Unusable(format!(
                 "metadata `heads` = `{text}` is not a number"
             )))
         })?,
         None => expected.map(|s| s.heads).ok_or_else(|| {
-            err(Problem::Inconsistent(
+            err(Problem::Unusable(
                 "the metadata has no `heads` (the head count cannot be read off the tensors); \
                  give the shape with --shape"
                     .into(),
@@ -319,7 +319,7 @@ fn load_talos_dir(dir: &Path, options: &LoadOptions) -> Result<Weights, WeightsE
     if !dir.is_dir() {
         return Err(WeightsError::new(
             dir.display(),
-            Problem::Inconsistent("talos-hex weights are a folder of *_q12.hex ROM files".into()),
+            Problem::Unusable("talos-hex weights are a folder of *_q12.hex ROM files".into()),
         ));
     }
     let layout = Layout::new(shape);
