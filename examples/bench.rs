@@ -55,7 +55,7 @@ struct Args {
     /// Timed windows per variant, 1 to 1000 (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Teacher-forced steps compared with each variant's oracle (at least 1).
+    /// Teacher-forced steps compared with each variant's oracle (1 to 10^8).
     #[arg(long, default_value_t = 4096)]
     check_tokens: usize,
     /// RNG seed of the sampler (xorshift32, not 0), and of the random weights of --shape.
@@ -129,13 +129,18 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(dir) = &args.chart {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
     }
-    // The JSON is written at the end: find out now, not after the run, whether it can be.
+    // The JSON is written once the table is done: find out now whether it can be (leaving no
+    // empty file behind).
     if let Some(path) = &args.json {
+        let existed = path.exists();
         std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(path)
             .map_err(|e| format!("--json {}: cannot write: {e}", path.display()))?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
     }
     let specs = microgpt::registry();
     if args.list {

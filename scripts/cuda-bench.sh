@@ -7,7 +7,8 @@
 #     scripts/cuda-bench.sh [BENCH [OUT]]
 #
 # BENCH defaults to target/release/examples/bench, OUT (created) to cuda-results. Writes:
-#   OUT/card.txt           the date, the card, its driver, clocks and power limit (nvidia-smi)
+#   OUT/card.txt           the date, the card, its driver, clocks and power limit (nvidia-smi,
+#                          where there is one)
 #   OUT/default.txt, .json the CUDA rows at the default shape, trained weights, with names
 #   OUT/32x2.txt, .json    the same at embd=32,layers=2,mlp=128 (random weights)
 #   OUT/soak.txt           with SOAK=SECONDS: the fastest CUDA row that long, spot-checked
@@ -20,12 +21,16 @@ set -euo pipefail
 bench=${1:-target/release/examples/bench}
 out=${2:-cuda-results}
 [[ -x $bench ]] || { echo "cuda-bench: no bench binary at $bench (cargo build --release --features cuda --example bench)" >&2; exit 2; }
-command -v nvidia-smi >/dev/null || { echo "cuda-bench: nvidia-smi not found: no NVIDIA driver on this machine" >&2; exit 2; }
 mkdir -p "$out"
 
 {
     date -u
-    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.memory,power.limit --format=csv
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.memory,power.limit --format=csv ||
+            echo "nvidia-smi failed (exit $?)"
+    else
+        echo "nvidia-smi not found (the bench prints the device CUDA reports)"
+    fi
 } | tee "$out/card.txt"
 
 # NVRTC: the bench loads libnvrtc.so or libnvrtc.so.{12,11,10,9,1} from the loader's path. Where
@@ -36,8 +41,12 @@ cuda=${CUDA_HOME:-/usr/local/cuda}
 loadable=(libnvrtc.so libnvrtc.so.12 libnvrtc.so.11 libnvrtc.so.10 libnvrtc.so.9 libnvrtc.so.1)
 IFS=: read -ra path <<<"${LD_LIBRARY_PATH:-}"
 nvrtc_on_path() {
-    local d n
-    ldconfig -p 2>/dev/null | grep -Eq '^\s*libnvrtc\.so(\.(12|11|10|9|1))? ' && return 0
+    local d n cached
+    # The names in the loader's cache (awk reads it all: no early exit to fail the pipeline).
+    cached=$(ldconfig -p 2>/dev/null | awk 'NR > 1 { print $1 }' || true)
+    for n in "${loadable[@]}"; do
+        grep -Fxq "$n" <<<"$cached" && return 0
+    done
     for d in "${path[@]}"; do
         for n in "${loadable[@]}"; do [[ -n $d && -e $d/$n ]] && return 0; done
     done
@@ -57,10 +66,12 @@ if ! nvrtc_on_path; then
         lib=$(ls -1 "$cuda"/lib64/libnvrtc.so.[0-9]* "$cuda"/targets/*/lib/libnvrtc.so.[0-9]* 2>/dev/null |
             sort -V | tail -n 1 || true)
         if [[ -n $lib ]]; then
+            lib=$(readlink -f "$lib")
             link=$(mktemp -d)
             trap 'rm -rf "$link"' EXIT
             ln -s "$lib" "$link/libnvrtc.so"
-            export LD_LIBRARY_PATH="$link${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            # Its own folder too: NVRTC loads its builtins library (libnvrtc-builtins) from there.
+            export LD_LIBRARY_PATH="$link:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
             echo "cuda-bench: NVRTC from $lib (linked as $link/libnvrtc.so)"
         fi
     fi

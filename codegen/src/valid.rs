@@ -12,9 +12,9 @@ pub const MAX_UNROLLED_SIZE: usize = 1 << 17;
 
 /// How much code the fully unrolled kernels of `shape` take, in weight-MAC equivalents (measured
 /// on the generated text: about 0.84 KB a MAC over all the kernels): one a weight MAC (the scalar
-/// kernel has one statement each), two a (position, older position, channel) triple of the
-/// attention (every position's step is unrolled over the positions before it, in every layer),
-/// fifteen a vocabulary entry (the sampler and the logits).
+/// kernel has one statement each), two per unit of layers × block² × embd (the attention: every
+/// position's step is unrolled over the positions before it, in every layer), fifteen a
+/// vocabulary entry (the sampler and the logits).
 pub fn unrolled_size(shape: &Shape) -> usize {
     shape.weight_macs() + 2 * shape.layers * shape.block * shape.block * shape.embd + 15 * shape.vocab
 }
@@ -24,7 +24,7 @@ pub fn check_unrollable(shape: &Shape) -> Result<(), String> {
     let size = unrolled_size(shape);
     if size > MAX_UNROLLED_SIZE {
         return Err(format!(
-            "shape {shape} is too large to unroll: {size} units ({} weight MACs + 2 x {} attention (position, older position, channel) triples + 15 x {} vocabulary entries); fully unrolled kernels are generated for at most {MAX_UNROLLED_SIZE} (the JIT takes larger ones)",
+            "shape {shape} is too large to unroll: {size} units ({} weight MACs + 2 x {} for the attention (layers x block^2 x embd) + 15 x {} vocabulary entries); fully unrolled kernels are generated for at most {MAX_UNROLLED_SIZE} (the JIT takes larger shapes, up to its own limit)",
             shape.weight_macs(),
             shape.layers * shape.block * shape.block * shape.embd,
             shape.vocab

@@ -1,4 +1,5 @@
-//! The model's op list rendered to Cranelift IR at run time, for any shape and any weights.
+//! The model's op list rendered to Cranelift IR at run time, for any shape (up to [`MAX_MACS`]
+//! weight MACs a token) and any weights.
 //!
 //! [`compile`] renders one function per token step (the whole forward pass and the sampler,
 //! unrolled over the shape, with 128-bit vectors), compiles it for this CPU with
@@ -128,7 +129,8 @@ impl Drop for Jit {
     }
 }
 
-/// Renders and compiles the step for `weights` (any valid shape).
+/// Renders and compiles the step for `weights` (any valid shape of at most [`MAX_MACS`] weight
+/// MACs).
 pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> Result<Jit, JitError> {
     let start = Instant::now();
     let macs = weights.shape().weight_macs();

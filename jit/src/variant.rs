@@ -1,4 +1,5 @@
-//! The JIT as bench variants: any shape, compiled when prepared.
+//! The JIT as bench variants: any shape up to [`crate::MAX_MACS`] weight MACs, compiled when
+//! prepared.
 
 use crate::{Jit, JitOptions, Precision, compile};
 use microgpt_model::Shape;

@@ -23,22 +23,23 @@ pub fn nvrtc_present() -> Result<(), String> {
     if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Ok(());
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+    let on_path: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
-    dirs.extend(NVRTC_DIRS.iter().map(PathBuf::from));
-    Err(match nvrtc_hint(&dirs) {
+    let elsewhere: Vec<PathBuf> = NVRTC_DIRS.iter().map(PathBuf::from).collect();
+    Err(match nvrtc_hint(&on_path, &elsewhere) {
         Some(hint) => format!("NVRTC not loadable: {hint}"),
         None => "NVRTC not found (libnvrtc.so: install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its lib/ on LD_LIBRARY_PATH)".into(),
     })
 }
 
 /// Where CUDA toolkits usually put NVRTC, besides `LD_LIBRARY_PATH`.
-const NVRTC_DIRS: [&str; 4] = [
+const NVRTC_DIRS: [&str; 5] = [
     "/usr/local/cuda/lib64",
     "/usr/local/cuda/targets/x86_64-linux/lib",
     "/usr/local/cuda/targets/sbsa-linux/lib",
     "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
 ];
 
 /// The loader's names for NVRTC on Linux (cudarc's candidates, built for CUDA 12).
@@ -54,40 +55,48 @@ fn nvrtc_name_loadable(name: &str) -> bool {
     )
 }
 
-/// What to do about the first `libnvrtc.so*` in `dirs`, when the loader found none: put its
-/// directory on `LD_LIBRARY_PATH`, or give it a name the loader tries.
-fn nvrtc_hint(dirs: &[PathBuf]) -> Option<String> {
-    let mut found: Vec<PathBuf> = dirs
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libnvrtc.so"))
-        })
-        .collect();
+/// What to do about the first `libnvrtc.so*` in the folders `on_path` (those of
+/// `LD_LIBRARY_PATH`) and `elsewhere`, when the loader found none: put its folder on
+/// `LD_LIBRARY_PATH`, or give it a name the loader tries.
+fn nvrtc_hint(on_path: &[PathBuf], elsewhere: &[PathBuf]) -> Option<String> {
+    let in_folders = |dirs: &[PathBuf], listed: bool| {
+        dirs.iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libnvrtc.so"))
+            })
+            .map(move |p| (p, listed))
+            .collect::<Vec<_>>()
+    };
+    let mut found = in_folders(on_path, true);
+    found.extend(in_folders(elsewhere, false));
     // A name the loader tries first, then the shortest (libnvrtc.so.13 before libnvrtc.so.13.0.88).
-    found.sort_by_key(|p| {
+    found.sort_by_key(|(p, _)| {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         (!nvrtc_name_loadable(name), name.len())
     });
-    let lib = found.first()?;
+    let (lib, listed) = found.first()?;
     let name = lib.file_name()?.to_str()?;
     let dir = lib.parent()?.display();
-    Some(if nvrtc_name_loadable(name) {
-        format!(
-            "found {}, but its directory is not searched: put {dir} on LD_LIBRARY_PATH",
+    Some(match (nvrtc_name_loadable(name), listed) {
+        (true, true) => format!(
+            "found {} on LD_LIBRARY_PATH, but it does not load (another architecture, or a broken file?)",
             lib.display()
-        )
-    } else {
-        format!(
-            "found {}, a name this build does not try: link it as libnvrtc.so in a directory on LD_LIBRARY_PATH (mkdir -p /tmp/nvrtc && ln -sf {} /tmp/nvrtc/libnvrtc.so && export LD_LIBRARY_PATH=/tmp/nvrtc)",
+        ),
+        (true, false) => format!(
+            "found {}, but its folder is not searched: put {dir} on LD_LIBRARY_PATH",
+            lib.display()
+        ),
+        (false, _) => format!(
+            "found {}, a name this build does not try: link it as libnvrtc.so in a folder on LD_LIBRARY_PATH, beside its own folder (mkdir -p /tmp/nvrtc && ln -sf {} /tmp/nvrtc/libnvrtc.so && export LD_LIBRARY_PATH=/tmp/nvrtc:{dir}:$LD_LIBRARY_PATH)",
             lib.display(),
             lib.display()
-        )
+        ),
     })
 }
 
@@ -814,19 +823,23 @@ mod tests {
             std::fs::write(cuda13.join(name), b"").unwrap();
         }
         std::fs::write(cuda12.join("libnvrtc.so.12"), b"").unwrap();
-        assert_eq!(nvrtc_hint(&[empty.clone(), root.join("missing")]), None);
-        let hint = nvrtc_hint(&[empty.clone(), cuda13.clone()]).unwrap();
+        assert_eq!(nvrtc_hint(&[empty], &[root.join("missing")]), None);
+        let hint = nvrtc_hint(&[], std::slice::from_ref(&cuda13)).unwrap();
+        let lib13 = cuda13.join("libnvrtc.so.13");
         assert!(
-            hint.starts_with(&format!(
-                "found {}, a name",
-                cuda13.join("libnvrtc.so.13").display()
-            )),
+            hint.starts_with(&format!("found {}, a name", lib13.display())),
             "{hint}"
         );
+        assert!(hint.contains(&format!(":{}:", cuda13.display())), "{hint}");
         assert!(hint.contains("ln -sf") && !hint.contains('\n'), "{hint}");
-        let hint = nvrtc_hint(&[cuda13, cuda12.clone()]).unwrap();
+        let hint = nvrtc_hint(&[], &[cuda13.clone(), cuda12.clone()]).unwrap();
         assert!(
             hint.contains(&format!("put {} on LD_LIBRARY_PATH", cuda12.display())),
+            "{hint}"
+        );
+        let hint = nvrtc_hint(std::slice::from_ref(&cuda12), &[cuda13]).unwrap();
+        assert!(
+            hint.contains("on LD_LIBRARY_PATH, but it does not load"),
             "{hint}"
         );
         std::fs::remove_dir_all(&root).unwrap();
