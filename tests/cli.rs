@@ -183,3 +183,86 @@ fn train_writes_loadable_weights_and_rejects_bad_data() {
     one_line_error(&out, "character 'B' has no token");
     std::fs::remove_file(&data).unwrap();
 }
+
+#[test]
+fn options_out_of_range_are_refused_before_anything_runs() {
+    for (args, needle) in [
+        (&["--seed", "0"][..], "--seed must not be 0"),
+        (
+            &["--temperature", "1e-10"],
+            "--temperature must be a number >= 0.001",
+        ),
+        (
+            &["--repeats", "18446744073709551615"],
+            "--repeats must be 1 to 1000",
+        ),
+        (&["--tokens", "18446744073709551615"], "--tokens must be at most"),
+        (&["--check-tokens", "0"], "--check-tokens must be 1 to"),
+        (&["--format", "q412"], "--format applies to the file of --weights"),
+    ] {
+        one_line_error(&example("bench").args(args).output().unwrap(), needle);
+    }
+    let json = std::env::temp_dir()
+        .join(format!("microgpt-cli-{}-no-such-folder", std::process::id()))
+        .join("out.json");
+    let out = example("bench").arg("--json").arg(&json).output().unwrap();
+    one_line_error(&out, "cannot write");
+    assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out.stdout));
+}
+
+#[test]
+fn weights_beyond_fp32_are_refused_not_reported_as_a_bug() {
+    // The default shape's 4192 parameters, all 1e30: finite, but their squares overflow fp32.
+    let big = tmp("big.bin");
+    let json = tmp("big.json");
+    let bytes: Vec<u8> = (0..4192).flat_map(|_| 1e30f32.to_le_bytes()).collect();
+    std::fs::write(&big, bytes).unwrap();
+    let out = example("bench")
+        .arg("--weights")
+        .arg(&big)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&big).unwrap();
+    one_line_error(&out, "out of fp32's range");
+    assert!(!json.exists(), "no empty JSON file left behind");
+}
+
+#[test]
+fn inspect_refuses_shapes_too_large_to_unroll() {
+    // Few weights, but every position's step unrolled over up to 255 older ones.
+    let out = example("inspect")
+        .args(["rust", "--shape", "block=256,embd=4,heads=1,mlp=4"])
+        .output()
+        .unwrap();
+    one_line_error(&out, "too large to unroll");
+}
+
+/// A reader that stops early (`inspect rust | head`) ends the example quietly, by SIGPIPE as
+/// other command-line tools end, instead of a panic (exit 101).
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_examples_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = example("inspect")
+        .args(["rust", "--target", "scalar", "--precision", "f32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The read end is closed here; the rest (hundreds of KB) no longer fits in the pipe.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+}
