@@ -2,7 +2,7 @@
 //! driver API launches it. Both libraries are loaded at run time: when either is missing, or no
 //! device answers, every entry point returns a one-line reason instead of panicking.
 
-use super::{CudaSource, arrange, render};
+use super::{CudaSource, Launch, NAIVE, arrange, render};
 use crate::sampler::Sampler;
 use crate::stream::{Stream, stream_seed};
 use crate::variant::{Precision, Settings, Variant, VariantInfo};
@@ -404,23 +404,15 @@ fn fail(e: String) -> ! {
 /// no usable CUDA.
 pub fn variants() -> Vec<crate::VariantSpec> {
     use crate::VariantSpec;
-    vec![
-        VariantSpec::new("cuda-naive", "cuda", Precision::F32, |w, s| {
-            Ok(Box::new(Naive::new(w, s)?) as Box<dyn Variant>)
-        }),
-        VariantSpec::new("cuda-persistent", "cuda", Precision::F32, |w, s| {
-            Ok(Box::new(Persistent::new(w, s, Layout::OneWarp)?) as Box<dyn Variant>)
-        }),
-        VariantSpec::new("cuda-persistent-warp", "cuda", Precision::F32, |w, s| {
-            Ok(Box::new(Persistent::new(w, s, Layout::OneWarpWarpOps)?) as Box<dyn Variant>)
-        }),
-        VariantSpec::new("cuda-streams", "cuda", Precision::F32, |w, s| {
-            Ok(Box::new(Persistent::new(w, s, Layout::ThreadPerStream)?) as Box<dyn Variant>)
-        }),
-        VariantSpec::new("cuda-streams-warp", "cuda", Precision::F32, |w, s| {
-            Ok(Box::new(Persistent::new(w, s, Layout::WarpPerStream)?) as Box<dyn Variant>)
-        }),
-    ]
+    let naive = VariantSpec::new(NAIVE, "cuda", Precision::F32, |w, s| {
+        Ok(Box::new(Naive::new(w, s)?) as Box<dyn Variant>)
+    });
+    let persistent = Launch::ALL.map(|launch| {
+        VariantSpec::new(launch.name(), "cuda", Precision::F32, move |w, s| {
+            Ok(Box::new(Persistent::new(w, s, launch)?) as Box<dyn Variant>)
+        })
+    });
+    std::iter::once(naive).chain(persistent).collect()
 }
 
 /// `cuda-naive`: one launch per op, the logits copied back and the token drawn on the host.
@@ -449,7 +441,7 @@ impl Naive {
         )?;
         let shape = *weights.shape();
         let info = dev.info(
-            "cuda-naive",
+            NAIVE,
             1,
             format!(
                 "{} launches of one warp per token, logits copied back, drawn on the host",
@@ -520,25 +512,11 @@ impl Variant for Naive {
     }
 }
 
-/// How a persistent variant maps streams onto the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// One stream on one warp, by the lane ops: `mg_persistent` <<<1, 32>>>.
-    OneWarp,
-    /// One stream on one warp, by the warp ops: `mg_persistent_warp` <<<1, 32>>>.
-    OneWarpWarpOps,
-    /// One stream per warp, as many warps as fit on every SM: `mg_streams_warp`.
-    WarpPerStream,
-    /// One stream per thread, as many threads as fit on every SM: `mg_streams`.
-    ThreadPerStream,
-}
-
-/// `cuda-persistent`, `cuda-persistent-warp`, `cuda-streams`, `cuda-streams-warp`: whole timed
-/// windows in one launch.
+/// The variants of every [`Launch`]: whole timed windows in one launch.
 pub struct Persistent {
     info: VariantInfo,
     dev: Loaded,
-    layout: Layout,
+    launch: Launch,
     run_fn: CudaFunction,
     step_fn: CudaFunction,
     config: LaunchConfig,
@@ -555,32 +533,28 @@ pub struct Persistent {
 }
 
 impl Persistent {
-    pub fn new(weights: &Weights, settings: &Settings, layout: Layout) -> Result<Persistent, String> {
+    pub fn new(weights: &Weights, settings: &Settings, launch: Launch) -> Result<Persistent, String> {
         let dev = Loaded::new(weights, settings)?;
         let src = &dev.source;
-        let (run_name, step_name) = match layout {
-            Layout::ThreadPerStream => ("mg_streams", "mg_thread_step"),
-            Layout::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
-            Layout::OneWarp => ("mg_persistent", "mg_lanes_step"),
-            Layout::OneWarpWarpOps => ("mg_persistent_warp", "mg_warp_step"),
-        };
+        let (run_name, step_name) = launch.kernels();
         let run_fn = dev.function(run_name)?;
         let step_fn = dev.function(step_name)?;
         let sms = dev.gpu.sms;
-        let (config, streams, name, note) = match layout {
-            Layout::OneWarp | Layout::OneWarpWarpOps => {
-                let (bytes, name, note) = if layout == Layout::OneWarp {
-                    (
-                        src.persistent_shared_bytes(),
-                        "cuda-persistent",
+        let (config, streams, note) = match launch {
+            Launch::OneWarp | Launch::OneWarpGlobal | Launch::OneWarpWarpOps => {
+                let (bytes, note) = match launch {
+                    Launch::OneWarp => (
+                        src.persistent_shared_bytes(true),
                         "one warp, the whole window in one launch, short vectors whole in every lane",
-                    )
-                } else {
-                    (
+                    ),
+                    Launch::OneWarpGlobal => (
+                        src.persistent_shared_bytes(false),
+                        "one warp, the whole window in one launch, short vectors whole in every lane, weights through the read-only cache",
+                    ),
+                    _ => (
                         src.shared_bytes(1),
-                        "cuda-persistent-warp",
                         "one warp, the whole window in one launch, each op a warp function over shared memory",
-                    )
+                    ),
                 };
                 dev.allow_shared(&run_fn, bytes)?;
                 (
@@ -590,11 +564,10 @@ impl Persistent {
                         shared_mem_bytes: bytes as u32,
                     },
                     1,
-                    name,
                     note.to_string(),
                 )
             }
-            Layout::WarpPerStream => {
+            Launch::WarpPerStream => {
                 // As many warps per block as shared memory allows, up to WARPS_PER_BLOCK.
                 let warps = (1..=super::WARPS_PER_BLOCK)
                     .rev()
@@ -611,11 +584,10 @@ impl Persistent {
                         shared_mem_bytes: bytes as u32,
                     },
                     blocks as usize * warps,
-                    "cuda-streams-warp",
                     format!("{blocks} blocks of {warps} warps, one stream per warp"),
                 )
             }
-            Layout::ThreadPerStream => {
+            Launch::ThreadPerStream => {
                 let bytes = src.streams_shared_bytes();
                 dev.allow_shared(&run_fn, bytes)?;
                 let threads = super::STREAM_THREADS as u32;
@@ -627,7 +599,6 @@ impl Persistent {
                         shared_mem_bytes: bytes as u32,
                     },
                     (blocks * threads) as usize,
-                    "cuda-streams",
                     match src.kv_shared_positions {
                         0 => format!(
                             "{blocks} blocks of {threads} threads, one stream per thread, KV caches in global memory"
@@ -640,12 +611,12 @@ impl Persistent {
             }
         };
         let stream = &dev.gpu.stream;
-        let step_floats = match layout {
-            Layout::ThreadPerStream => src.kv_floats,
-            Layout::OneWarp => src.lane_scratch_floats,
-            Layout::OneWarpWarpOps | Layout::WarpPerStream => src.scratch_floats,
+        let step_floats = match launch {
+            Launch::ThreadPerStream => src.kv_floats,
+            Launch::OneWarp | Launch::OneWarpGlobal => src.lane_scratch_floats,
+            Launch::OneWarpWarpOps | Launch::WarpPerStream => src.scratch_floats,
         };
-        let info = dev.info(name, streams, note);
+        let info = dev.info(launch.name(), streams, note);
         let mut v = Persistent {
             state: driver("alloc", stream.alloc_zeros::<u32>(3 * streams))?,
             kv: driver("alloc", stream.alloc_zeros::<f32>(streams * src.kv_floats))?,
@@ -655,7 +626,7 @@ impl Persistent {
             step_next: driver("alloc", stream.alloc_zeros::<i32>(1))?,
             logits: vec![0.0; src.shape.vocab],
             info,
-            layout,
+            launch,
             run_fn,
             step_fn,
             config,
@@ -697,8 +668,8 @@ impl Persistent {
         let (t, p) = (tok as i32, pos as i32);
         let stream = self.dev.gpu.stream.clone();
         let mut b = stream.launch_builder(&self.step_fn);
-        match self.layout {
-            Layout::ThreadPerStream => {
+        match self.launch {
+            Launch::ThreadPerStream => {
                 b.arg(&self.dev.weights)
                     .arg(&mut self.step_scratch)
                     .arg(&t)
@@ -743,9 +714,9 @@ impl Persistent {
             .arg(&streams)
             .arg(&steps)
             .arg(&mut self.checksums);
-        // SAFETY: mg_persistent, mg_persistent_warp, mg_streams_warp and mg_streams take (const float* w, unsigned*
-        // state[3 streams], float* kv[MG_KV streams], int streams, long long steps, unsigned long
-        // long* checksums[streams]); the grid covers at least `streams` warps or threads and the
+        // SAFETY: every Launch's kernel (mg_persistent, mg_persistent_global, mg_persistent_warp,
+        // mg_streams_warp, mg_streams) takes (const float* w, unsigned* state[3 streams], float*
+        // kv[MG_KV streams], int streams, long long steps, unsigned long long* checksums[streams]); the grid covers at least `streams` warps or threads and the
         // dynamic shared memory is what the kernel was allowed above.
         driver("launch", unsafe { b.launch(self.config) })?;
         // The copy waits for the kernel: the window ends when the checksums are on the host.

@@ -24,7 +24,9 @@
 //!   maximum where that could overflow), and the sampler finds its draw with a ballot.
 //!   `mg_step_lanes` is that step, `mg_lanes_step` one step as a kernel (the checks) and
 //!   `mg_persistent` (one warp, every register it likes) runs a whole benchmark stream with it in
-//!   one launch, the weights in shared memory;
+//!   one launch, the weights in shared memory; `mg_persistent_global` the same with the weights
+//!   read from global memory through the read-only cache, which the compiler may keep in
+//!   registers across the token loop (the two measured side by side);
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
@@ -96,8 +98,9 @@ pub struct CudaSource {
     pub shared_weight_floats: usize,
     /// Floats of one warp's scratch (buffers, KV cache, probabilities).
     pub scratch_floats: usize,
-    /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_lanes_step`): the
-    /// same, with room for the lane step's shared buffers where they do not fit over the buffers.
+    /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_persistent_global`,
+    /// `mg_lanes_step`): the same, with room for the lane step's shared buffers where they do not
+    /// fit over the buffers.
     pub lane_scratch_floats: usize,
     /// Floats of one stream's KV cache.
     pub kv_floats: usize,
@@ -117,9 +120,15 @@ impl CudaSource {
         block_shared_bytes(self.shared_weight_floats, warps, self.scratch_floats)
     }
 
-    /// Dynamic shared memory of `mg_persistent`'s block of one warp (bytes).
-    pub fn persistent_shared_bytes(&self) -> usize {
-        block_shared_bytes(self.shared_weight_floats, 1, self.lane_scratch_floats)
+    /// Dynamic shared memory of `mg_persistent`'s block of one warp (bytes); `mg_persistent_global`
+    /// keeps no weights there (`with_weights` false).
+    pub fn persistent_shared_bytes(&self, with_weights: bool) -> usize {
+        let weights = if with_weights {
+            self.shared_weight_floats
+        } else {
+            0
+        };
+        block_shared_bytes(weights, 1, self.lane_scratch_floats)
     }
 
     /// Dynamic shared memory of a thread-per-stream block (bytes): its copy of the weights, then
@@ -137,28 +146,83 @@ impl CudaSource {
     /// Every `extern "C"` kernel of the source.
     pub fn kernels(&self) -> Vec<String> {
         let mut names = self.op_kernels.clone();
-        names.extend(
-            [
-                "mg_set_temperature",
-                "mg_warp_step",
-                "mg_lanes_step",
-                "mg_persistent",
-                "mg_persistent_warp",
-                "mg_streams_warp",
-                "mg_thread_step",
-                "mg_streams",
-            ]
-            .map(String::from),
-        );
+        names.push("mg_set_temperature".into());
+        for launch in Launch::ALL {
+            let (run, step) = launch.kernels();
+            for k in [step, run] {
+                if !names.iter().any(|n| n == k) {
+                    names.push(k.into());
+                }
+            }
+        }
         names
     }
 }
 
-/// The CUDA variants: `cuda-naive` (one launch per op, the token drawn on the host),
-/// `cuda-persistent` (one warp, a whole window per launch, by the lane ops),
-/// `cuda-persistent-warp` (the same by the warp ops), `cuda-streams` (one stream per thread on
-/// every SM) and `cuda-streams-warp` (one stream per warp). Built without the `cuda` feature, or
-/// where CUDA is missing, they are skipped with the reason.
+/// The name of the launch-per-op variant: one launch of `mg_op_<i>` per op, the logits copied
+/// back and the token drawn on the host.
+pub const NAIVE: &str = "cuda-naive";
+
+/// How each of the other CUDA variants runs whole timed windows in one launch: its kernels and
+/// how streams map onto the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `cuda-persistent`: one stream on one warp by the lane ops, the weights in shared memory
+    /// (`mg_persistent` <<<1, 32>>>).
+    OneWarp,
+    /// `cuda-persistent-global`: the same with the weights read from global memory through the
+    /// read-only data cache, which lets the compiler keep a lane's weights in registers across the
+    /// token loop where they fit (`mg_persistent_global` <<<1, 32>>>).
+    OneWarpGlobal,
+    /// `cuda-persistent-warp`: one stream on one warp by the warp ops (`mg_persistent_warp`).
+    OneWarpWarpOps,
+    /// `cuda-streams`: one stream per thread, as many threads as fit on every SM (`mg_streams`).
+    ThreadPerStream,
+    /// `cuda-streams-warp`: one stream per warp, as many warps as fit on every SM
+    /// (`mg_streams_warp`).
+    WarpPerStream,
+}
+
+impl Launch {
+    /// In the bench's order.
+    pub const ALL: [Launch; 5] = [
+        Launch::OneWarp,
+        Launch::OneWarpGlobal,
+        Launch::OneWarpWarpOps,
+        Launch::ThreadPerStream,
+        Launch::WarpPerStream,
+    ];
+
+    /// The bench row's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Launch::OneWarp => "cuda-persistent",
+            Launch::OneWarpGlobal => "cuda-persistent-global",
+            Launch::OneWarpWarpOps => "cuda-persistent-warp",
+            Launch::ThreadPerStream => "cuda-streams",
+            Launch::WarpPerStream => "cuda-streams-warp",
+        }
+    }
+
+    /// The kernel that runs whole windows, and the one-step kernel of its teacher-forced checks.
+    pub fn kernels(self) -> (&'static str, &'static str) {
+        match self {
+            Launch::OneWarp => ("mg_persistent", "mg_lanes_step"),
+            Launch::OneWarpGlobal => ("mg_persistent_global", "mg_lanes_step"),
+            Launch::OneWarpWarpOps => ("mg_persistent_warp", "mg_warp_step"),
+            Launch::ThreadPerStream => ("mg_streams", "mg_thread_step"),
+            Launch::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
+        }
+    }
+}
+
+/// Every CUDA variant's name, in the bench's order.
+pub fn variant_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once(NAIVE).chain(Launch::ALL.map(Launch::name))
+}
+
+/// The CUDA variants: [`NAIVE`] and one per [`Launch`]. Built without the `cuda` feature, or where
+/// CUDA is missing, they are skipped with the reason.
 pub fn variants() -> Vec<VariantSpec> {
     #[cfg(feature = "cuda")]
     {
@@ -166,23 +230,16 @@ pub fn variants() -> Vec<VariantSpec> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        [
-            "cuda-naive",
-            "cuda-persistent",
-            "cuda-persistent-warp",
-            "cuda-streams",
-            "cuda-streams-warp",
-        ]
-        .into_iter()
-        .map(|name| {
-            VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| {
-                Err(
+        variant_names()
+            .map(|name| {
+                VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| {
+                    Err(
                     "built without the `cuda` feature (cargo run --release --features cuda --example bench)"
                         .into(),
                 )
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 }
 
@@ -1069,7 +1126,7 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
 // (RP = MG_ROW_LANES(ROWS)); when ROWS leaves lanes idle (ROWS <= 16), G = 32 / RP groups of lanes
 // split the columns (group g takes c = g, g + G, ..., so that the groups read different banks)
 // and shuffles add the groups' sums, so that every group ends with the whole rows: y[k] is row
-// r % RP + 32 k. Each lane sums its columns into A interleaved partial sums, to shorten the
+// r % RP + 32 k (one past the end holds a value no caller may use). Each lane sums its columns into A interleaved partial sums, to shorten the
 // dependency chain. Without SPLIT every lane takes all the columns (the idle lanes repeat rows):
 // for an x in registers, which a lane cannot index by its group. With RB < ROWS, W is ROWS / RB
 // matrices of RB rows one after the other in memory (each transposed), read as one.
@@ -1103,8 +1160,9 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
             const float xc = x[c];
             #pragma unroll
             for (int k = 0; k < K; k++) {
-                const int r = row + 32 * k;
-                if (r < ROWS) acc[k][j % A] = fmaf(wr[k][c * RB], xc, acc[k][j % A]);
+                // A row past the end sums row 0 again and is never stored: the loads depend on no
+                // condition, so a compiler may move them (out of a loop, for weights that stay).
+                acc[k][j % A] = fmaf(wr[k][c * RB], xc, acc[k][j % A]);
             }
         }
     }
@@ -1666,26 +1724,27 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
     if (threadIdx.x == 0) *next = drawn;
 }
 
-// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent. s: a
-// global scratch of MG_LANE_SCRATCH floats.
+// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent and
+// mg_persistent_global. s: a global scratch of MG_LANE_SCRATCH floats.
 extern "C" __global__ void mg_lanes_step(const float* __restrict__ w, float* s, int tok, int pos, float r, int* next) {
     const int drawn = mg_step_lanes(w, s, tok, pos, r, s + MG_S_LOGITS);
     if (threadIdx.x == 0) *next = drawn;
 }
 
 // Whole benchmark streams, one per warp, `steps` steps each, by the lane ops (LANES) or the warp
-// ops. state: (tok, pos, rng) per stream;
+// ops, the weights copied into shared memory where they fit or (GLOBAL) read from global memory
+// through the read-only data cache. state: (tok, pos, rng) per stream;
 // kv: MG_KV floats per stream, loaded at the start and saved at the end so that consecutive
 // launches continue the same streams. checksums: Stream::run's checksum of this launch.
-template <bool LANES>
+template <bool LANES, bool GLOBAL = false>
 __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                                 long long steps, unsigned long long* checksums) {
     extern __shared__ __align__(16) float smem[];
-    const float* w = mg_block_weights(wg, smem);
+    const float* w = GLOBAL ? wg : mg_block_weights(wg, smem);
     const int lane = threadIdx.x & 31;
     const int stream = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (stream >= streams) return;
-    float* s = smem + MG_WEIGHTS_SHARED + (threadIdx.x >> 5) * (LANES ? MG_LANE_SCRATCH : MG_SCRATCH);
+    float* s = smem + (GLOBAL ? 0 : MG_WEIGHTS_SHARED) + (threadIdx.x >> 5) * (LANES ? MG_LANE_SCRATCH : MG_SCRATCH);
     for (int i = lane; i < MG_KV; i += 32) s[MG_S_KV + i] = kv[(long long)stream * MG_KV + i];
     __syncwarp();
     int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
@@ -1718,6 +1777,16 @@ extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent(const float* _
                                                                   int streams, long long steps,
                                                                   unsigned long long* checksums) {
     mg_warp_streams<true>(wg, state, kv, streams, steps, checksums);
+}
+
+// The same with the weights read from global memory (const __restrict__: the read-only data
+// cache). Nothing in the loop writes them, so the compiler may load a lane's weights once, before
+// the loop, and keep them in registers (at the default shape it does, all of them: no weight load
+// is left in the token loop but the embedding's, which depends on the token).
+extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_global(const float* __restrict__ wg, unsigned* state,
+                                                                         float* kv, int streams, long long steps,
+                                                                         unsigned long long* checksums) {
+    mg_warp_streams<true, true>(wg, state, kv, streams, steps, checksums);
 }
 
 // The same by the warp ops (each op a warp function over the scratch, as mg_streams_warp's

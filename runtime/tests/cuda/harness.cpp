@@ -6,8 +6,9 @@
 //   bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to
 //   the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
-//   mg_streams_warp, as the host does), persistent-warp 1 STREAMS STEPS LAUNCHES
-//   (mg_persistent_warp, one warp per block), streams THREADS STREAMS STEPS LAUNCHES (THREADS per
+//   mg_streams_warp, as the host does), persistent-global 1 STREAMS STEPS LAUNCHES and
+//   persistent-warp 1 STREAMS STEPS LAUNCHES (mg_persistent_global, mg_persistent_warp: one warp
+//   per block), streams THREADS STREAMS STEPS LAUNCHES (THREADS per
 //   block: MG_STREAM_THREADS): stdin has
 //   "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
@@ -75,7 +76,8 @@ int main(int argc, char** argv) {
         }
         return 0;
     }
-    if ((mode == "persistent" || mode == "persistent-warp" || mode == "streams") && argc == 7) {
+    const bool one_warp = mode == "persistent-global" || mode == "persistent-warp";
+    if ((mode == "persistent" || one_warp || mode == "streams") && argc == 7) {
         const int per_block = std::atoi(argv[3]), streams = std::atoi(argv[4]);
         const long long steps = std::atoll(argv[5]);
         const int launches = std::atoi(argv[6]);
@@ -87,8 +89,8 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "mg_streams runs blocks of %d threads\n", MG_STREAM_THREADS);
             return 2;
         }
-        if (mode == "persistent-warp" && per_block != 1) {
-            std::fprintf(stderr, "mg_persistent_warp runs blocks of one warp\n");
+        if (one_warp && per_block != 1) {
+            std::fprintf(stderr, "mode %s runs blocks of one warp\n", mode.c_str());
             return 2;
         }
         // mg_streams's KV caches interleave within whole blocks.
@@ -96,11 +98,13 @@ int main(int argc, char** argv) {
         std::vector<float> kv((size_t)MG_KV * MG_STREAM_THREADS * stream_blocks, 0.0f);
         std::vector<unsigned long long> sums(streams);
         for (int l = 0; l < launches; l++) {
-            if (mode == "persistent" || mode == "persistent-warp") {
+            if (mode == "persistent" || one_warp) {
                 const unsigned blocks = (streams + per_block - 1) / per_block;
                 launch(blocks, 32 * per_block, [&] {
                     if (mode == "persistent-warp") {
                         mg_persistent_warp(w.data(), state.data(), kv.data(), streams, steps, sums.data());
+                    } else if (mode == "persistent-global") {
+                        mg_persistent_global(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else if (per_block == 1) {
                         mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else {
