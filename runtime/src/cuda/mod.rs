@@ -13,7 +13,7 @@
 //!   whole step and the canonical sampler, and `mg_streams_warp` (one stream per warp, registers
 //!   capped for occupancy) runs whole benchmark streams in one launch, with the weights copied
 //!   into shared memory, and `mg_persistent_warp` runs one such stream alone on one warp (the
-//!   one-warp kernel before the lane ops, kept beside it so that one run measures both);
+//!   one-warp kernel before the lane ops, kept beside them so that one run measures all three);
 //! - **lane ops**: the same list for one warp with the short vectors whole in every lane's
 //!   registers: each lane computes the embedding, the RMSNorms and the residual adds itself, a
 //!   matvec's rows are split over the lanes and published through shared memory with one
@@ -74,6 +74,16 @@ pub const MAX_WARPS_PER_SM: usize = 64;
 
 /// Warps per block of `mg_streams_warp` (one stream each), fewer where their scratch does not fit.
 pub const WARPS_PER_BLOCK: usize = 8;
+
+/// Weights per lane (the arranged weights over 32 lanes) up to which the warp matvecs load every
+/// weight unconditionally (`MG_HOIST`), a lane past the last row reading the last row again,
+/// which lets the compiler load the weights of a token loop that reads them from global memory
+/// once, before the loop, into registers (`mg_persistent_global`). Past it the loads are made
+/// only for rows in range, which keeps them in the loop: at the default shape (131 a lane) the
+/// hoisted weights take 185 registers and nothing spills; at `embd=48,layers=2,mlp=192` (1,833 a
+/// lane, in global memory for every kernel) unconditional loads made `mg_persistent` and
+/// `mg_persistent_global` spill 204 bytes, conditional ones nothing.
+pub const HOIST_WEIGHTS_PER_LANE: usize = 160;
 
 /// Threads per block of `mg_streams`; the KV caches of a block interleave with this stride, so
 /// that every cache access has a constant offset from the thread's base address.
@@ -230,15 +240,10 @@ pub fn variants() -> Vec<VariantSpec> {
     }
     #[cfg(not(feature = "cuda"))]
     {
+        const WHY: &str =
+            "built without the `cuda` feature (cargo run --release --features cuda --example bench)";
         variant_names()
-            .map(|name| {
-                VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| {
-                    Err(
-                    "built without the `cuda` feature (cargo run --release --features cuda --example bench)"
-                        .into(),
-                )
-                })
-            })
+            .map(|name| VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| Err(WHY.into())))
             .collect()
     }
 }
@@ -366,6 +371,10 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_LANE_SCRATCH", lane_scratch_floats),
         ("MG_WARPS_PER_BLOCK", WARPS_PER_BLOCK),
         ("MG_WARP_BLOCKS_PER_SM", warp_blocks_per_sm),
+        (
+            "MG_HOIST",
+            usize::from(weight_floats <= 32 * HOIST_WEIGHTS_PER_LANE),
+        ),
     ] {
         let _ = writeln!(w, "#define {name} {value}");
     }
@@ -1126,10 +1135,11 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
 // (RP = MG_ROW_LANES(ROWS)); when ROWS leaves lanes idle (ROWS <= 16), G = 32 / RP groups of lanes
 // split the columns (group g takes c = g, g + G, ..., so that the groups read different banks)
 // and shuffles add the groups' sums, so that every group ends with the whole rows: y[k] is row
-// r % RP + 32 k (one past the end holds a value no caller may use). Each lane sums its columns into A interleaved partial sums, to shorten the
-// dependency chain. Without SPLIT every lane takes all the columns (the idle lanes repeat rows):
-// for an x in registers, which a lane cannot index by its group. With RB < ROWS, W is ROWS / RB
-// matrices of RB rows one after the other in memory (each transposed), read as one.
+// r % RP + 32 k (where that row is past the end, a value no caller may use). Each lane sums its
+// columns into A interleaved partial sums, to shorten the dependency chain. Without SPLIT every
+// lane takes all the columns (the idle lanes repeat rows): for an x in registers, which a lane
+// cannot index by its group. With RB < ROWS, W is ROWS / RB matrices of RB rows one after the
+// other in memory (each transposed), read as one.
 template <int ROWS, int COLS, bool SPLIT = true, int RB = ROWS>
 __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const float* x, float (&y)[MG_LANE_STEPS(ROWS)]) {
     constexpr int RP = MG_ROW_LANES(ROWS);
@@ -1146,7 +1156,9 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
     for (int k = 0; k < K; k++) {
         #pragma unroll
         for (int a = 0; a < A; a++) acc[k][a] = 0.0f;
-        const int r = row + 32 * k < ROWS ? row + 32 * k : 0;  // rows past the end are not read
+        // A row past the end reads the last row: the word the lane owning it reads in the same
+        // step, a broadcast (no bank conflict, no extra sector).
+        const int r = row + 32 * k < ROWS ? row + 32 * k : ROWS - 1;
         if constexpr (RB == ROWS) {
             wr[k] = wt + r;
         } else {
@@ -1160,9 +1172,10 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
             const float xc = x[c];
             #pragma unroll
             for (int k = 0; k < K; k++) {
-                // A row past the end sums row 0 again and is never stored: the loads depend on no
-                // condition, so a compiler may move them (out of a loop, for weights that stay).
-                acc[k][j % A] = fmaf(wr[k][c * RB], xc, acc[k][j % A]);
+                // With MG_HOIST a row past the end sums the last row again and is never stored:
+                // the loads depend on no condition, so a compiler may move them (out of a loop,
+                // for weights that stay). Without it they are made for rows in range only.
+                if (MG_HOIST || row + 32 * k < ROWS) acc[k][j % A] = fmaf(wr[k][c * RB], xc, acc[k][j % A]);
             }
         }
     }

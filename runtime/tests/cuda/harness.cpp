@@ -6,11 +6,10 @@
 //   bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to
 //   the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
-//   mg_streams_warp, as the host does), persistent-global 1 STREAMS STEPS LAUNCHES and
+//   mg_streams_warp, as the host does); persistent-global 1 STREAMS STEPS LAUNCHES and
 //   persistent-warp 1 STREAMS STEPS LAUNCHES (mg_persistent_global, mg_persistent_warp: one warp
-//   per block), streams THREADS STREAMS STEPS LAUNCHES (THREADS per
-//   block: MG_STREAM_THREADS): stdin has
-//   "tok pos rng" per stream; prints each launch's checksums, one line per launch.
+//   per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per block: MG_STREAM_THREADS).
+//   stdin has "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
 
 #include <cstdio>
