@@ -26,7 +26,7 @@
 //!   `mg_persistent` (one warp, every register it likes) runs a whole benchmark stream with it in
 //!   one launch, the weights in shared memory; `mg_persistent_global` the same with the weights
 //!   read from global memory through the read-only cache, which the compiler may keep in
-//!   registers across the token loop (the two measured side by side);
+//!   registers across the token loop (the two are rows side by side in the bench);
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
