@@ -8,7 +8,7 @@
 
 use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Param, Shape};
-use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, arrange, render};
+use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, device_floats, render};
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
 use microgpt_weights::{Weights, default_weights};
@@ -53,7 +53,10 @@ fn harness(weights: &Weights) -> Option<(Harness, CudaSource)> {
     std::fs::write(h.dir.join("harness.cpp"), include_str!("cuda/harness.cpp")).unwrap();
     std::fs::write(h.dir.join("microgpt.cu"), &source.text).unwrap();
     std::fs::write(h.dir.join("ops.inc"), source.op_kernels.join(",\n") + "\n").unwrap();
-    let bytes: Vec<u8> = arrange(weights).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes: Vec<u8> = device_floats(weights)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     std::fs::write(&h.weights_file, bytes).unwrap();
     let out = match Command::new("g++")
         .args([
@@ -195,14 +198,15 @@ fn check_all(weights: &Weights) {
     let Some((h, _source)) = harness(weights) else {
         return;
     };
-    for mode in ["naive", "warp", "lanes", "thread"] {
+    for mode in ["naive", "warp", "lanes", "lanes-table", "thread"] {
         check_steps(&h, weights, mode);
     }
-    // One warp (mg_persistent, then mg_persistent_global and mg_persistent_warp, two one-warp
-    // blocks); two blocks of two warps, the last one partial (mg_streams_warp); then two blocks of
+    // One warp (mg_persistent, then mg_persistent_global, mg_persistent_table and
+    // mg_persistent_warp, two one-warp blocks); two blocks of two warps, the last one partial (mg_streams_warp); then two blocks of
     // threads, ditto (the KV caches interleave within a block).
     check_loop(&h, weights, "persistent", 1, 1);
     check_loop(&h, weights, "persistent-global", 1, 2);
+    check_loop(&h, weights, "persistent-table", 1, 2);
     check_loop(&h, weights, "persistent-warp", 1, 2);
     check_loop(&h, weights, "persistent", 2, 3);
     check_loop(&h, weights, "streams", STREAM_THREADS, STREAM_THREADS + 9);

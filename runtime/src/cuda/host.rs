@@ -2,7 +2,7 @@
 //! driver API launches it. Both libraries are loaded at run time: when either is missing, or no
 //! device answers, every entry point returns a one-line reason instead of panicking.
 
-use super::{CudaSource, Launch, NAIVE, arrange, render};
+use super::{CudaSource, Launch, NAIVE, device_floats, render};
 use crate::sampler::Sampler;
 use crate::stream::{Stream, stream_seed};
 use crate::variant::{Precision, Settings, Variant, VariantInfo};
@@ -314,7 +314,7 @@ impl Loaded {
         let gpu = Gpu::open()?;
         let source = render(weights.shape());
         let module = gpu.load(&source)?;
-        let w = driver("upload", gpu.stream.clone_htod(&arrange(weights)))?;
+        let w = driver("upload", gpu.stream.clone_htod(&device_floats(weights)))?;
         let loaded = Loaded {
             gpu,
             module,
@@ -541,7 +541,7 @@ impl Persistent {
         let step_fn = dev.function(step_name)?;
         let sms = dev.gpu.sms;
         let (config, streams, note) = match launch {
-            Launch::OneWarp | Launch::OneWarpGlobal | Launch::OneWarpWarpOps => {
+            Launch::OneWarp | Launch::OneWarpGlobal | Launch::OneWarpTable | Launch::OneWarpWarpOps => {
                 let (bytes, note) = match launch {
                     Launch::OneWarp => (
                         src.persistent_shared_bytes(true),
@@ -551,10 +551,17 @@ impl Persistent {
                         src.persistent_shared_bytes(false),
                         "one warp, the whole window in one launch, short vectors whole in every lane, weights through the read-only cache",
                     ),
-                    _ => (
+                    Launch::OneWarpTable => (
+                        src.persistent_shared_bytes(false),
+                        "one warp, the whole window in one launch, short vectors whole in every lane, each step from its row of the prefix table, weights and table through the read-only cache",
+                    ),
+                    Launch::OneWarpWarpOps => (
                         src.shared_bytes(1),
                         "one warp, the whole window in one launch, each op a warp function over shared memory",
                     ),
+                    Launch::ThreadPerStream | Launch::WarpPerStream => {
+                        unreachable!("{launch:?} is not one warp")
+                    }
                 };
                 dev.allow_shared(&run_fn, bytes)?;
                 (
@@ -613,7 +620,7 @@ impl Persistent {
         let stream = &dev.gpu.stream;
         let step_floats = match launch {
             Launch::ThreadPerStream => src.kv_floats,
-            Launch::OneWarp | Launch::OneWarpGlobal => src.lane_scratch_floats,
+            Launch::OneWarp | Launch::OneWarpGlobal | Launch::OneWarpTable => src.lane_scratch_floats,
             Launch::OneWarpWarpOps | Launch::WarpPerStream => src.scratch_floats,
         };
         let info = dev.info(launch.name(), streams, note);
@@ -690,8 +697,9 @@ impl Persistent {
                     .arg(&r)
                     .arg(&mut self.step_next);
                 // SAFETY: mg_warp_step(const float*, float* s[MG_SCRATCH], int, int, float,
-                // int* next), and mg_lanes_step the same with s[MG_LANE_SCRATCH], all sized as
-                // allocated above (step_floats).
+                // int* next), and mg_lanes_step and mg_lanes_table_step the same with
+                // s[MG_LANE_SCRATCH], all sized as allocated above (step_floats); the weights
+                // buffer holds the prefix table after the weights (device_floats).
                 driver("launch", unsafe { b.launch(one_warp()) })?;
                 let at = self.dev.source.logits_offset;
                 let view = self.step_scratch.slice(at..at + self.logits.len());
@@ -714,10 +722,10 @@ impl Persistent {
             .arg(&streams)
             .arg(&steps)
             .arg(&mut self.checksums);
-        // SAFETY: every Launch's kernel (mg_persistent, mg_persistent_global, mg_persistent_warp,
-        // mg_streams_warp, mg_streams) takes (const float* w, unsigned* state[3 streams], float*
-        // kv[MG_KV streams], int streams, long long steps, unsigned long long*
-        // checksums[streams]); the grid covers at least `streams` warps or threads and the
+        // SAFETY: every Launch's kernel (mg_persistent, mg_persistent_global,
+        // mg_persistent_table, mg_persistent_warp, mg_streams_warp, mg_streams) takes (const
+        // float* w[MG_DEVICE_FLOATS], unsigned* state[3 streams], float* kv[MG_KV streams], int
+        // streams, long long steps, unsigned long long* checksums[streams]); the grid covers at least `streams` warps or threads and the
         // dynamic shared memory is what the kernel was allowed above.
         driver("launch", unsafe { b.launch(self.config) })?;
         // The copy waits for the kernel: the window ends when the checksums are on the host.

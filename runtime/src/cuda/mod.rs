@@ -13,7 +13,7 @@
 //!   whole step and the canonical sampler, and `mg_streams_warp` (one stream per warp, registers
 //!   capped for occupancy) runs whole benchmark streams in one launch, with the weights copied
 //!   into shared memory, and `mg_persistent_warp` runs one such stream alone on one warp (the
-//!   one-warp kernel before the lane ops, kept beside them so that one run measures all three);
+//!   one-warp kernel before the lane ops, kept beside them so that one run measures all four);
 //! - **lane ops**: the same list for one warp with the short vectors whole in every lane's
 //!   registers: each lane computes the embedding, the RMSNorms and the residual adds itself, a
 //!   matvec's rows are split over the lanes and published through shared memory with one
@@ -26,7 +26,11 @@
 //!   `mg_persistent` (one warp, every register it likes) runs a whole benchmark stream with it in
 //!   one launch, the weights in shared memory; `mg_persistent_global` the same with the weights
 //!   read from global memory through the read-only cache, which the compiler may keep in
-//!   registers across the token loop (the two are rows side by side in the bench);
+//!   registers across the token loop; `mg_persistent_table` the same again, each step started
+//!   from the prefix table (`mg_step_lanes_table`, checked by `mg_lanes_table_step`): the ops
+//!   before the first attention depend on the token and position alone, so their live results
+//!   (the first layer's q, k, v and the residual) are evaluated ahead for every `(tok, pos)` and
+//!   read in one row instead (the three are rows side by side in the bench);
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
@@ -43,7 +47,8 @@
 //! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
 //! `r` of `W·x` touch consecutive words, and the query weights multiplied by
 //! [`base2_query_scale`] (the attention's `1/√head_dim` and `log2(e)`), so that the scores come
-//! out in base 2 with no multiply on the device.
+//! out in base 2 with no multiply on the device; the prefix table follows them in the same buffer
+//! ([`device_floats`]).
 //!
 //! Streams follow [`crate::stream::Stream`]: BOS at position 0, restart after drawing BOS or
 //! filling the block; stream `s` of a run with seed `seed` starts from
@@ -109,7 +114,7 @@ pub struct CudaSource {
     /// Floats of one warp's scratch (buffers, KV cache, probabilities).
     pub scratch_floats: usize,
     /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_persistent_global`,
-    /// `mg_lanes_step`): the same, with room for the lane step's shared buffers where they do not
+    /// `mg_persistent_table` and their step kernels): the same, with room for the lane step's shared buffers where they do not
     /// fit over the buffers.
     pub lane_scratch_floats: usize,
     /// Floats of one stream's KV cache.
@@ -131,7 +136,7 @@ impl CudaSource {
     }
 
     /// Dynamic shared memory of `mg_persistent`'s block of one warp (bytes); `mg_persistent_global`
-    /// keeps no weights there (`with_weights` false).
+    /// and `mg_persistent_table` keep no weights there (`with_weights` false).
     pub fn persistent_shared_bytes(&self, with_weights: bool) -> usize {
         let weights = if with_weights {
             self.shared_weight_floats
@@ -184,6 +189,10 @@ pub enum Launch {
     /// read-only data cache, which lets the compiler keep a lane's weights in registers across the
     /// token loop where they fit (`mg_persistent_global` <<<1, 32>>>).
     OneWarpGlobal,
+    /// `cuda-persistent-table`: the same starting each step from the prefix table (the ops before
+    /// the first attention evaluated ahead for every token and position, [`device_floats`]),
+    /// weights and table read from global memory (`mg_persistent_table` <<<1, 32>>>).
+    OneWarpTable,
     /// `cuda-persistent-warp`: one stream on one warp by the warp ops (`mg_persistent_warp`).
     OneWarpWarpOps,
     /// `cuda-streams`: one stream per thread, as many threads as fit on every SM (`mg_streams`).
@@ -195,9 +204,10 @@ pub enum Launch {
 
 impl Launch {
     /// In the bench's order.
-    pub const ALL: [Launch; 5] = [
+    pub const ALL: [Launch; 6] = [
         Launch::OneWarp,
         Launch::OneWarpGlobal,
+        Launch::OneWarpTable,
         Launch::OneWarpWarpOps,
         Launch::ThreadPerStream,
         Launch::WarpPerStream,
@@ -208,6 +218,7 @@ impl Launch {
         match self {
             Launch::OneWarp => "cuda-persistent",
             Launch::OneWarpGlobal => "cuda-persistent-global",
+            Launch::OneWarpTable => "cuda-persistent-table",
             Launch::OneWarpWarpOps => "cuda-persistent-warp",
             Launch::ThreadPerStream => "cuda-streams",
             Launch::WarpPerStream => "cuda-streams-warp",
@@ -219,6 +230,7 @@ impl Launch {
         match self {
             Launch::OneWarp => ("mg_persistent", "mg_lanes_step"),
             Launch::OneWarpGlobal => ("mg_persistent_global", "mg_lanes_step"),
+            Launch::OneWarpTable => ("mg_persistent_table", "mg_lanes_table_step"),
             Launch::OneWarpWarpOps => ("mg_persistent_warp", "mg_warp_step"),
             Launch::ThreadPerStream => ("mg_streams", "mg_thread_step"),
             Launch::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
@@ -267,6 +279,81 @@ pub fn arrange(weights: &Weights) -> Vec<f32> {
             out[t.range()].iter_mut().for_each(|w| *w *= q_scale);
         }
     }
+    out
+}
+
+/// Floats each of a prefix table row's buffers is padded to (16 bytes: the lanes read them four
+/// at a time).
+const TABLE_PAD: usize = 4;
+
+/// Where [`device_floats`] puts the prefix table: after `weight_floats` arranged weights, 16-byte
+/// aligned.
+fn table_offset(weight_floats: usize) -> usize {
+    weight_floats.next_multiple_of(TABLE_PAD)
+}
+
+/// The prefix table of `mg_step_lanes_table`: the history-free prefix of the op list
+/// ([`Program::history_free_prefix`]: the ops before the first attention) evaluated for every
+/// `(tok, pos)`, row `tok · block + pos` holding its live buffers.
+struct PrefixTable {
+    /// Ops the table replaces.
+    ops: usize,
+    /// Each live buffer and its offset in a row (floats).
+    live: Vec<(Buffer, usize)>,
+    /// Floats of a row.
+    row: usize,
+}
+
+impl PrefixTable {
+    fn new(shape: &Shape) -> PrefixTable {
+        let prefix = Program::forward(*shape).history_free_prefix();
+        let mut row = 0;
+        let live = prefix
+            .live
+            .iter()
+            .map(|&b| {
+                let at = row;
+                row += b.len(shape).next_multiple_of(TABLE_PAD);
+                (b, at)
+            })
+            .collect();
+        PrefixTable {
+            ops: prefix.ops,
+            live,
+            row,
+        }
+    }
+}
+
+/// What the kernels read from global memory: [`arrange`]'s weights, then (at `MG_TABLE`, the
+/// next multiple of 4) the prefix table of `mg_step_lanes_table`, evaluated by the fp32
+/// reference, its queries multiplied by [`base2_query_scale`] as `arrange` multiplies the query
+/// weights.
+pub fn device_floats(weights: &Weights) -> Vec<f32> {
+    let shape = weights.shape();
+    let plan = PrefixTable::new(shape);
+    let program = Program::forward(*shape);
+    let mut out = arrange(weights);
+    out.resize(table_offset(out.len()), 0.0);
+    let mut table = crate::kernel::layout::prefix_table_f32(weights, TABLE_PAD);
+    assert_eq!(
+        table.len(),
+        shape.vocab * shape.block * plan.row,
+        "one row per (tok, pos)"
+    );
+    let query = match program.ops().get(plan.ops) {
+        Some(&Op::Attention { q, .. }) => Some(q),
+        _ => None,
+    };
+    let q_scale = base2_query_scale(shape);
+    for row in table.chunks_mut(plan.row) {
+        for &(b, at) in &plan.live {
+            if Some(b) == query {
+                row[at..at + b.len(shape)].iter_mut().for_each(|v| *v *= q_scale);
+            }
+        }
+    }
+    out.extend(table);
     out
 }
 
@@ -324,7 +411,10 @@ pub fn render(shape: &Shape) -> CudaSource {
     // The lane step's two shared buffers: over the warp step's buffers before the logits where
     // they fit (the lane step keeps those in registers), else after the warp scratch, in a longer
     // scratch of the lane kernels' own.
-    let (lane_body, share_floats) = lane_step(shape, program.ops());
+    let table = PrefixTable::new(shape);
+    let (lane_body, lane_share) = lane_step(shape, program.ops(), None);
+    let (table_body, table_share) = lane_step(shape, program.ops(), Some(&table));
+    let share_floats = lane_share.max(table_share);
     let logits_at = scratch[Buffer::Logits.index()].1;
     let (share_at, lane_scratch_floats) = if 2 * share_floats <= logits_at {
         (0, scratch_floats)
@@ -374,6 +464,12 @@ pub fn render(shape: &Shape) -> CudaSource {
         (
             "MG_HOIST",
             usize::from(weight_floats <= 32 * HOIST_WEIGHTS_PER_LANE),
+        ),
+        ("MG_TABLE", table_offset(weight_floats)),
+        ("MG_TABLE_ROW", table.row),
+        (
+            "MG_DEVICE_FLOATS",
+            table_offset(weight_floats) + vocab * block * table.row,
         ),
     ] {
         let _ = writeln!(w, "#define {name} {value}");
@@ -430,6 +526,13 @@ pub fn render(shape: &Shape) -> CudaSource {
          // the KV cache at s + MG_S_KV as mg_step_warp's. Writes the logits to logits_out unless null.\n\
          __device__ __forceinline__ int mg_step_lanes(const float* __restrict__ w, float* s, int tok, int pos, float r, float* logits_out) {{\n    \
          float* const sh0 = s + MG_S_SHARE;\n    float* const sh1 = sh0 + MG_SHARE;\n{lane_body}}}\n"
+    );
+    let _ = writeln!(
+        w,
+        "// The same step from the prefix table (after the weights, see `device_floats`): row\n\
+         // tok * MG_BLOCK + pos holds what the ops before the first attention make of (tok, pos).\n\
+         __device__ __forceinline__ int mg_step_lanes_table(const float* __restrict__ w, float* s, int tok, int pos, float r, float* logits_out) {{\n    \
+         float* const sh0 = s + MG_S_SHARE;\n    float* const sh1 = sh0 + MG_SHARE;\n{table_body}}}\n"
     );
 
     // Thread ops: the same list as scalar code over register arrays.
@@ -494,6 +597,15 @@ enum LaneHome {
     Scaled { of: Buffer, scale: String },
     /// Whole in shared buffer `buf` (`sh0`, `sh1`) from float `at`.
     Shared { buf: usize, at: usize },
+    /// Whole in the step's row of the prefix table (global memory, `row`), from float `at`.
+    Table { at: usize },
+}
+
+impl LaneHome {
+    /// Whole in memory that every lane reads (shared memory or the table).
+    fn in_memory(&self) -> bool {
+        matches!(self, LaneHome::Shared { .. } | LaneHome::Table { .. })
+    }
 }
 
 /// The lane step's bookkeeping of its two shared buffers: a matvec's lanes write their rows into
@@ -564,19 +676,29 @@ impl LaneStep {
                 }
                 (format!("sh{buf} + {at}"), "1.0f".into())
             }
+            LaneHome::Table { at } => (format!("row + {at}"), "1.0f".into()),
         }
     }
 
-    /// `b` as a register array, declared on first use.
+    /// `b` as a register array, declared on first use (read from the table where it is there).
     fn registers(&mut self, shape: &Shape, b: Buffer) -> String {
+        let (name, n) = (buffer_name(b), b.len(shape));
         match self.homes[b.index()] {
             Some(LaneHome::Registers) => {}
+            Some(LaneHome::Table { at }) => {
+                let _ = writeln!(
+                    self.text,
+                    "    float {name}[{n}];
+    mg_l_read<{n}>(row + {at}, {name});"
+                );
+                self.homes[b.index()] = Some(LaneHome::Registers);
+            }
             _ => {
-                let _ = writeln!(self.text, "    float {}[{}];", buffer_name(b), b.len(shape));
+                let _ = writeln!(self.text, "    float {name}[{n}];");
                 self.homes[b.index()] = Some(LaneHome::Registers);
             }
         }
-        buffer_name(b)
+        name
     }
 
     /// `b` changes: factors of it pending elsewhere no longer hold.
@@ -590,8 +712,10 @@ impl LaneStep {
 }
 
 /// The op list as lane ops (see `mg_l_attention` and the others in the prelude): the body of
-/// `mg_step_lanes`, and the floats one of its shared buffers needs.
-fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
+/// `mg_step_lanes`, and the floats one of its shared buffers needs. With `table`, the body of
+/// `mg_step_lanes_table`: the ops after the history-free prefix, which start from the step's row
+/// of the prefix table (`row`).
+fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>) -> (String, usize) {
     let (e, vocab) = (shape.embd, shape.vocab);
     let layout = Layout::new(*shape);
     let mut st = LaneStep {
@@ -603,6 +727,23 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
         size: 0,
     };
     let mut i = 0;
+    if let Some(t) = table {
+        let _ = writeln!(
+            st.text,
+            "    // ops 0..{} from the prefix table: {}\n    \
+             const float* const row = w + MG_TABLE + (tok * MG_BLOCK + pos) * MG_TABLE_ROW;",
+            t.ops,
+            t.live
+                .iter()
+                .map(|(b, at)| format!("{} at {at}", buffer_name(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for &(b, at) in &t.live {
+            st.homes[b.index()] = Some(LaneHome::Table { at });
+        }
+        i = t.ops;
+    }
     while i < ops.len() {
         let op = ops[i];
         let _ = writeln!(st.text, "    // {op}");
@@ -617,6 +758,9 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 let _ = writeln!(st.text, "    mg_l_embed<{e}, {quads}>(w, tok, pos, {o});");
             }
             Op::RmsNorm { input, out } => {
+                if matches!(st.home(input), LaneHome::Table { .. }) {
+                    st.registers(shape, input);
+                }
                 assert!(
                     matches!(st.home(input), LaneHome::Registers),
                     "the lane step normalises a vector in registers"
@@ -673,7 +817,7 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                     let _ = writeln!(st.text, "    // {} (in the matvec)", ops[i]);
                     i += 1;
                 }
-                let split = matches!(st.home(input), LaneHome::Shared { .. });
+                let split = st.home(input).in_memory();
                 let (x, scale) = st.operand(input);
                 let mut first = None;
                 for &o in &outs {
@@ -701,8 +845,8 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
             Op::Attention { layer, q, k, v, out } => {
                 let [q, k, v] = [q, k, v].map(|b| {
                     assert!(
-                        matches!(st.home(b), LaneHome::Shared { .. }),
-                        "the lane step's attention reads its vectors from shared memory"
+                        st.home(b).in_memory(),
+                        "the lane step's attention reads its vectors from memory"
                     );
                     st.operand(b).0
                 });
@@ -718,10 +862,12 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                 );
             }
             Op::Add { input, into } => {
+                if matches!(st.home(into), LaneHome::Table { .. }) {
+                    st.registers(shape, into);
+                }
                 assert!(
-                    matches!(st.home(input), LaneHome::Shared { .. })
-                        && matches!(st.home(into), LaneHome::Registers),
-                    "the lane step adds a published vector into registers"
+                    st.home(input).in_memory() && matches!(st.home(into), LaneHome::Registers),
+                    "the lane step adds a vector in memory into registers"
                 );
                 let (x, _) = st.operand(input);
                 st.written(into);
@@ -739,7 +885,7 @@ fn lane_step(shape: &Shape, ops: &[Op]) -> (String, usize) {
                     st.text,
                     "    float lg[{k}];\n    mg_w_rows<{vocab}, {}, {}>(w + {}, {x}, lg);",
                     input.len(shape),
-                    matches!(st.home(input), LaneHome::Shared { .. }),
+                    st.home(input).in_memory(),
                     param_macro(Param::LmHead)
                 );
                 if scale != "1.0f" {
@@ -1744,12 +1890,20 @@ extern "C" __global__ void mg_lanes_step(const float* __restrict__ w, float* s, 
     if (threadIdx.x == 0) *next = drawn;
 }
 
-// Whole benchmark streams, one per warp, `steps` steps each, by the lane ops (LANES) or the warp
-// ops, the weights copied into shared memory where they fit or (GLOBAL) read from global memory
-// through the read-only data cache. state: (tok, pos, rng) per stream;
-// kv: MG_KV floats per stream, loaded at the start and saved at the end so that consecutive
-// launches continue the same streams. checksums: Stream::run's checksum of this launch.
-template <bool LANES, bool GLOBAL = false>
+// The same from the prefix table (mg_step_lanes_table): the checks of mg_persistent_table.
+extern "C" __global__ void mg_lanes_table_step(const float* __restrict__ w, float* s, int tok, int pos, float r,
+                                               int* next) {
+    const int drawn = mg_step_lanes_table(w, s, tok, pos, r, s + MG_S_LOGITS);
+    if (threadIdx.x == 0) *next = drawn;
+}
+
+// Whole benchmark streams, one per warp, `steps` steps each, by the lane ops (LANES; from the
+// prefix table with TABLE) or the warp ops, the weights copied into shared memory where they fit
+// or (GLOBAL) read from global memory through the read-only data cache. state: (tok, pos, rng)
+// per stream; kv: MG_KV floats per stream, loaded at the start and saved at the end so that
+// consecutive launches continue the same streams. checksums: Stream::run's checksum of this
+// launch.
+template <bool LANES, bool GLOBAL = false, bool TABLE = false>
 __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                                 long long steps, unsigned long long* checksums) {
     extern __shared__ __align__(16) float smem[];
@@ -1767,7 +1921,9 @@ __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, un
         rng = mg_xorshift32(rng);
         const float u = mg_uniform24(rng);
         int next;
-        if constexpr (LANES) {
+        if constexpr (LANES && TABLE) {
+            next = mg_step_lanes_table(w, s, tok, pos, u, 0);
+        } else if constexpr (LANES) {
             next = mg_step_lanes(w, s, tok, pos, u, 0);
         } else {
             next = mg_step_warp(w, s, tok, pos, u);
@@ -1802,8 +1958,16 @@ extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_global(const f
     mg_warp_streams<true, true>(wg, state, kv, streams, steps, checksums);
 }
 
+// The same from the prefix table that follows the weights (mg_step_lanes_table): each step
+// starts after the ops that depend on (tok, pos) alone, from their results, read in one row.
+extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_table(const float* __restrict__ wg, unsigned* state,
+                                                                        float* kv, int streams, long long steps,
+                                                                        unsigned long long* checksums) {
+    mg_warp_streams<true, true, true>(wg, state, kv, streams, steps, checksums);
+}
+
 // The same by the warp ops (each op a warp function over the scratch, as mg_streams_warp's
-// warps run them), one warp alone with every register it likes: the two one-warp steps side by
+// warps run them), one warp alone with every register it likes: the one-warp steps side by
 // side.
 extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_warp(const float* __restrict__ wg, unsigned* state,
                                                                        float* kv, int streams, long long steps,
@@ -1946,6 +2110,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_prefix_table_follows_the_weights_with_the_reference_buffers() {
+        // embd 18: every buffer of a row padded to 16 bytes; 3 heads, two layers (the table holds
+        // the first layer's q, k, v and the residual).
+        let shape = Shape::parse("embd=18,heads=3,layers=2").unwrap();
+        let w = Weights::random(shape, 7, 0.4);
+        let src = render(&shape);
+        let define = |name: &str| -> usize {
+            let line = src
+                .text
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap();
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        let (at, row) = (define("MG_TABLE"), define("MG_TABLE_ROW"));
+        let d = device_floats(&w);
+        assert_eq!(d.len(), define("MG_DEVICE_FLOATS"));
+        assert_eq!(d[..w.data().len()], arrange(&w)[..]);
+        assert_eq!((at % 4, row), (0, 4 * 20));
+        let mut r = crate::Reference::<f32>::new(&w);
+        let (tok, pos) = (11, 5);
+        let prefix = Program::forward(shape).history_free_prefix();
+        r.run_ops(tok, pos, prefix.ops, &mut ());
+        let got = &d[at + (tok * shape.block + pos) * row..][..row];
+        let q: Vec<f32> = r
+            .buffer(Buffer::Q)
+            .iter()
+            .map(|v| v * base2_query_scale(&shape))
+            .collect();
+        for (b, want, from) in [
+            (Buffer::Q, &q[..], 0),
+            (Buffer::K, r.buffer(Buffer::K), 20),
+            (Buffer::V, r.buffer(Buffer::V), 40),
+            (Buffer::X, r.buffer(Buffer::X), 60),
+        ] {
+            assert_eq!(&got[from..from + 18], want, "{b:?}");
+            assert_eq!(&got[from + 18..from + 20], [0.0; 2], "{b:?} padding");
+        }
+        assert!(
+            src.text
+                .contains("// ops 0..6 from the prefix table: q at 0, k at 20, v at 40, x at 60\n")
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 // Runs the generated CUDA kernels under emulator.h. The test writes `microgpt.cu` (the rendered
 // source) and `ops.inc` (the list of its per-op kernels) beside this file's copy.
 //
-// harness WEIGHTS MODE [ARGS]; WEIGHTS: the arranged weights, little-endian f32.
-//   step modes (naive, warp, lanes, thread): stdin has lines "tok pos r_bits" (r as its f32
+// harness WEIGHTS MODE [ARGS]; WEIGHTS: the device floats (the arranged weights, then the prefix
+// table), little-endian f32.
+//   step modes (naive, warp, lanes, lanes-table, thread): stdin has lines "tok pos r_bits" (r as its f32
 //   bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to
 //   the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
-//   mg_streams_warp, as the host does); persistent-global 1 STREAMS STEPS LAUNCHES and
-//   persistent-warp 1 STREAMS STEPS LAUNCHES (mg_persistent_global, mg_persistent_warp: one warp
-//   per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per block: MG_STREAM_THREADS).
+//   mg_streams_warp, as the host does); persistent-global, persistent-table and persistent-warp,
+//   each 1 STREAMS STEPS LAUNCHES (mg_persistent_global, mg_persistent_table, mg_persistent_warp:
+//   one warp per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per block: MG_STREAM_THREADS).
 //   stdin has "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
 
@@ -29,9 +30,9 @@ static std::vector<float> read_weights(const char* path) {
         std::perror(path);
         std::exit(2);
     }
-    std::vector<float> w(MG_WEIGHTS);
-    if (std::fread(w.data(), sizeof(float), w.size(), f) != w.size()) {
-        std::fprintf(stderr, "%s: short\n", path);
+    std::vector<float> w(MG_DEVICE_FLOATS);
+    if (std::fread(w.data(), sizeof(float), w.size(), f) != w.size() || std::fgetc(f) != EOF) {
+        std::fprintf(stderr, "%s: not %d floats\n", path, MG_DEVICE_FLOATS);
         std::exit(2);
     }
     std::fclose(f);
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
     }
     const std::vector<float> w = read_weights(argv[1]);
     const std::string mode = argv[2];
-    if (mode == "naive" || mode == "warp" || mode == "lanes" || mode == "thread") {
+    if (mode == "naive" || mode == "warp" || mode == "lanes" || mode == "lanes-table" || mode == "thread") {
         std::vector<float> scratch(MG_LANE_SCRATCH, 0.0f), kv(MG_KV, 0.0f), logits(MG_VOCAB);
         int tok, pos;
         unsigned bits;
@@ -67,6 +68,9 @@ int main(int argc, char** argv) {
             } else if (mode == "lanes") {
                 launch(1, 32, [&] { mg_lanes_step(w.data(), scratch.data(), tok, pos, r, &next); });
                 print_logits(next, scratch.data() + MG_S_LOGITS);
+            } else if (mode == "lanes-table") {
+                launch(1, 32, [&] { mg_lanes_table_step(w.data(), scratch.data(), tok, pos, r, &next); });
+                print_logits(next, scratch.data() + MG_S_LOGITS);
             } else {
                 launch(1, 1, [&] { mg_thread_step(w.data(), kv.data(), tok, pos, r, logits.data(), &next); });
                 print_logits(next, logits.data());
@@ -75,7 +79,7 @@ int main(int argc, char** argv) {
         }
         return 0;
     }
-    const bool one_warp = mode == "persistent-global" || mode == "persistent-warp";
+    const bool one_warp = mode == "persistent-global" || mode == "persistent-table" || mode == "persistent-warp";
     if ((mode == "persistent" || one_warp || mode == "streams") && argc == 7) {
         const int per_block = std::atoi(argv[3]), streams = std::atoi(argv[4]);
         const long long steps = std::atoll(argv[5]);
@@ -104,6 +108,8 @@ int main(int argc, char** argv) {
                         mg_persistent_warp(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else if (mode == "persistent-global") {
                         mg_persistent_global(w.data(), state.data(), kv.data(), streams, steps, sums.data());
+                    } else if (mode == "persistent-table") {
+                        mg_persistent_table(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else if (per_block == 1) {
                         mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else {
