@@ -114,8 +114,8 @@ pub struct CudaSource {
     /// Floats of one warp's scratch (buffers, KV cache, probabilities).
     pub scratch_floats: usize,
     /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_persistent_global`,
-    /// `mg_persistent_table` and their step kernels): the same, with room for the lane step's shared buffers where they do not
-    /// fit over the buffers.
+    /// `mg_persistent_table` and their step kernels): the same, with room for the lane steps'
+    /// shared buffers where they do not fit over the buffers.
     pub lane_scratch_floats: usize,
     /// Floats of one stream's KV cache.
     pub kv_floats: usize,
@@ -688,8 +688,7 @@ impl LaneStep {
             Some(LaneHome::Table { at }) => {
                 let _ = writeln!(
                     self.text,
-                    "    float {name}[{n}];
-    mg_l_read<{n}>(row + {at}, {name});"
+                    "    float {name}[{n}];\n    mg_l_read<{n}>(row + {at}, {name});"
                 );
                 self.homes[b.index()] = Some(LaneHome::Registers);
             }
@@ -1906,6 +1905,7 @@ extern "C" __global__ void mg_lanes_table_step(const float* __restrict__ w, floa
 template <bool LANES, bool GLOBAL = false, bool TABLE = false>
 __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                                 long long steps, unsigned long long* checksums) {
+    static_assert(!TABLE || (LANES && GLOBAL), "the prefix table is in global memory, after the weights");
     extern __shared__ __align__(16) float smem[];
     const float* w = GLOBAL ? wg : mg_block_weights(wg, smem);
     const int lane = threadIdx.x & 31;
