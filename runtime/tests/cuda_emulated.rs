@@ -259,6 +259,17 @@ fn a_shape_off_the_fast_paths_matches_the_reference() {
     check_all(&Weights::random(shape, 11, 0.3));
 }
 
+#[test]
+fn a_small_shape_off_the_fast_paths_matches_the_reference() {
+    // Few enough weights that the matvecs load them unconditionally (MG_HOIST) and the table step
+    // reads its matvecs' inputs whole: rows of 18 and 20 floats, four at a time and two alone.
+    let shape = Shape::parse("embd=18,heads=3,layers=1,mlp=20").unwrap();
+    let src = render(&shape);
+    assert!(src.text.contains("#define MG_HOIST 1\n"));
+    assert!(src.text.contains("mg_l_matvec<18, 20, false, false, 18, true>"));
+    check_all(&Weights::random(shape, 17, 0.3));
+}
+
 /// The most any older position's score exceeds the step's own, over the steps of [`check_all`]
 /// (in base 2, as the kernels take the scores; the first layer).
 fn largest_score_above_the_own(weights: &Weights) -> f32 {

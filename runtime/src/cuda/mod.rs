@@ -30,7 +30,9 @@
 //!   from the prefix table (`mg_step_lanes_table`, checked by `mg_lanes_table_step`): the ops
 //!   before the first attention depend on the token and position alone, so their live results
 //!   (the first layer's q, k, v and the residual) are evaluated ahead for every `(tok, pos)` and
-//!   read in one row instead (the three are rows side by side in the bench);
+//!   read in one row instead, and where its weights stay in registers its matvecs read their
+//!   inputs whole instead of splitting them between groups of lanes (the three are rows side by
+//!   side in the bench);
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
@@ -412,8 +414,11 @@ pub fn render(shape: &Shape) -> CudaSource {
     // they fit (the lane step keeps those in registers), else after the warp scratch, in a longer
     // scratch of the lane kernels' own.
     let table = PrefixTable::new(shape);
-    let (lane_body, lane_share) = lane_step(shape, program.ops(), None);
-    let (table_body, table_share) = lane_step(shape, program.ops(), Some(&table));
+    // The table step runs only with the weights read from global memory (mg_persistent_table),
+    // kept in registers where they fit (MG_HOIST): its matvecs read their inputs whole there.
+    let hoist = weight_floats <= 32 * HOIST_WEIGHTS_PER_LANE;
+    let (lane_body, lane_share) = lane_step(shape, program.ops(), None, false);
+    let (table_body, table_share) = lane_step(shape, program.ops(), Some(&table), hoist);
     let share_floats = lane_share.max(table_share);
     let logits_at = scratch[Buffer::Logits.index()].1;
     let (share_at, lane_scratch_floats) = if 2 * share_floats <= logits_at {
@@ -461,10 +466,7 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_LANE_SCRATCH", lane_scratch_floats),
         ("MG_WARPS_PER_BLOCK", WARPS_PER_BLOCK),
         ("MG_WARP_BLOCKS_PER_SM", warp_blocks_per_sm),
-        (
-            "MG_HOIST",
-            usize::from(weight_floats <= 32 * HOIST_WEIGHTS_PER_LANE),
-        ),
+        ("MG_HOIST", usize::from(hoist)),
         ("MG_TABLE", table_offset(weight_floats)),
         ("MG_TABLE_ROW", table.row),
         (
@@ -714,7 +716,11 @@ impl LaneStep {
 /// `mg_step_lanes`, and the floats one of its shared buffers needs. With `table`, the body of
 /// `mg_step_lanes_table`: the ops after the history-free prefix, which start from the step's row
 /// of the prefix table (`row`).
-fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>) -> (String, usize) {
+///
+/// `whole_inputs`: a matvec whose input is in memory has every lane read it whole (`WHOLE`)
+/// instead of splitting its columns between groups of lanes, for a step whose weights stay in
+/// registers.
+fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>, whole_inputs: bool) -> (String, usize) {
     let (e, vocab) = (shape.embd, shape.vocab);
     let layout = Layout::new(*shape);
     let mut st = LaneStep {
@@ -816,7 +822,8 @@ fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>) -> (String,
                     let _ = writeln!(st.text, "    // {} (in the matvec)", ops[i]);
                     i += 1;
                 }
-                let split = st.home(input).in_memory();
+                let whole = whole_inputs && st.home(input).in_memory();
+                let split = st.home(input).in_memory() && !whole;
                 let (x, scale) = st.operand(input);
                 let mut first = None;
                 for &o in &outs {
@@ -827,7 +834,9 @@ fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>) -> (String,
                 }
                 let (buf, at) = first.expect("one output at least");
                 let all = rows * outs.len();
-                let stacked = if outs.len() > 1 {
+                let stacked = if whole {
+                    format!(", {rows}, true")
+                } else if outs.len() > 1 {
                     format!(", {rows}")
                 } else {
                     String::new()
@@ -878,13 +887,18 @@ fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>) -> (String,
                 );
             }
             Op::Logits { input } => {
+                let in_memory = st.home(input).in_memory();
+                let mode = if whole_inputs && in_memory {
+                    format!("false, {vocab}, true")
+                } else {
+                    in_memory.to_string()
+                };
                 let (x, scale) = st.operand(input);
                 let k = vocab.div_ceil(32);
                 let _ = writeln!(
                     st.text,
-                    "    float lg[{k}];\n    mg_w_rows<{vocab}, {}, {}>(w + {}, {x}, lg);",
+                    "    float lg[{k}];\n    mg_w_rows<{vocab}, {}, {mode}>(w + {}, {x}, lg);",
                     input.len(shape),
-                    st.home(input).in_memory(),
                     param_macro(Param::LmHead)
                 );
                 if scale != "1.0f" {
@@ -1283,10 +1297,14 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
 // r % RP + 32 k (where that row is past the end, a value no caller may use). Each lane sums its
 // columns into A interleaved partial sums, to shorten the dependency chain. Without SPLIT every
 // lane takes all the columns (the idle lanes repeat rows): for an x in registers, which a lane
-// cannot index by its group. With RB < ROWS, W is ROWS / RB matrices of RB rows one after the
-// other in memory (each transposed), read as one.
-template <int ROWS, int COLS, bool SPLIT = true, int RB = ROWS>
+// cannot index by its group. With WHOLE (not SPLIT) x is in memory, 16-byte aligned, and every
+// lane reads it whole into registers first, four floats at a time: for weights kept in registers,
+// where a split costs a shuffle and a load a column while whole rows cost only registers. With
+// RB < ROWS, W is ROWS / RB matrices of RB rows one after the other in memory (each transposed),
+// read as one.
+template <int ROWS, int COLS, bool SPLIT = true, int RB = ROWS, bool WHOLE = false>
 __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const float* x, float (&y)[MG_LANE_STEPS(ROWS)]) {
+    static_assert(!(SPLIT && WHOLE), "a vector read whole is not split");
     constexpr int RP = MG_ROW_LANES(ROWS);
     constexpr int G = SPLIT ? 32 / RP : 1;
     constexpr int K = MG_LANE_STEPS(ROWS);
@@ -1296,6 +1314,8 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
     const int row = lane % RP, g = SPLIT ? lane / RP : 0;
     static_assert(ROWS % RB == 0, "whole matrices of RB rows");
     float acc[K][A];
+    float xw[WHOLE ? COLS : 1];
+    if constexpr (WHOLE) mg_l_read<COLS>(x, xw);
     const float* wr[K];  // element (r, 0) of the lane's rows; element (r, c) at wr[k][c * RB]
     #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -1314,7 +1334,12 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
     for (int j = 0; j < CG; j++) {
         const int c = j * G + g;
         if (c < COLS) {
-            const float xc = x[c];
+            float xc;
+            if constexpr (WHOLE) {
+                xc = xw[c];
+            } else {
+                xc = x[c];
+            }
             #pragma unroll
             for (int k = 0; k < K; k++) {
                 // With MG_HOIST a row past the end sums the last row again and is never stored:
@@ -1336,12 +1361,12 @@ __device__ __forceinline__ void mg_w_rows(const float* __restrict__ wt, const fl
 }
 
 // out = W (x * scale) (rectified when RELU), written to shared memory by the lanes owning the rows
-// (mg_w_rows, SPLIT when x is in shared memory; W possibly several matrices of RB rows); the
+// (mg_w_rows, SPLIT or WHOLE when x is in memory; W possibly several matrices of RB rows); the
 // caller syncs the warp before any lane reads it.
-template <int ROWS, int COLS, bool SPLIT, bool RELU, int RB = ROWS>
+template <int ROWS, int COLS, bool SPLIT, bool RELU, int RB = ROWS, bool WHOLE = false>
 __device__ __forceinline__ void mg_l_matvec(const float* __restrict__ wt, const float* x, float scale, float* out) {
     float v[MG_LANE_STEPS(ROWS)];
-    mg_w_rows<ROWS, COLS, SPLIT, RB>(wt, x, v);
+    mg_w_rows<ROWS, COLS, SPLIT, RB, WHOLE>(wt, x, v);
     const int lane = threadIdx.x & 31;
     #pragma unroll
     for (int k = 0; k < MG_LANE_STEPS(ROWS); k++) {
