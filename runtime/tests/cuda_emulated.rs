@@ -202,8 +202,9 @@ fn check_all(weights: &Weights) {
         check_steps(&h, weights, mode);
     }
     // One warp (mg_persistent, then mg_persistent_global, mg_persistent_table and
-    // mg_persistent_warp, two one-warp blocks); two blocks of two warps, the last one partial (mg_streams_warp); then two blocks of
-    // threads, ditto (the KV caches interleave within a block).
+    // mg_persistent_warp, two one-warp blocks); two blocks of two warps, the last one partial
+    // (mg_streams_warp); then two blocks of threads, ditto (the KV caches interleave within a
+    // block).
     check_loop(&h, weights, "persistent", 1, 1);
     check_loop(&h, weights, "persistent-global", 1, 2);
     check_loop(&h, weights, "persistent-table", 1, 2);

@@ -3,13 +3,14 @@
 //
 // harness WEIGHTS MODE [ARGS]; WEIGHTS: the device floats (the arranged weights, then the prefix
 // table), little-endian f32.
-//   step modes (naive, warp, lanes, lanes-table, thread): stdin has lines "tok pos r_bits" (r as its f32
-//   bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the draw to
-//   the host);
+//   step modes (naive, warp, lanes, lanes-table, thread): stdin has lines "tok pos r_bits" (r as
+//   its f32 bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the
+//   draw to the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
 //   mg_streams_warp, as the host does); persistent-global, persistent-table and persistent-warp,
 //   each 1 STREAMS STEPS LAUNCHES (mg_persistent_global, mg_persistent_table, mg_persistent_warp:
-//   one warp per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per block: MG_STREAM_THREADS).
+//   one warp per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per block:
+//   MG_STREAM_THREADS).
 //   stdin has "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
 
