@@ -5,7 +5,7 @@
 use crate::emit::Body;
 use crate::target::Target;
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Program, Shape};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
+use microgpt_runtime::kernel::layout::{Arrangement, PrefixRow, WeightPlan};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
@@ -68,13 +68,14 @@ impl<'a> Frame<'a> {
         n.next_multiple_of(self.lanes())
     }
 
+    /// One row of the prefix table: each live buffer padded to whole registers.
+    fn prefix_row(&self) -> PrefixRow {
+        PrefixRow::new(&self.shape, self.lanes())
+    }
+
     /// Elements of one row of the prefix table.
     pub fn table_row(&self) -> usize {
-        self.prefix
-            .live
-            .iter()
-            .map(|b| self.padded(b.len(&self.shape)))
-            .sum()
+        self.prefix_row().len
     }
 
     /// The index of the first op rendered, and the ops from there on.
@@ -98,9 +99,8 @@ impl<'a> Frame<'a> {
         let mut outs = Vec::new();
         let mut loads = Vec::new();
         let mut tys = Vec::new();
-        let mut off = 0;
-        let row = self.table_row();
-        for &b in &self.prefix.live {
+        let row = self.prefix_row();
+        for &(b, off) in &row.live {
             let n = b.len(&self.shape);
             let regs: Vec<T> = (0..self.regs(n))
                 .map(|i| {
@@ -111,9 +111,9 @@ impl<'a> Frame<'a> {
             loads.push(quote! { [#(#regs),*] });
             let r = self.regs(n);
             tys.push(quote! { [#reg; #r] });
-            off += self.padded(n);
             outs.push((b, body.fresh(b.name())));
         }
+        let row = row.len;
         let names: Vec<&str> = self.prefix.live.iter().map(|b| b.name()).collect();
         let doc = format!(
             "Ops 0..{} of shape {} (everything before the first attention depends only on the token \

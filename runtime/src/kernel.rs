@@ -358,7 +358,7 @@ impl<T: Element> Clone for Aligned<T> {
 /// Weight layouts generated kernels ask for at prepare time.
 pub mod layout {
     use crate::reference::{Q412Reference, Reference};
-    use microgpt_model::{Layout, Op, Param, Program, Shape};
+    use microgpt_model::{Buffer, Layout, Op, Param, Program, Shape};
     use microgpt_weights::Weights;
 
     /// A row-major `rows × cols` matrix as columns (`out[c·rows_pad + r] = w[r][c]`), each
@@ -420,15 +420,42 @@ pub mod layout {
         })
     }
 
-    /// The bytes of one table row: each live buffer padded to a multiple of `pad`.
+    /// The elements of one table row: each live buffer padded to a multiple of `pad`.
     pub fn prefix_row_len(weights: &Weights, pad: usize) -> usize {
-        let shape = *weights.shape();
-        let prefix = Program::forward(shape).history_free_prefix();
-        prefix
-            .live
-            .iter()
-            .map(|b| b.len(&shape).next_multiple_of(pad))
-            .sum()
+        PrefixRow::new(weights.shape(), pad).len
+    }
+
+    /// One row of a prefix table ([`prefix_table_f32`] and the others): the live buffers of the
+    /// history-free prefix in order, each padded with zeros to a multiple of `pad` elements.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct PrefixRow {
+        /// Ops the table replaces (those before the first attention).
+        pub ops: usize,
+        /// Each live buffer and its offset in the row (elements).
+        pub live: Vec<(Buffer, usize)>,
+        /// Elements of a row.
+        pub len: usize,
+    }
+
+    impl PrefixRow {
+        pub fn new(shape: &Shape, pad: usize) -> PrefixRow {
+            let prefix = Program::forward(*shape).history_free_prefix();
+            let mut len = 0;
+            let live = prefix
+                .live
+                .iter()
+                .map(|&b| {
+                    let at = len;
+                    len += b.len(shape).next_multiple_of(pad);
+                    (b, at)
+                })
+                .collect();
+            PrefixRow {
+                ops: prefix.ops,
+                live,
+                len,
+            }
+        }
     }
 
     /// How a tensor is rearranged at prepare time.
@@ -551,19 +578,18 @@ pub mod layout {
     fn prefix_table<T: Copy + Default>(
         weights: &Weights,
         pad: usize,
-        mut eval: impl FnMut(usize, usize, usize, &[microgpt_model::Buffer]) -> Vec<Vec<T>>,
+        mut eval: impl FnMut(usize, usize, usize, &[Buffer]) -> Vec<Vec<T>>,
     ) -> Vec<T> {
         let shape = *weights.shape();
-        let prefix = Program::forward(shape).history_free_prefix();
-        let row = prefix_row_len(weights, pad);
-        let mut out = vec![T::default(); shape.vocab * shape.block * row];
+        let row = PrefixRow::new(&shape, pad);
+        let buffers: Vec<Buffer> = row.live.iter().map(|&(b, _)| b).collect();
+        let mut out = vec![T::default(); shape.vocab * shape.block * row.len];
         for tok in 0..shape.vocab {
             for pos in 0..shape.block {
-                let values = eval(tok, pos, prefix.ops, &prefix.live);
-                let mut at = (tok * shape.block + pos) * row;
-                for v in values {
-                    out[at..][..v.len()].copy_from_slice(&v);
-                    at += v.len().next_multiple_of(pad);
+                let values = eval(tok, pos, row.ops, &buffers);
+                let start = (tok * shape.block + pos) * row.len;
+                for (v, &(_, at)) in values.iter().zip(&row.live) {
+                    out[start + at..][..v.len()].copy_from_slice(v);
                 }
             }
         }

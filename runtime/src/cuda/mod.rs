@@ -62,6 +62,7 @@
 pub mod host;
 
 use crate::VariantSpec;
+use crate::kernel::layout::{PrefixRow, prefix_table_f32};
 use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use microgpt_weights::Weights;
@@ -294,65 +295,25 @@ fn table_offset(weight_floats: usize) -> usize {
     weight_floats.next_multiple_of(TABLE_PAD)
 }
 
-/// The prefix table of `mg_step_lanes_table`: the history-free prefix of the op list
-/// ([`Program::history_free_prefix`]: the ops before the first attention) evaluated for every
-/// `(tok, pos)`, row `tok · block + pos` holding its live buffers.
-struct PrefixTable {
-    /// Ops the table replaces.
-    ops: usize,
-    /// Each live buffer and its offset in a row (floats).
-    live: Vec<(Buffer, usize)>,
-    /// Floats of a row.
-    row: usize,
-}
-
-impl PrefixTable {
-    fn new(shape: &Shape) -> PrefixTable {
-        let prefix = Program::forward(*shape).history_free_prefix();
-        let mut row = 0;
-        let live = prefix
-            .live
-            .iter()
-            .map(|&b| {
-                let at = row;
-                row += b.len(shape).next_multiple_of(TABLE_PAD);
-                (b, at)
-            })
-            .collect();
-        PrefixTable {
-            ops: prefix.ops,
-            live,
-            row,
-        }
-    }
-}
-
 /// What the kernels read from global memory: [`arrange`]'s weights, then (at `MG_TABLE`, the
-/// next multiple of 4) the prefix table of `mg_step_lanes_table`, evaluated by the fp32
-/// reference, its queries multiplied by [`base2_query_scale`] as `arrange` multiplies the query
-/// weights.
+/// next multiple of 4) the prefix table of `mg_step_lanes_table` (rows laid out as
+/// [`PrefixRow`] says, padded to 4 floats), evaluated by the fp32 reference, its queries
+/// multiplied by [`base2_query_scale`] as `arrange` multiplies the query weights.
 pub fn device_floats(weights: &Weights) -> Vec<f32> {
     let shape = weights.shape();
-    let plan = PrefixTable::new(shape);
-    let program = Program::forward(*shape);
+    let row = PrefixRow::new(shape, TABLE_PAD);
     let mut out = arrange(weights);
     out.resize(table_offset(out.len()), 0.0);
-    let mut table = crate::kernel::layout::prefix_table_f32(weights, TABLE_PAD);
-    assert_eq!(
-        table.len(),
-        shape.vocab * shape.block * plan.row,
-        "one row per (tok, pos)"
-    );
-    let query = match program.ops().get(plan.ops) {
-        Some(&Op::Attention { q, .. }) => Some(q),
+    let mut table = prefix_table_f32(weights, TABLE_PAD);
+    // The queries the first attention reads (the op right after the prefix).
+    let query = match Program::forward(*shape).ops().get(row.ops) {
+        Some(&Op::Attention { q, .. }) => row.live.iter().find(|&&(b, _)| b == q),
         _ => None,
     };
-    let q_scale = base2_query_scale(shape);
-    for row in table.chunks_mut(plan.row) {
-        for &(b, at) in &plan.live {
-            if Some(b) == query {
-                row[at..at + b.len(shape)].iter_mut().for_each(|v| *v *= q_scale);
-            }
+    if let Some(&(q, at)) = query {
+        let q_scale = base2_query_scale(shape);
+        for r in table.chunks_mut(row.len) {
+            r[at..at + q.len(shape)].iter_mut().for_each(|v| *v *= q_scale);
         }
     }
     out.extend(table);
@@ -413,7 +374,7 @@ pub fn render(shape: &Shape) -> CudaSource {
     // The lane step's two shared buffers: over the warp step's buffers before the logits where
     // they fit (the lane step keeps those in registers), else after the warp scratch, in a longer
     // scratch of the lane kernels' own.
-    let table = PrefixTable::new(shape);
+    let table = PrefixRow::new(shape, TABLE_PAD);
     // The table step runs only with the weights read from global memory (mg_persistent_table),
     // kept in registers where they fit (MG_HOIST): its matvecs read their inputs whole there.
     let hoist = weight_floats <= 32 * HOIST_WEIGHTS_PER_LANE;
@@ -468,10 +429,10 @@ pub fn render(shape: &Shape) -> CudaSource {
         ("MG_WARP_BLOCKS_PER_SM", warp_blocks_per_sm),
         ("MG_HOIST", usize::from(hoist)),
         ("MG_TABLE", table_offset(weight_floats)),
-        ("MG_TABLE_ROW", table.row),
+        ("MG_TABLE_ROW", table.len),
         (
             "MG_DEVICE_FLOATS",
-            table_offset(weight_floats) + vocab * block * table.row,
+            table_offset(weight_floats) + vocab * block * table.len,
         ),
     ] {
         let _ = writeln!(w, "#define {name} {value}");
@@ -720,7 +681,7 @@ impl LaneStep {
 /// `whole_inputs`: a matvec whose input is in memory has every lane read it whole (`WHOLE`)
 /// instead of splitting its columns between groups of lanes, for a step whose weights stay in
 /// registers.
-fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixTable>, whole_inputs: bool) -> (String, usize) {
+fn lane_step(shape: &Shape, ops: &[Op], table: Option<&PrefixRow>, whole_inputs: bool) -> (String, usize) {
     let (e, vocab) = (shape.embd, shape.vocab);
     let layout = Layout::new(*shape);
     let mut st = LaneStep {
