@@ -70,6 +70,10 @@ struct Args {
     /// List the registered variants and exit.
     #[arg(long)]
     list: bool,
+    /// Say whether NVRTC (the compiler of the CUDA rows' kernels) loads here, and exit: 0 when
+    /// it does, 1 with the reason when not.
+    #[arg(long)]
+    nvrtc_check: bool,
     /// Assumed watts per busy core, for perf-per-watt where no energy counters are readable.
     #[arg(long, default_value_t = microgpt::runtime::energy::DEFAULT_WATTS_PER_CORE)]
     watts_per_core: f64,
@@ -96,6 +100,18 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    if args.nvrtc_check {
+        return match microgpt::runtime::cuda::nvrtc_status() {
+            Ok(()) => {
+                println!("NVRTC loads");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("{why}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

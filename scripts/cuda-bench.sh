@@ -33,31 +33,18 @@ mkdir -p "$out"
     fi
 } | tee "$out/card.txt"
 
-# NVRTC: the bench loads libnvrtc.so or libnvrtc.so.{12,11,10,9,1} from the loader's path. Where
-# there is none, put the toolkit's folder (under CUDA_HOME, default /usr/local/cuda) on
-# LD_LIBRARY_PATH, or link its newest versioned copy (CUDA 13: libnvrtc.so.13) as libnvrtc.so in a
-# temporary folder.
+# NVRTC: the bench says whether it loads (--nvrtc-check). Where it does not, put the toolkit's
+# folder (under CUDA_HOME, default /usr/local/cuda) on LD_LIBRARY_PATH if that makes it load, or
+# else link the newest versioned copy there (CUDA 13's libnvrtc.so.13, a name the bench does not
+# try) as libnvrtc.so in a temporary folder.
 cuda=${CUDA_HOME:-/usr/local/cuda}
-loadable=(libnvrtc.so libnvrtc.so.12 libnvrtc.so.11 libnvrtc.so.10 libnvrtc.so.9 libnvrtc.so.1)
-IFS=: read -ra path <<<"${LD_LIBRARY_PATH:-}"
-nvrtc_on_path() {
-    local d n cached
-    # The names in the loader's cache (awk reads it all: no early exit to fail the pipeline).
-    cached=$(ldconfig -p 2>/dev/null | awk 'NR > 1 { print $1 }' || true)
-    for n in "${loadable[@]}"; do
-        grep -Fxq "$n" <<<"$cached" && return 0
-    done
-    for d in "${path[@]}"; do
-        for n in "${loadable[@]}"; do [[ -n $d && -e $d/$n ]] && return 0; done
-    done
-    return 1
-}
-if ! nvrtc_on_path; then
+nvrtc_loads() { LD_LIBRARY_PATH="$1" "$bench" --nvrtc-check >/dev/null 2>&1; }
+if ! nvrtc_loads "${LD_LIBRARY_PATH:-}"; then
     found=
     for d in "$cuda"/lib64 "$cuda"/targets/*/lib; do
-        for n in "${loadable[@]}"; do
-            [[ -z $found && -e $d/$n ]] && found=$d
-        done
+        if [[ -z $found && -d $d ]] && nvrtc_loads "$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; then
+            found=$d
+        fi
     done
     if [[ -n $found ]]; then
         export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -75,6 +62,7 @@ if ! nvrtc_on_path; then
             echo "cuda-bench: NVRTC from $lib (linked as $link/libnvrtc.so)"
         fi
     fi
+    nvrtc_loads "${LD_LIBRARY_PATH:-}" || echo "cuda-bench: $("$bench" --nvrtc-check 2>&1 || true)"
 fi
 
 run() {

@@ -83,6 +83,21 @@ fn list_shows_the_registry() {
 }
 
 #[test]
+fn nvrtc_check_answers_in_one_line_and_its_exit_status() {
+    let out = example("bench").arg("--nvrtc-check").output().unwrap();
+    let said = text(&out.stdout);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    if cfg!(feature = "cuda") {
+        // Either answer, as long as the status agrees with it.
+        assert_eq!(out.status.success(), said == "NVRTC loads\n", "{said}");
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{said}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.contains("without the `cuda` feature"), "{said}");
+    }
+}
+
+#[test]
 fn a_short_run_writes_the_documented_json() {
     let json = tmp("out.json");
     let out = example("bench")

@@ -12,7 +12,6 @@ use crate::emit::{Body, tree};
 use crate::expand::{KernelId, Kind, cfg_attr, feature_checks};
 use crate::f32::{exp_fn, exp2_fn};
 use crate::target::Target;
-use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
@@ -709,10 +708,10 @@ impl<'a> BatchGen<'a> {
     /// this step's own key (age 0, valid in every lane) instead of the maximum, so age 0 weighs
     /// exactly 1 and each older slot's weight, sum and weighted value come from one load of its
     /// key and value. The scores are in base 2 (the query weights carry `log2(e)`, see
-    /// [`base2_query_scale`]) and the weights `2^(score - own)`. Softmax does not depend on the shift;
-    /// the maximum only guards against overflow, so when a lane's sum of weights reaches 2^64
-    /// (for one, a base-2 score 64 above this step's own) the step falls back to `stable`, the
-    /// max-shifted form.
+    /// [`base2_query_scale`](microgpt_model::numerics::base2_query_scale)) and the weights
+    /// `2^(score - own)`. Softmax does not depend on the shift; the maximum only guards against
+    /// overflow, so when a lane's sum of weights reaches 2^64 (for one, a base-2 score 64 above
+    /// this step's own) the step falls back to `stable`, the max-shifted form.
     fn shifted_fn(&mut self, name: &Ident, stable: &Ident, doc_head: &str, layer: usize) {
         let t = self.t;
         let s = self.shape;
@@ -935,16 +934,6 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
     let q = id.kind == Kind::Q412;
     let (vocab, e, block, layers) = (s.vocab, s.embd, s.block, s.layers);
     let cache = layers * block * e * l;
-    let lm = Layout::new(s).tensor(Param::LmHead).range();
-    let (lm_start, lm_end) = (lm.start, lm.end);
-    let wq: Vec<T> = (0..layers)
-        .map(|l| {
-            let r = Layout::new(s).tensor(Param::Wq(l)).range();
-            let (start, end) = (r.start, r.end);
-            quote! { (#start, #end) }
-        })
-        .collect();
-    let q_scale = base2_query_scale(&s);
     let (precision, weights_ty, keys_ty, fill, words, logits_scale) = if q {
         (
             quote! { Q412 },
@@ -959,20 +948,13 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
             quote! { F32 },
             quote! { f32 },
             quote! { f32 },
-            quote! {{
-                // The output head divided by the temperature: the sampler reads logits / T.
-                let mut data = weights.data().to_vec();
-                for w in &mut data[#lm_start..#lm_end] {
-                    *w /= settings.temperature;
-                }
-                // The queries scaled for base-2 scores (see the attention op).
-                for (start, end) in [#(#wq),*] {
-                    for w in &mut data[start..end] {
-                        *w *= #q_scale;
-                    }
-                }
-                ::microgpt_runtime::kernel::Aligned::from_slice(&data)
-            }},
+            // The output head divided by the temperature (the sampler reads logits / T), the
+            // queries scaled for base-2 scores (see the attention op).
+            quote! {
+                ::microgpt_runtime::kernel::Aligned::from_slice(
+                    &::microgpt_runtime::kernel::layout::folded_f32(weights, Some(settings.temperature), true),
+                )
+            },
             quote! { weights.data() },
             quote! { (1.0 / self.inv_temperature) },
         )

@@ -5,7 +5,7 @@ use crate::f32::F32Gen;
 use crate::q412::Q412Gen;
 use crate::target::Target;
 use crate::valid::Spec;
-use microgpt_model::{Param, Program, Shape};
+use microgpt_model::{Program, Shape};
 use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
@@ -242,9 +242,9 @@ pub fn cfg_attr(t: Target) -> T {
     }
 }
 
-/// The prepare-time code that fills the prepared buffer from the canonical parameters; with
-/// `fold_temperature`, the output head is divided by the temperature on the way.
-fn fill_weights(plan: &WeightPlan, elem: T, source: T, fold_temperature: bool) -> T {
+/// The prepare-time code that fills the prepared buffer from the parameters `source` (the
+/// canonical order; for fp32, already folded).
+fn fill_weights(plan: &WeightPlan, elem: T, source: T) -> T {
     let total = plan.total;
     let fills: Vec<T> = plan
         .placed
@@ -260,17 +260,9 @@ fn fill_weights(plan: &WeightPlan, elem: T, source: T, fold_temperature: bool) -
                     quote! { layout::column_pairs(src, #rows, #cols, #rows_pad) }
                 }
             };
-            let fold = (fold_temperature && p.param == Param::LmHead).then(|| {
-                quote! {
-                    for w in &mut buf[#off..#off + #len] {
-                        *w /= settings.temperature;
-                    }
-                }
-            });
             quote! {
                 let src = &#source[#src..#src + #rows * #cols];
                 buf[#off..#off + #len].copy_from_slice(&#arranged);
-                #fold
             }
         })
         .collect();
@@ -300,7 +292,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
     let (precision, items, body, elem, cache_elem, fill, table) = match id.kind {
         Kind::F32 => {
             let g = F32Gen::new(t, program, id.table);
-            let fill = fill_weights(&g.f.plan, quote! { f32 }, quote! { weights.data() }, true);
+            let fill = fill_weights(&g.f.plan, quote! { f32 }, quote! { folded });
             let row = g.f.table_row();
             let (items, body) = g.render();
             let table = quote! { layout::prefix_table_f32(weights, #lanes) };
@@ -316,7 +308,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
         }
         Kind::Q412 => {
             let g = Q412Gen::new(t, program, id.table, id.vnni());
-            let fill = fill_weights(&g.f.plan, quote! { i16 }, quote! { quantized }, false);
+            let fill = fill_weights(&g.f.plan, quote! { i16 }, quote! { quantized });
             let row = g.f.table_row();
             let (items, body) = g.render();
             let table = quote! { layout::prefix_table_q412(weights, #lanes) };
@@ -332,7 +324,11 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
         }
     };
     let (table_expr, row_bytes) = table;
-    let prelude = (id.kind == Kind::Q412).then(|| quote! { let quantized = weights.quantized(); });
+    let prelude = match id.kind {
+        // The output head divided by the temperature: the logits come out as logits / T.
+        Kind::F32 => quote! { let folded = layout::folded_f32(weights, Some(settings.temperature), false); },
+        Kind::Q412 => quote! { let quantized = weights.quantized(); },
+    };
     let logits_out = match id.kind {
         // The fp32 kernels keep logits / T (the temperature is folded into the output head).
         Kind::F32 => quote! { self.logits[..VOCAB].iter().map(|z| z / self.inv_temperature).collect() },

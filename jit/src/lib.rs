@@ -27,6 +27,7 @@ use cranelift_module::{Linkage, Module, default_libcall_names};
 use microgpt_model::Program;
 use microgpt_runtime::Settings;
 use microgpt_runtime::kernel::Aligned;
+use microgpt_runtime::kernel::layout::folded_f32;
 use microgpt_weights::Weights;
 use state::StateLayout;
 use std::fmt;
@@ -233,19 +234,12 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
 fn build_state(weights: &Weights, layout: &StateLayout, temperature: f32) -> Aligned<u8> {
     let mut state = Aligned::<u8>::zeroed(layout.total);
     let bytes: Vec<u8> = match layout.precision {
-        Precision::F32 => {
-            let mut data = weights.data().to_vec();
-            let lm = weights.layout().tensor(microgpt_model::Param::LmHead).range();
-            for w in &mut data[lm] {
-                *w /= temperature;
-            }
-            layout
-                .plan
-                .arrange(&data)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
-        }
+        Precision::F32 => layout
+            .plan
+            .arrange(&folded_f32(weights, Some(temperature), false))
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         Precision::Q412 => layout
             .plan
             .arrange(&weights.quantized())

@@ -42,17 +42,10 @@ const NVRTC_DIRS: [&str; 5] = [
     "/usr/lib/aarch64-linux-gnu",
 ];
 
-/// The loader's names for NVRTC on Linux (cudarc's candidates, built for CUDA 12).
+/// Whether the loader is asked for NVRTC under this file name (cudarc's candidates, for the
+/// CUDA version this build targets).
 fn nvrtc_name_loadable(name: &str) -> bool {
-    matches!(
-        name,
-        "libnvrtc.so"
-            | "libnvrtc.so.1"
-            | "libnvrtc.so.9"
-            | "libnvrtc.so.10"
-            | "libnvrtc.so.11"
-            | "libnvrtc.so.12"
-    )
+    cudarc::get_lib_name_candidates("nvrtc").iter().any(|n| n == name)
 }
 
 /// What to do about the first `libnvrtc.so*` in the folders `on_path` (those of

@@ -62,7 +62,7 @@
 pub mod host;
 
 use crate::VariantSpec;
-use crate::kernel::layout::{PrefixRow, prefix_table_f32};
+use crate::kernel::layout::{PrefixRow, folded_f32, prefix_table_f32};
 use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use microgpt_weights::Weights;
@@ -246,6 +246,24 @@ pub fn variant_names() -> impl Iterator<Item = &'static str> {
     std::iter::once(NAIVE).chain(Launch::ALL.map(Launch::name))
 }
 
+/// Why the CUDA rows are skipped in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+const WITHOUT_CUDA: &str =
+    "built without the `cuda` feature (cargo run --release --features cuda --example bench)";
+
+/// Whether NVRTC, which compiles the CUDA rows' kernels, loads in this process; the reason (with
+/// what to do) when not.
+pub fn nvrtc_status() -> Result<(), String> {
+    #[cfg(feature = "cuda")]
+    {
+        host::nvrtc_present()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(WITHOUT_CUDA.into())
+    }
+}
+
 /// The CUDA variants: [`NAIVE`] and one per [`Launch`]. Built without the `cuda` feature, or where
 /// CUDA is missing, they are skipped with the reason.
 pub fn variants() -> Vec<VariantSpec> {
@@ -255,31 +273,26 @@ pub fn variants() -> Vec<VariantSpec> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        const WHY: &str =
-            "built without the `cuda` feature (cargo run --release --features cuda --example bench)";
         variant_names()
-            .map(|name| VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| Err(WHY.into())))
+            .map(|name| {
+                VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| {
+                    Err(WITHOUT_CUDA.into())
+                })
+            })
             .collect()
     }
 }
 
 /// The weights in the order and scale the kernels read them (see the module docs).
 pub fn arrange(weights: &Weights) -> Vec<f32> {
-    let layout = weights.layout();
-    let mut out = weights.data().to_vec();
-    let q_scale = base2_query_scale(weights.shape());
-    for t in layout.tensors() {
-        if transposed(t.param) {
-            let src = &weights.data()[t.range()];
-            let dst = &mut out[t.range()];
-            for r in 0..t.rows {
-                for c in 0..t.cols {
-                    dst[c * t.rows + r] = src[r * t.cols + c];
-                }
+    let scaled = folded_f32(weights, None, true);
+    let mut out = scaled.clone();
+    for t in weights.layout().tensors().iter().filter(|t| transposed(t.param)) {
+        let (src, dst) = (&scaled[t.range()], &mut out[t.range()]);
+        for r in 0..t.rows {
+            for c in 0..t.cols {
+                dst[c * t.rows + r] = src[r * t.cols + c];
             }
-        }
-        if let Param::Wq(_) = t.param {
-            out[t.range()].iter_mut().for_each(|w| *w *= q_scale);
         }
     }
     out
