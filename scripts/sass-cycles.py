@@ -4,7 +4,7 @@
     scripts/sass-cycles.py [--shape SHAPE | --source FILE] [--by-line KERNEL]
 
 Renders the CUDA C of SHAPE (`cargo run --example inspect -- cuda`), compiles it as the bench does
-(NVRTC for compute_90, here with line information) and assembles it for sm_90 with ptxas, then
+(NVRTC for compute_90 with the options the source names, here with line information) and assembles it for sm_90 with ptxas, then
 reads the SASS (nvdisasm) of every `mg_persistent*` kernel: its token loop (the outermost loop),
 taken once, in order, each instruction once. The estimate follows the scheduling that ptxas
 encodes in each instruction: it issues after the results it waits for (its scoreboard wait mask)
@@ -69,7 +69,11 @@ def compile_ptx(source):
     prog = ctypes.c_void_p()
     if lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"microgpt.cu", 0, None, None):
         sys.exit("sass-cycles: nvrtcCreateProgram failed")
-    opts = [b"--gpu-architecture=compute_90", b"--std=c++17", b"-lineinfo"]
+    # The options the bench compiles with, as the source's header names them.
+    named = re.search(r"^// NVRTC options: (.*?) \(and --gpu-architecture", source, re.M)
+    if not named:
+        sys.exit("sass-cycles: the source does not name its NVRTC options (// NVRTC options: ...)")
+    opts = [b"--gpu-architecture=compute_90", b"-lineinfo"] + [o.encode() for o in named.group(1).split()]
     status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
     if status:

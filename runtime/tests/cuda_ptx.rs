@@ -6,7 +6,7 @@
 #![cfg(feature = "cuda")]
 
 use microgpt_model::Shape;
-use microgpt_runtime::cuda::{host, render};
+use microgpt_runtime::cuda::{NVRTC_OPTIONS, host, render};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -79,6 +79,20 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
     ] {
         let source = render(&shape);
         let ptx = host::ptx(&shape, "compute_90").unwrap_or_else(|e| panic!("{shape}: {e}"));
+        // Compiled with the options the source names: exponentials and divisions flush
+        // subnormals (`--ftz=true`), which leaves no non-flushing special function.
+        assert!(
+            source
+                .text
+                .contains(&format!("// NVRTC options: {}", NVRTC_OPTIONS.join(" ")))
+        );
+        for (flushing, plain) in [
+            ("ex2.approx.ftz.f32", "ex2.approx.f32"),
+            ("div.approx.ftz.f32", "div.approx.f32"),
+        ] {
+            assert!(ptx.contains(flushing), "{shape}: no {flushing} in the PTX");
+            assert!(!ptx.contains(plain), "{shape}: {plain} in the PTX");
+        }
         let file = dir.join(format!("embd{}-layers{}.ptx", shape.embd, shape.layers));
         std::fs::write(&file, &ptx).unwrap();
         let out = Command::new(&ptxas)

@@ -2,7 +2,7 @@
 //! driver API launches it. Both libraries are loaded at run time: when either is missing, or no
 //! device answers, every entry point returns a one-line reason instead of panicking.
 
-use super::{CudaSource, Launch, NAIVE, device_floats, render};
+use super::{CudaSource, Launch, NAIVE, NVRTC_OPTIONS, device_floats, render};
 use crate::sampler::Sampler;
 use crate::stream::{Stream, stream_seed};
 use crate::variant::{Precision, Settings, Variant, VariantInfo};
@@ -128,7 +128,9 @@ pub fn compile(source: &CudaSource, arch: &str) -> Result<Ptx, String> {
         return Ok(ptx);
     }
     let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        options: std::iter::once(format!("--gpu-architecture={arch}"))
+            .chain(NVRTC_OPTIONS.map(String::from))
+            .collect(),
         name: Some("microgpt.cu".into()),
         ..Default::default()
     };

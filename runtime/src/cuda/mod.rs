@@ -45,6 +45,13 @@
 //! The device samplers draw without a division (the exponentials' running sum against r times
 //! their total), and the attention takes its softmax weights in base 2 (`exp2f`).
 //!
+//! NVRTC compiles the source with [`NVRTC_OPTIONS`] (and the device's architecture); the source
+//! names them in its first lines. `--ftz=true` flushes subnormal fp32 results (below 2^-126) to
+//! zero, so that `exp2f`, `rsqrtf` and `__fdividef` are their special-function instruction alone,
+//! without the instructions that rescale subnormal inputs and results. Nothing the model computes
+//! is that small but exponentials of scores or logits more than 126 (in base 2) below the
+//! largest, weights that already count for nothing beside it.
+//!
 //! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
 //! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
 //! `r` of `W·x` touch consecutive words, and the query weights multiplied by
@@ -298,6 +305,9 @@ pub fn arrange(weights: &Weights) -> Vec<f32> {
     out
 }
 
+/// NVRTC's options for every source, besides `--gpu-architecture` (see the module docs).
+pub const NVRTC_OPTIONS: [&str; 2] = ["--std=c++17", "--ftz=true"];
+
 /// Floats each of a prefix table row's buffers is padded to (16 bytes: the lanes read them four
 /// at a time).
 const TABLE_PAD: usize = 4;
@@ -415,12 +425,14 @@ pub fn render(shape: &Shape) -> CudaSource {
         w,
         "// microGPT, shape vocab={vocab} block={block} embd={e} heads={} layers={} mlp={}:\n\
          // rendered from the model's op list ({} ops). Weights: {} floats, canonical order, every\n\
-         // matrix but the embeddings transposed to [in][out].\n",
+         // matrix but the embeddings transposed to [in][out].\n\
+         // NVRTC options: {} (and --gpu-architecture for the device)\n",
         shape.heads,
         shape.layers,
         shape.mlp,
         program.ops().len(),
-        weight_floats
+        weight_floats,
+        NVRTC_OPTIONS.join(" ")
     );
     for (name, value) in [
         ("MG_VOCAB", vocab),
