@@ -4,15 +4,16 @@
     scripts/sass-cycles.py [--shape SHAPE | --source FILE] [--by-line KERNEL]
 
 Renders the CUDA C of SHAPE (`cargo run --example inspect -- cuda`), compiles it as the bench does
-(NVRTC for compute_90 with the options the source names, here with line information) and assembles it for sm_90 with ptxas, then
-reads the SASS (nvdisasm) of every `mg_persistent*` kernel: its token loop (the outermost loop),
-taken once, in order, each instruction once. The estimate follows the scheduling that ptxas
-encodes in each instruction: it issues after the results it waits for (its scoreboard wait mask)
-and holds the warp for its stall count. Variable-latency results are assumed ready after
-LATENCY cycles (an L1 hit for global loads). Cold code is skipped: blocks that call a slow path
-(division, square root) and the attention's fallback to a running maximum (the code inlined from
-the line calling `mg_l_softmax<E, H, true>`). Loops inside the token loop (the lane attention's
-loop over older positions) count once.
+(NVRTC for compute_90 with the options the source names, here with line information) and
+assembles it for sm_90 with ptxas, then reads the SASS (nvdisasm) of every `mg_persistent*`
+kernel: its token loop (the outermost loop), taken once, in order, each instruction once. The
+estimate follows the scheduling that ptxas encodes in each instruction: it issues after the
+results it waits for (its scoreboard wait mask) and holds the warp for its stall count.
+Variable-latency results are assumed ready after LATENCY cycles (an L1 hit for global loads).
+Cold code is skipped: blocks that call a slow path (division, square root) and the attention's
+fallback to a running maximum (the code inlined from the line calling `mg_l_softmax<E, H,
+true>`). Loops inside the token loop (the lane attention's loop over older positions) count
+once.
 
 One warp alone on an SM hides no latency, so its token loop is this chain. Calibrated against the
 two one-warp figures measured on an H100 (results/cuda-h100*.json, the warp-ops kernel of that
@@ -73,7 +74,8 @@ def compile_ptx(source):
     named = re.search(r"^// NVRTC options: (.*?) \(and --gpu-architecture", source, re.M)
     if not named:
         sys.exit("sass-cycles: the source does not name its NVRTC options (// NVRTC options: ...)")
-    opts = [b"--gpu-architecture=compute_90", b"-lineinfo"] + [o.encode() for o in named.group(1).split()]
+    opts = [b"--gpu-architecture=compute_90", b"-lineinfo"]
+    opts += [o.encode() for o in named.group(1).split()]
     status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
     if status:
