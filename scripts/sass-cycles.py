@@ -15,12 +15,14 @@ fallback to a running maximum (the code inlined from the line calling `mg_l_soft
 true>`). Loops inside the token loop (the lane attention's loop over older positions) count
 once.
 
-One warp alone on an SM hides no latency, so its token loop is this chain. Calibrated against the
-two one-warp figures measured on an H100 (results/cuda-h100*.json, the warp-ops kernel of that
-time, now `mg_persistent_warp`): 3,683 cycles a token at the default shape and 8,236 at
-embd=32,layers=2,mlp=128 (1,860 and 4,159 ns at 1,980 MHz), for which this estimate gives 3,511
-and 7,898: 4-5 % short. An estimate, to compare kernels before a GPU measures them, not a
-figure to report as one.
+One warp alone on an SM hides no latency, so its token loop is this chain. Against the four
+one-warp kernels measured on an H200 at 1,980 MHz (results/cuda-h200-26b64c5.txt, two of them
+since dropped) the estimate was short of every one: by 0-9 % at the default shape
+(mg_persistent 1,916 cycles a token against 1,914 measured, mg_persistent_table 1,241 against
+1,368), by 19-25 % for the lane kernels at embd=32,layers=2,mlp=128 (5,876 against 7,261, 5,399
+against 7,189; why is not established: candidates are the attention's loops over older
+positions, taken once here, and the throughput of the wider loads, not modelled). An estimate,
+to compare kernels before a GPU measures them, not a figure to report as one.
 
 Tools: NVRTC (libnvrtc.so* in $NVRTC_LIB, else the loader's path), ptxas ($MICROGPT_PTXAS, else
 PATH) and nvdisasm ($MICROGPT_NVDISASM, else PATH). The pip wheels nvidia-cuda-nvrtc-cu12,
@@ -197,7 +199,7 @@ def main():
     names = sorted(k for k in found if k.startswith("mg_persistent"))
     if not names:
         sys.exit("sass-cycles: no mg_persistent* kernel in the listing")
-    print(f"{args.source or 'shape ' + (args.shape or 'default')}; sm_90; token loop taken once, cold paths skipped; 4-5 % short of the two H100 measurements")
+    print(f"{args.source or 'shape ' + (args.shape or 'default')}; sm_90; token loop taken once, cold paths skipped; 0-9 % short of the H200's figures at the default shape, 19-25 % at embd=32,layers=2,mlp=128")
     print(f"{'kernel':22} {'SASS in loop':>12} {'cycles/token':>13} {'tok/s at ' + str(CLOCK_MHZ) + ' MHz':>18}")
     for name in names:
         loop = token_loop(*found[name])

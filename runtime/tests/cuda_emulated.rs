@@ -201,14 +201,11 @@ fn check_all(weights: &Weights) {
     for mode in ["naive", "warp", "lanes", "lanes-table", "thread"] {
         check_steps(&h, weights, mode);
     }
-    // One warp (mg_persistent, then mg_persistent_global, mg_persistent_table and
-    // mg_persistent_warp, two one-warp blocks); two blocks of two warps, the last one partial
-    // (mg_streams_warp); then two blocks of threads, ditto (the KV caches interleave within a
-    // block).
+    // One warp (mg_persistent, then mg_persistent_table, two one-warp blocks); two blocks of two
+    // warps, the last one partial (mg_streams_warp); then two blocks of threads, ditto (the KV
+    // caches interleave within a block).
     check_loop(&h, weights, "persistent", 1, 1);
-    check_loop(&h, weights, "persistent-global", 1, 2);
     check_loop(&h, weights, "persistent-table", 1, 2);
-    check_loop(&h, weights, "persistent-warp", 1, 2);
     check_loop(&h, weights, "persistent", 2, 3);
     check_loop(&h, weights, "streams", STREAM_THREADS, STREAM_THREADS + 9);
 }

@@ -536,23 +536,15 @@ impl Persistent {
         let step_fn = dev.function(step_name)?;
         let sms = dev.gpu.sms;
         let (config, streams, note) = match launch {
-            Launch::OneWarp | Launch::OneWarpGlobal | Launch::OneWarpTable | Launch::OneWarpWarpOps => {
+            Launch::OneWarp | Launch::OneWarpTable => {
                 let (bytes, note) = match launch {
                     Launch::OneWarp => (
                         src.persistent_shared_bytes(true),
                         "one warp, the whole window in one launch, short vectors whole in every lane",
                     ),
-                    Launch::OneWarpGlobal => (
-                        src.persistent_shared_bytes(false),
-                        "one warp, the whole window in one launch, short vectors whole in every lane, weights through the read-only cache",
-                    ),
                     Launch::OneWarpTable => (
                         src.persistent_shared_bytes(false),
                         "one warp, the whole window in one launch, short vectors whole in every lane, each step from its row of the prefix table, weights and table through the read-only cache",
-                    ),
-                    Launch::OneWarpWarpOps => (
-                        src.shared_bytes(1),
-                        "one warp, the whole window in one launch, each op a warp function over shared memory",
                     ),
                     Launch::ThreadPerStream | Launch::WarpPerStream => {
                         unreachable!("{launch:?} is not one warp")
@@ -615,8 +607,8 @@ impl Persistent {
         let stream = &dev.gpu.stream;
         let step_floats = match launch {
             Launch::ThreadPerStream => src.kv_floats,
-            Launch::OneWarp | Launch::OneWarpGlobal | Launch::OneWarpTable => src.lane_scratch_floats,
-            Launch::OneWarpWarpOps | Launch::WarpPerStream => src.scratch_floats,
+            Launch::OneWarp | Launch::OneWarpTable => src.lane_scratch_floats,
+            Launch::WarpPerStream => src.scratch_floats,
         };
         let info = dev.info(launch.name(), streams, note);
         let mut v = Persistent {
@@ -717,8 +709,8 @@ impl Persistent {
             .arg(&streams)
             .arg(&steps)
             .arg(&mut self.checksums);
-        // SAFETY: every Launch's kernel (mg_persistent, mg_persistent_global,
-        // mg_persistent_table, mg_persistent_warp, mg_streams_warp, mg_streams) takes (const
+        // SAFETY: every Launch's kernel (mg_persistent, mg_persistent_table, mg_streams_warp,
+        // mg_streams) takes (const
         // float* w[MG_DEVICE_FLOATS], unsigned* state[3 streams], float* kv[MG_KV streams], int
         // streams, long long steps, unsigned long long* checksums[streams]); the grid covers at
         // least `streams` warps or threads and the dynamic shared memory is what the kernel was

@@ -12,8 +12,7 @@
 //!   (the naive variant launches them one by one and samples on the host), `mg_warp_step` runs a
 //!   whole step and the canonical sampler, and `mg_streams_warp` (one stream per warp, registers
 //!   capped for occupancy) runs whole benchmark streams in one launch, with the weights copied
-//!   into shared memory, and `mg_persistent_warp` runs one such stream alone on one warp (the
-//!   one-warp kernel before the lane ops, kept beside them so that one run measures all four);
+//!   into shared memory;
 //! - **lane ops**: the same list for one warp with the short vectors whole in every lane's
 //!   registers: each lane computes the embedding, the RMSNorms and the residual adds itself, a
 //!   matvec's rows are split over the lanes and published through shared memory with one
@@ -24,15 +23,14 @@
 //!   maximum where that could overflow), and the sampler finds its draw with a ballot.
 //!   `mg_step_lanes` is that step, `mg_lanes_step` one step as a kernel (the checks) and
 //!   `mg_persistent` (one warp, every register it likes) runs a whole benchmark stream with it in
-//!   one launch, the weights in shared memory; `mg_persistent_global` the same with the weights
+//!   one launch, the weights in shared memory; `mg_persistent_table` the same with the weights
 //!   read from global memory through the read-only cache, which the compiler may keep in
-//!   registers across the token loop; `mg_persistent_table` the same again, each step started
-//!   from the prefix table (`mg_step_lanes_table`, checked by `mg_lanes_table_step`): the ops
-//!   before the first attention depend on the token and position alone, so their live results
-//!   (the first layer's q, k, v and the residual) are evaluated ahead for every `(tok, pos)` and
-//!   read in one row instead, and where its weights stay in registers its matvecs read their
-//!   inputs whole instead of splitting them between groups of lanes (the three are rows side by
-//!   side in the bench);
+//!   registers across the token loop, and each step started from the prefix table
+//!   (`mg_step_lanes_table`, checked by `mg_lanes_table_step`): the ops before the first
+//!   attention depend on the token and position alone, so their live results (the first layer's
+//!   q, k, v and the residual) are evaluated ahead for every `(tok, pos)` and read in one row
+//!   instead, and where its weights stay in registers its matvecs read their inputs whole instead
+//!   of splitting them between groups of lanes (the two are rows side by side in the bench);
 //! - **thread ops**: the same list as straight-line scalar code for one thread, buffers in
 //!   registers, each key and value vector stored in the cache as soon as it is made, the KV caches
 //!   interleaved across the threads of a block so that neighbouring threads touch neighbouring
@@ -93,11 +91,11 @@ pub const WARPS_PER_BLOCK: usize = 8;
 /// Weights per lane (the arranged weights over 32 lanes) up to which the warp matvecs load every
 /// weight unconditionally (`MG_HOIST`), a lane past the last row reading the last row again,
 /// which lets the compiler load the weights of a token loop that reads them from global memory
-/// once, before the loop, into registers (`mg_persistent_global`). Past it the loads are made
-/// only for rows in range, which keeps them in the loop: at the default shape (131 a lane) the
-/// hoisted weights take 185 registers and nothing spills; at `embd=48,layers=2,mlp=192` (1,833 a
-/// lane, in global memory for every kernel) unconditional loads made `mg_persistent` and
-/// `mg_persistent_global` spill 204 bytes, conditional ones nothing.
+/// once, before the loop, into registers (`mg_persistent_table`). Past it the loads are made
+/// only for rows in range, which keeps them in the loop: at `embd=48,layers=2,mlp=192` (1,833 a
+/// lane, in global memory for every kernel) unconditional loads made `mg_persistent` and a
+/// one-warp kernel reading its weights from global memory spill 204 bytes, conditional ones
+/// nothing.
 pub const HOIST_WEIGHTS_PER_LANE: usize = 160;
 
 /// Threads per block of `mg_streams`; the KV caches of a block interleave with this stride, so
@@ -123,9 +121,9 @@ pub struct CudaSource {
     pub shared_weight_floats: usize,
     /// Floats of one warp's scratch (buffers, KV cache, probabilities).
     pub scratch_floats: usize,
-    /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_persistent_global`,
-    /// `mg_persistent_table` and their step kernels): the same, with room for the lane steps'
-    /// shared buffers where they do not fit over the buffers.
+    /// Floats of one warp's scratch in the lane kernels (`mg_persistent`, `mg_persistent_table`
+    /// and their step kernels): the same, with room for the lane steps' shared buffers where they
+    /// do not fit over the buffers.
     pub lane_scratch_floats: usize,
     /// Floats of one stream's KV cache.
     pub kv_floats: usize,
@@ -139,14 +137,13 @@ pub struct CudaSource {
 }
 
 impl CudaSource {
-    /// Dynamic shared memory of a `mg_streams_warp` block with `warps` warps (bytes);
-    /// `mg_persistent_warp`'s block is one warp.
+    /// Dynamic shared memory of a `mg_streams_warp` block with `warps` warps (bytes).
     pub fn shared_bytes(&self, warps: usize) -> usize {
         block_shared_bytes(self.shared_weight_floats, warps, self.scratch_floats)
     }
 
-    /// Dynamic shared memory of `mg_persistent`'s block of one warp (bytes); `mg_persistent_global`
-    /// and `mg_persistent_table` keep no weights there (`with_weights` false).
+    /// Dynamic shared memory of `mg_persistent`'s block of one warp (bytes); `mg_persistent_table`
+    /// keeps no weights there (`with_weights` false).
     pub fn persistent_shared_bytes(&self, with_weights: bool) -> usize {
         let weights = if with_weights {
             self.shared_weight_floats
@@ -195,16 +192,12 @@ pub enum Launch {
     /// `cuda-persistent`: one stream on one warp by the lane ops, the weights in shared memory
     /// (`mg_persistent` <<<1, 32>>>).
     OneWarp,
-    /// `cuda-persistent-global`: the same with the weights read from global memory through the
-    /// read-only data cache, which lets the compiler keep a lane's weights in registers across the
-    /// token loop where they fit (`mg_persistent_global` <<<1, 32>>>).
-    OneWarpGlobal,
     /// `cuda-persistent-table`: the same starting each step from the prefix table (the ops before
     /// the first attention evaluated ahead for every token and position, [`device_floats`]),
-    /// weights and table read from global memory (`mg_persistent_table` <<<1, 32>>>).
+    /// weights and table read from global memory through the read-only data cache, which lets
+    /// the compiler keep a lane's weights in registers across the token loop where they fit
+    /// (`mg_persistent_table` <<<1, 32>>>).
     OneWarpTable,
-    /// `cuda-persistent-warp`: one stream on one warp by the warp ops (`mg_persistent_warp`).
-    OneWarpWarpOps,
     /// `cuda-streams`: one stream per thread, as many threads as fit on every SM (`mg_streams`).
     ThreadPerStream,
     /// `cuda-streams-warp`: one stream per warp, as many warps as fit on every SM
@@ -214,11 +207,9 @@ pub enum Launch {
 
 impl Launch {
     /// In the bench's order.
-    pub const ALL: [Launch; 6] = [
+    pub const ALL: [Launch; 4] = [
         Launch::OneWarp,
-        Launch::OneWarpGlobal,
         Launch::OneWarpTable,
-        Launch::OneWarpWarpOps,
         Launch::ThreadPerStream,
         Launch::WarpPerStream,
     ];
@@ -227,9 +218,7 @@ impl Launch {
     pub fn name(self) -> &'static str {
         match self {
             Launch::OneWarp => "cuda-persistent",
-            Launch::OneWarpGlobal => "cuda-persistent-global",
             Launch::OneWarpTable => "cuda-persistent-table",
-            Launch::OneWarpWarpOps => "cuda-persistent-warp",
             Launch::ThreadPerStream => "cuda-streams",
             Launch::WarpPerStream => "cuda-streams-warp",
         }
@@ -239,9 +228,7 @@ impl Launch {
     pub fn kernels(self) -> (&'static str, &'static str) {
         match self {
             Launch::OneWarp => ("mg_persistent", "mg_lanes_step"),
-            Launch::OneWarpGlobal => ("mg_persistent_global", "mg_lanes_step"),
             Launch::OneWarpTable => ("mg_persistent_table", "mg_lanes_table_step"),
-            Launch::OneWarpWarpOps => ("mg_persistent_warp", "mg_warp_step"),
             Launch::ThreadPerStream => ("mg_streams", "mg_thread_step"),
             Launch::WarpPerStream => ("mg_streams_warp", "mg_warp_step"),
         }
@@ -1893,8 +1880,8 @@ extern "C" __global__ void mg_warp_step(const float* __restrict__ w, float* s, i
     if (threadIdx.x == 0) *next = drawn;
 }
 
-// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent and
-// mg_persistent_global. s: a global scratch of MG_LANE_SCRATCH floats.
+// The same step by the lane ops (mg_step_lanes): the teacher-forced checks of mg_persistent.
+// s: a global scratch of MG_LANE_SCRATCH floats.
 extern "C" __global__ void mg_lanes_step(const float* __restrict__ w, float* s, int tok, int pos, float r, int* next) {
     const int drawn = mg_step_lanes(w, s, tok, pos, r, s + MG_S_LOGITS);
     if (threadIdx.x == 0) *next = drawn;
@@ -1907,22 +1894,22 @@ extern "C" __global__ void mg_lanes_table_step(const float* __restrict__ w, floa
     if (threadIdx.x == 0) *next = drawn;
 }
 
-// Whole benchmark streams, one per warp, `steps` steps each, by the lane ops (LANES; from the
-// prefix table with TABLE) or the warp ops, the weights copied into shared memory where they fit
-// or (GLOBAL) read from global memory through the read-only data cache. state: (tok, pos, rng)
-// per stream; kv: MG_KV floats per stream, loaded at the start and saved at the end so that
-// consecutive launches continue the same streams. checksums: Stream::run's checksum of this
-// launch.
-template <bool LANES, bool GLOBAL = false, bool TABLE = false>
+// Whole benchmark streams, one per warp, `steps` steps each, by the lane ops (LANES) or the warp
+// ops, the weights copied into shared memory where they fit, or (TABLE: the lane ops from the
+// prefix table that follows the weights) weights and table read from global memory through the
+// read-only data cache. state: (tok, pos, rng) per stream; kv: MG_KV floats per stream, loaded at
+// the start and saved at the end so that consecutive launches continue the same streams.
+// checksums: Stream::run's checksum of this launch.
+template <bool LANES, bool TABLE = false>
 __device__ __forceinline__ void mg_warp_streams(const float* __restrict__ wg, unsigned* state, float* kv, int streams,
                                                 long long steps, unsigned long long* checksums) {
-    static_assert(!TABLE || (LANES && GLOBAL), "the prefix table is in global memory, after the weights");
+    static_assert(!TABLE || LANES, "the prefix table steps are lane steps");
     extern __shared__ __align__(16) float smem[];
-    const float* w = GLOBAL ? wg : mg_block_weights(wg, smem);
+    const float* w = TABLE ? wg : mg_block_weights(wg, smem);
     const int lane = threadIdx.x & 31;
     const int stream = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (stream >= streams) return;
-    float* s = smem + (GLOBAL ? 0 : MG_WEIGHTS_SHARED) + (threadIdx.x >> 5) * (LANES ? MG_LANE_SCRATCH : MG_SCRATCH);
+    float* s = smem + (TABLE ? 0 : MG_WEIGHTS_SHARED) + (threadIdx.x >> 5) * (LANES ? MG_LANE_SCRATCH : MG_SCRATCH);
     for (int i = lane; i < MG_KV; i += 32) s[MG_S_KV + i] = kv[(long long)stream * MG_KV + i];
     __syncwarp();
     int tok = (int)state[3 * stream], pos = (int)state[3 * stream + 1];
@@ -1959,31 +1946,15 @@ extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent(const float* _
     mg_warp_streams<true>(wg, state, kv, streams, steps, checksums);
 }
 
-// The same with the weights read from global memory (const __restrict__: the read-only data
-// cache). Nothing in the loop writes them, so the compiler may load a lane's weights once, before
-// the loop, and keep them in registers (at the default shape it does, all of them: no weight load
-// is left in the token loop but the embedding's, which depends on the token).
-extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_global(const float* __restrict__ wg, unsigned* state,
-                                                                         float* kv, int streams, long long steps,
-                                                                         unsigned long long* checksums) {
-    mg_warp_streams<true, true>(wg, state, kv, streams, steps, checksums);
-}
-
 // The same from the prefix table that follows the weights (mg_step_lanes_table): each step
 // starts after the ops that depend on (tok, pos) alone, from their results, read in one row.
+// Weights and table are read from global memory (const __restrict__: the read-only data cache).
+// Nothing in the loop writes them, so the compiler may load a lane's weights once, before the
+// loop, and keep them in registers.
 extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_table(const float* __restrict__ wg, unsigned* state,
                                                                         float* kv, int streams, long long steps,
                                                                         unsigned long long* checksums) {
-    mg_warp_streams<true, true, true>(wg, state, kv, streams, steps, checksums);
-}
-
-// The same by the warp ops (each op a warp function over the scratch, as mg_streams_warp's
-// warps run them), one warp alone with every register it likes: the one-warp steps side by
-// side.
-extern "C" __global__ void __launch_bounds__(32, 1) mg_persistent_warp(const float* __restrict__ wg, unsigned* state,
-                                                                       float* kv, int streams, long long steps,
-                                                                       unsigned long long* checksums) {
-    mg_warp_streams<false>(wg, state, kv, streams, steps, checksums);
+    mg_warp_streams<true, true>(wg, state, kv, streams, steps, checksums);
 }
 
 // Many warps, MG_WARPS_PER_BLOCK per block: registers capped so that as many blocks fit on an SM

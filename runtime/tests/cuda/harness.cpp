@@ -7,10 +7,9 @@
 //   its f32 bits); each prints "next logit0 logit1 ..." (next is -1 for naive, which leaves the
 //   draw to the host);
 //   persistent WARPS STREAMS STEPS LAUNCHES (WARPS per block: 1 runs mg_persistent, more
-//   mg_streams_warp, as the host does); persistent-global, persistent-table and persistent-warp,
-//   each 1 STREAMS STEPS LAUNCHES (mg_persistent_global, mg_persistent_table, mg_persistent_warp:
-//   one warp per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per block:
-//   MG_STREAM_THREADS).
+//   mg_streams_warp, as the host does); persistent-table 1 STREAMS STEPS LAUNCHES
+//   (mg_persistent_table: one warp per block); streams THREADS STREAMS STEPS LAUNCHES (THREADS per
+//   block: MG_STREAM_THREADS).
 //   stdin has "tok pos rng" per stream; prints each launch's checksums, one line per launch.
 #include "emulator.h"
 
@@ -80,7 +79,7 @@ int main(int argc, char** argv) {
         }
         return 0;
     }
-    const bool one_warp = mode == "persistent-global" || mode == "persistent-table" || mode == "persistent-warp";
+    const bool one_warp = mode == "persistent-table";
     if ((mode == "persistent" || one_warp || mode == "streams") && argc == 7) {
         const int per_block = std::atoi(argv[3]), streams = std::atoi(argv[4]);
         const long long steps = std::atoll(argv[5]);
@@ -105,11 +104,7 @@ int main(int argc, char** argv) {
             if (mode == "persistent" || one_warp) {
                 const unsigned blocks = (streams + per_block - 1) / per_block;
                 launch(blocks, 32 * per_block, [&] {
-                    if (mode == "persistent-warp") {
-                        mg_persistent_warp(w.data(), state.data(), kv.data(), streams, steps, sums.data());
-                    } else if (mode == "persistent-global") {
-                        mg_persistent_global(w.data(), state.data(), kv.data(), streams, steps, sums.data());
-                    } else if (mode == "persistent-table") {
+                    if (one_warp) {
                         mg_persistent_table(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else if (per_block == 1) {
                         mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
