@@ -710,11 +710,10 @@ impl Persistent {
             .arg(&steps)
             .arg(&mut self.checksums);
         // SAFETY: every Launch's kernel (mg_persistent, mg_persistent_table, mg_streams_warp,
-        // mg_streams) takes (const
-        // float* w[MG_DEVICE_FLOATS], unsigned* state[3 streams], float* kv[MG_KV streams], int
-        // streams, long long steps, unsigned long long* checksums[streams]); the grid covers at
-        // least `streams` warps or threads and the dynamic shared memory is what the kernel was
-        // allowed above.
+        // mg_streams) takes (const float* w[MG_DEVICE_FLOATS], unsigned* state[3 streams], float*
+        // kv[MG_KV streams], int streams, long long steps, unsigned long long* checksums[streams]);
+        // the grid covers at least `streams` warps or threads and the dynamic shared memory is
+        // what the kernel was allowed above.
         driver("launch", unsafe { b.launch(self.config) })?;
         // The copy waits for the kernel: the window ends when the checksums are on the host.
         driver("copy", stream.clone_dtoh(&self.checksums))

@@ -79,8 +79,8 @@ int main(int argc, char** argv) {
         }
         return 0;
     }
-    const bool one_warp = mode == "persistent-table";
-    if ((mode == "persistent" || one_warp || mode == "streams") && argc == 7) {
+    const bool table = mode == "persistent-table";
+    if ((mode == "persistent" || table || mode == "streams") && argc == 7) {
         const int per_block = std::atoi(argv[3]), streams = std::atoi(argv[4]);
         const long long steps = std::atoll(argv[5]);
         const int launches = std::atoi(argv[6]);
@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "mg_streams runs blocks of %d threads\n", MG_STREAM_THREADS);
             return 2;
         }
-        if (one_warp && per_block != 1) {
+        if (table && per_block != 1) {
             std::fprintf(stderr, "mode %s runs blocks of one warp\n", mode.c_str());
             return 2;
         }
@@ -101,10 +101,10 @@ int main(int argc, char** argv) {
         std::vector<float> kv((size_t)MG_KV * MG_STREAM_THREADS * stream_blocks, 0.0f);
         std::vector<unsigned long long> sums(streams);
         for (int l = 0; l < launches; l++) {
-            if (mode == "persistent" || one_warp) {
+            if (mode == "persistent" || table) {
                 const unsigned blocks = (streams + per_block - 1) / per_block;
                 launch(blocks, 32 * per_block, [&] {
-                    if (one_warp) {
+                    if (table) {
                         mg_persistent_table(w.data(), state.data(), kv.data(), streams, steps, sums.data());
                     } else if (per_block == 1) {
                         mg_persistent(w.data(), state.data(), kv.data(), streams, steps, sums.data());
