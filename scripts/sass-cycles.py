@@ -17,9 +17,9 @@ once.
 
 One warp alone on an SM hides no latency, so its token loop is this chain. Against the four
 one-warp kernels measured on an H200 at 1,980 MHz (results/cuda-h200.txt, two of them since
-dropped) the estimate came within 9 % at the default shape, short but for one
-(mg_persistent 1,916 cycles a token against 1,914 measured, mg_persistent_table 1,241 against
-1,368), and 19-25 % short for the lane kernels at embd=32,layers=2,mlp=128 (5,876 against 7,261, 5,399
+dropped) the estimate came within 9 % at the default shape, short but for one (mg_persistent
+1,916 cycles a token against 1,914 measured, mg_persistent_table 1,241 against 1,368), and
+19-25 % short for the lane kernels at embd=32,layers=2,mlp=128 (5,876 against 7,261, 5,399
 against 7,189; why is not established: candidates are the attention's loops over older
 positions, taken once here, and the throughput of the wider loads, not modelled). An estimate,
 to compare kernels before a GPU measures them, not a figure to report as one.
