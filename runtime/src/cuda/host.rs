@@ -535,32 +535,25 @@ impl Persistent {
         let run_fn = dev.function(run_name)?;
         let step_fn = dev.function(step_name)?;
         let sms = dev.gpu.sms;
+        // One warp, the whole window in one launch: `bytes` of dynamic shared memory.
+        let one_warp = |bytes: usize, note: &str| -> Result<(LaunchConfig, usize, String), String> {
+            dev.allow_shared(&run_fn, bytes)?;
+            let config = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            };
+            Ok((config, 1, note.to_string()))
+        };
         let (config, streams, note) = match launch {
-            Launch::OneWarp | Launch::OneWarpTable => {
-                let (bytes, note) = match launch {
-                    Launch::OneWarp => (
-                        src.persistent_shared_bytes(true),
-                        "one warp, the whole window in one launch, short vectors whole in every lane",
-                    ),
-                    Launch::OneWarpTable => (
-                        src.persistent_shared_bytes(false),
-                        "one warp, the whole window in one launch, short vectors whole in every lane, each step from its row of the prefix table, weights and table through the read-only cache",
-                    ),
-                    Launch::ThreadPerStream | Launch::WarpPerStream => {
-                        unreachable!("{launch:?} is not one warp")
-                    }
-                };
-                dev.allow_shared(&run_fn, bytes)?;
-                (
-                    LaunchConfig {
-                        grid_dim: (1, 1, 1),
-                        block_dim: (32, 1, 1),
-                        shared_mem_bytes: bytes as u32,
-                    },
-                    1,
-                    note.to_string(),
-                )
-            }
+            Launch::OneWarp => one_warp(
+                src.persistent_shared_bytes(true),
+                "one warp, the whole window in one launch, short vectors whole in every lane",
+            )?,
+            Launch::OneWarpTable => one_warp(
+                src.persistent_shared_bytes(false),
+                "one warp, the whole window in one launch, short vectors whole in every lane, each step from its row of the prefix table, weights and table through the read-only cache",
+            )?,
             Launch::WarpPerStream => {
                 // As many warps per block as shared memory allows, up to WARPS_PER_BLOCK.
                 let warps = (1..=super::WARPS_PER_BLOCK)
