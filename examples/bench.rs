@@ -11,13 +11,15 @@
 mod common;
 
 use clap::Parser;
-use microgpt::charts::{self, Bar, Point};
+use microgpt::bench::charts::{self, Bar, Point};
+use microgpt::bench::harness::{BenchOptions, Event, Outcome, run_all};
+use microgpt::bench::machine::Machine;
+use microgpt::bench::report::{Report, human_rate};
+use microgpt::bench::roof::Roof;
+use microgpt::bench::soak;
 use microgpt::model::Shape;
-use microgpt::runtime::bench::{BenchOptions, Event, Outcome, TALOS_CLAIMED_TOK_PER_S, run_all};
-use microgpt::runtime::machine::Machine;
-use microgpt::runtime::report::{Report, human_rate};
-use microgpt::runtime::roof::Roof;
-use microgpt::runtime::{Precision, soak};
+use microgpt::runtime::Precision;
+use microgpt::talos::CLAIMED_TOK_PER_S as TALOS_CLAIMED_TOK_PER_S;
 use microgpt::weights::{Format, LoadOptions, Weights, default_weights, load};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -75,7 +77,7 @@ struct Args {
     #[arg(long)]
     nvrtc_check: bool,
     /// Assumed watts per busy core, for perf-per-watt where no energy counters are readable.
-    #[arg(long, default_value_t = microgpt::runtime::energy::DEFAULT_WATTS_PER_CORE)]
+    #[arg(long, default_value_t = microgpt::bench::energy::DEFAULT_WATTS_PER_CORE)]
     watts_per_core: f64,
     /// Write SVG charts into this folder: throughput, perf-per-watt, and the sweep (with --sweep).
     #[arg(long, value_name = "DIR")]
@@ -94,14 +96,14 @@ fn main() -> ExitCode {
     // SAFETY: first thing in main, before any other thread exists.
     #[cfg(feature = "peers")]
     unsafe {
-        microgpt::peers::pin_threads();
+        microgpt::bench::peers::pin_threads();
     }
     let args = match common::parse::<Args>() {
         Ok(a) => a,
         Err(code) => return code,
     };
     if args.nvrtc_check {
-        return match microgpt::runtime::cuda::nvrtc_status() {
+        return match microgpt::cuda::nvrtc_status() {
             Ok(()) => {
                 println!("NVRTC loads");
                 ExitCode::SUCCESS
@@ -200,7 +202,13 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(shape)) if shape != Shape::DEFAULT => Weights::random(shape, args.seed as u64, 0.08),
         (None, _) => default_weights(),
     };
-    microgpt::runtime::bench::check_fp32_range(&weights, &options, 64)?;
+    microgpt::runtime::check::check_fp32_range(
+        &weights,
+        &microgpt::runtime::check::CheckOptions {
+            tokens: 64,
+            ..options.check()
+        },
+    )?;
 
     let machine = Machine::detect();
     let roof = Roof::measure(0.5);
@@ -264,7 +272,7 @@ fn run(args: Args) -> Result<(), String> {
         write_charts(dir, &report)?;
     }
     if args.sweep {
-        let rows = microgpt::sweep::run(&specs, &options, &mut |i, n, shape| {
+        let rows = microgpt::bench::sweep::run(&specs, &options, &mut |i, n, shape| {
             if live {
                 eprint!("\r\x1b[2K[sweep {}/{n}] {shape}", i + 1);
             } else {
@@ -275,7 +283,7 @@ fn run(args: Args) -> Result<(), String> {
             eprint!("\r\x1b[2K");
         }
         println!("\nshape sweep (random weights; the fastest variant of each series per shape):");
-        print!("{}", microgpt::sweep::table(&rows));
+        print!("{}", microgpt::bench::sweep::table(&rows));
         doc["sweep"] = json!(
             rows.iter()
                 .map(|r| json!({
@@ -443,7 +451,7 @@ fn run_soaks(
             .iter()
             .find(|s| s.name == best.info.name)
             .expect("rows come from specs");
-        let mut variant = spec.prepare(weights, &settings)?;
+        let mut variant = spec.prepare(weights, &settings).map_err(|e| e.to_string())?;
         let Some(mut oracle) = variant.info().oracle.build(weights, &settings) else {
             println!(
                 "\nsoak: {} has no oracle to spot-check against: not soaked",

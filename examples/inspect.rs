@@ -13,8 +13,9 @@
 mod common;
 
 use clap::{Parser, Subcommand};
+use microgpt::model::Precision;
 use microgpt::model::{Program, Shape};
-use microgpt_codegen::{KernelId, Kind, Target};
+use microgpt_codegen::{KernelId, Target};
 use std::process::ExitCode;
 
 fn parse_shape(s: &str) -> Result<Shape, String> {
@@ -99,12 +100,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// A precision kernels are generated in, as the user wrote it.
+fn kernel_precision(text: &str) -> Result<Precision, String> {
+    Precision::parse(text).and_then(|p| {
+        if Precision::KERNELS.contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!("no kernel is generated in {p} (expected f32 or q4.12)"))
+        }
+    })
+}
+
 fn jit(shape: Option<Shape>, precision: &str, disassemble: bool) -> Result<microgpt::jit::Jit, String> {
-    let precision = match precision {
-        "f32" | "fp32" => microgpt::jit::Precision::F32,
-        "q4.12" | "q412" => microgpt::jit::Precision::Q412,
-        other => return Err(format!("unknown precision `{other}` (expected f32 or q4.12)")),
-    };
+    let precision = kernel_precision(precision)?;
     let shape = shape.unwrap_or_default();
     let weights = if shape == Shape::DEFAULT {
         microgpt::weights::default_weights()
@@ -121,7 +129,7 @@ fn jit(shape: Option<Shape>, precision: &str, disassemble: bool) -> Result<micro
 
 #[cfg(feature = "cuda")]
 fn ptx(shape: Shape, arch: &str) -> Result<String, String> {
-    microgpt::runtime::cuda::host::ptx(&shape, arch)
+    microgpt::cuda::host::ptx(&shape, arch)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -132,7 +140,7 @@ fn ptx(_: Shape, _: &str) -> Result<String, String> {
 fn run(what: What) -> Result<String, String> {
     match what {
         What::Ops { shape } => Ok(Program::forward(shape.unwrap_or_default()).listing()),
-        What::Cuda { shape } => Ok(microgpt::runtime::cuda::render(&shape.unwrap_or_default()).text),
+        What::Cuda { shape } => Ok(microgpt::cuda::render(&shape.unwrap_or_default()).text),
         What::Ptx { shape, arch } => ptx(shape.unwrap_or_default(), &arch),
         What::Clif { shape, precision } => jit(shape, &precision, false)?
             .clif()
@@ -158,17 +166,12 @@ fn run(what: What) -> Result<String, String> {
                         },
                     )?),
                 };
-            let kind = match precision.as_deref() {
-                None => None,
-                Some("f32" | "fp32") => Some(Kind::F32),
-                Some("q4.12" | "q412") => Some(Kind::Q412),
-                Some(other) => return Err(format!("unknown precision `{other}` (expected f32 or q4.12)")),
-            };
+            let kind = precision.as_deref().map(kernel_precision).transpose()?;
             let shape = shape.unwrap_or_default();
             microgpt_codegen::valid::check_unrollable(&shape)?;
             let keep = |id: KernelId| {
                 target.is_none_or(|t| id.target == t)
-                    && kind.is_none_or(|k| id.kind == k)
+                    && kind.is_none_or(|k| id.precision == k)
                     && table.is_none_or(|b| id.table == b)
             };
             let tokens = microgpt_codegen::generate("microgpt", shape, keep);

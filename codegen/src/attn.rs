@@ -4,7 +4,7 @@
 use crate::emit::{Body, tree};
 use crate::target::Target;
 use microgpt_model::Shape;
-use microgpt_runtime::kernel::layout::heads_aligned;
+use microgpt_model::plan::heads_aligned;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 

@@ -9,10 +9,10 @@
 //! positions run in order), so their integers match it bit for bit.
 
 use crate::emit::{Body, tree};
-use crate::expand::{KernelId, Kind, cfg_attr, feature_checks};
+use crate::expand::{KernelId, cfg_attr, feature_checks};
 use crate::f32::{exp_fn, exp2_fn};
 use crate::target::Target;
-use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
+use microgpt_model::{Buffer, Layout, Op, Param, Precision, Program, RMS_EPS, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ type T = TokenStream;
 /// Generates the step of one lane-batched kernel.
 pub struct BatchGen<'a> {
     t: Target,
-    kind: Kind,
+    precision: Precision,
     vnni: bool,
     shape: Shape,
     program: &'a Program,
@@ -35,7 +35,7 @@ impl<'a> BatchGen<'a> {
         let shape = *program.shape();
         BatchGen {
             t: id.target,
-            kind: id.kind,
+            precision: id.precision,
             vnni: id.vnni(),
             shape,
             program,
@@ -53,7 +53,7 @@ impl<'a> BatchGen<'a> {
     }
 
     fn q412(&self) -> bool {
-        self.kind == Kind::Q412
+        self.precision == Precision::Q412
     }
 
     /// The lane vector type of a buffer's elements.
@@ -931,7 +931,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
     let imports = t.imports();
     let cfg = cfg_attr(t);
     let checks = feature_checks(id);
-    let q = id.kind == Kind::Q412;
+    let q = id.precision == Precision::Q412;
     let (vocab, e, block, layers) = (s.vocab, s.embd, s.block, s.layers);
     let cache = layers * block * e * l;
     let (precision, weights_ty, keys_ty, fill, words, logits_scale) = if q {
@@ -1012,7 +1012,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
                 fn prepare(
                     weights: &::microgpt_weights::Weights,
                     settings: &::microgpt_runtime::Settings,
-                ) -> ::std::result::Result<Self, ::std::string::String> {
+                ) -> ::std::result::Result<Self, ::microgpt_runtime::PrepareError> {
                     #(#checks)*
                     ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
                     #prelude

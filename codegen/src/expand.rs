@@ -5,35 +5,19 @@ use crate::f32::F32Gen;
 use crate::q412::Q412Gen;
 use crate::target::Target;
 use crate::valid::Spec;
-use microgpt_model::{Program, Shape};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
+use microgpt_model::plan::{Arrangement, WeightPlan};
+use microgpt_model::{Precision, Program, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 
 type T = TokenStream;
-
-/// The precisions kernels are generated in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    F32,
-    Q412,
-}
-
-impl Kind {
-    pub fn slug(self) -> &'static str {
-        match self {
-            Kind::F32 => "f32",
-            Kind::Q412 => "q412",
-        }
-    }
-}
 
 /// One generated kernel: target, precision, and whether a table replaces the history-free
 /// prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelId {
     pub target: Target,
-    pub kind: Kind,
+    pub precision: Precision,
     pub table: bool,
     /// One stream per lane (lane-batched) rather than one stream per kernel.
     pub batch: bool,
@@ -46,12 +30,12 @@ impl KernelId {
     /// Every kernel the macro generates for a shape.
     pub fn all() -> Vec<KernelId> {
         let mut out = Vec::new();
-        for kind in [Kind::F32, Kind::Q412] {
+        for precision in Precision::KERNELS {
             for table in [false, true] {
                 for target in Target::ALL {
                     out.push(KernelId {
                         target,
-                        kind,
+                        precision,
                         table,
                         batch: false,
                     });
@@ -60,7 +44,7 @@ impl KernelId {
             for target in BATCH_TARGETS {
                 out.push(KernelId {
                     target,
-                    kind,
+                    precision,
                     table: false,
                     batch: true,
                 });
@@ -76,10 +60,7 @@ impl KernelId {
 
     /// Registry name, e.g. `avx512-f32-table`, `avx512-q4.12-x16` (16 streams in the lanes).
     pub fn variant_name(self) -> String {
-        let kind = match self.kind {
-            Kind::F32 => "f32",
-            Kind::Q412 => "q4.12",
-        };
+        let kind = self.precision.slug();
         let table = if self.table { "-table" } else { "" };
         let batch = if self.batch {
             format!("-x{}", self.target.lanes())
@@ -91,24 +72,23 @@ impl KernelId {
 
     /// The ISA label shown in the bench table.
     pub fn isa(self) -> String {
-        match (self.target, self.kind) {
+        match (self.target, self.precision) {
             (Target::Scalar, _) => "scalar".into(),
             (Target::Sse, _) => "sse4.1+fma".into(),
             (Target::Avx2, _) => "avx2+fma".into(),
-            (Target::Avx512, Kind::F32) => "avx512f".into(),
-            (Target::Avx512, Kind::Q412) => "avx512-vnni".into(),
+            (Target::Avx512, _) => self.precision.pick("avx512f", "avx512-vnni").into(),
             (Target::Neon, _) => "neon".into(),
         }
     }
 
     pub fn vnni(self) -> bool {
-        self.kind == Kind::Q412 && self.target == Target::Avx512
+        self.precision == Precision::Q412 && self.target == Target::Avx512
     }
 
     /// Whether the registry also runs this kernel on every core (the batches, and the fp32 table
     /// kernels as the best single-stream ones).
     fn threaded(self) -> bool {
-        self.batch || (self.table && self.kind == Kind::F32 && self.target != Target::Scalar)
+        self.batch || (self.table && self.precision == Precision::F32 && self.target != Target::Scalar)
     }
 }
 
@@ -140,10 +120,7 @@ pub fn expand_only(spec: &Spec, keep: impl Fn(KernelId) -> bool) -> T {
             let m = id.module();
             let cfg = cfg_attr(id.target);
             let name = id.variant_name();
-            let precision = match id.kind {
-                Kind::F32 => quote! { F32 },
-                Kind::Q412 => quote! { Q412 },
-            };
+            let precision = id.precision.pick(quote! { F32 }, quote! { Q412 });
             let (single, copy) = if id.batch {
                 (
                     quote! { ::microgpt_runtime::kernel::batch_spec::<#m::Kernel>() },
@@ -227,7 +204,10 @@ pub fn feature_checks(id: KernelId) -> Vec<T> {
         .map(|f| {
             quote! {
                 if !::std::is_x86_feature_detected!(#f) {
-                    return Err(format!("{} needs the CPU feature {}", #name, #f));
+                    return Err(::microgpt_runtime::PrepareError::MissingFeature {
+                        kernel: #name.into(),
+                        feature: #f,
+                    });
                 }
             }
         })
@@ -289,8 +269,8 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
     let cache = s.layers * s.block * epad;
     // What differs between the precisions: the generated code, the element types of the
     // prepared buffers, and how the prepare step fills them.
-    let (precision, items, body, elem, cache_elem, fill, table) = match id.kind {
-        Kind::F32 => {
+    let (precision, items, body, elem, cache_elem, fill, table) = match id.precision {
+        Precision::F32 => {
             let g = F32Gen::new(t, program, id.table);
             let fill = fill_weights(&g.f.plan, quote! { f32 }, quote! { folded });
             let row = g.f.table_row();
@@ -306,7 +286,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
                 (table, row * 4),
             )
         }
-        Kind::Q412 => {
+        Precision::Q412 => {
             let g = Q412Gen::new(t, program, id.table, id.vnni());
             let fill = fill_weights(&g.f.plan, quote! { i16 }, quote! { quantized });
             let row = g.f.table_row();
@@ -322,18 +302,19 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
                 (table, row * 2),
             )
         }
+        other => panic!("no kernel is generated in {other}"),
     };
     let (table_expr, row_bytes) = table;
-    let prelude = match id.kind {
+    let prelude = id.precision.pick(
         // The output head divided by the temperature: the logits come out as logits / T.
-        Kind::F32 => quote! { let folded = layout::folded_f32(weights, Some(settings.temperature), false); },
-        Kind::Q412 => quote! { let quantized = weights.quantized(); },
-    };
-    let logits_out = match id.kind {
+        quote! { let folded = layout::folded_f32(weights, Some(settings.temperature), false); },
+        quote! { let quantized = weights.quantized(); },
+    );
+    let logits_out = id.precision.pick(
         // The fp32 kernels keep logits / T (the temperature is folded into the output head).
-        Kind::F32 => quote! { self.logits[..VOCAB].iter().map(|z| z / self.inv_temperature).collect() },
-        Kind::Q412 => quote! { self.logits[..VOCAB].to_vec() },
-    };
+        quote! { self.logits[..VOCAB].iter().map(|z| z / self.inv_temperature).collect() },
+        quote! { self.logits[..VOCAB].to_vec() },
+    );
     let table_field = id
         .table
         .then(|| quote! { table: ::microgpt_runtime::kernel::Aligned<#elem>, });
@@ -351,10 +332,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
             }
         }
     });
-    let kind_doc = match id.kind {
-        Kind::F32 => "fp32",
-        Kind::Q412 => "Q4.12",
-    };
+    let kind_doc = id.precision;
     let doc = format!(
         "The {kind_doc} kernel for {} ({isa}), shape {s}{}.",
         t.slug(),
@@ -400,7 +378,7 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
                 fn prepare(
                     weights: &::microgpt_weights::Weights,
                     settings: &::microgpt_runtime::Settings,
-                ) -> ::std::result::Result<Self, ::std::string::String> {
+                ) -> ::std::result::Result<Self, ::microgpt_runtime::PrepareError> {
                     #(#checks)*
                     ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
                     #prelude

@@ -4,8 +4,8 @@
 
 use crate::emit::Body;
 use crate::target::Target;
+use microgpt_model::plan::{Arrangement, PrefixRow, WeightPlan};
 use microgpt_model::{Buffer, HistoryFreePrefix, Op, Program, Shape};
-use microgpt_runtime::kernel::layout::{Arrangement, PrefixRow, WeightPlan};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 

@@ -15,7 +15,8 @@ pub mod q412;
 pub mod target;
 pub mod valid;
 
-pub use expand::{KernelId, Kind};
+pub use expand::KernelId;
+pub use microgpt_model::Precision;
 pub use target::Target;
 pub use valid::Spec;
 

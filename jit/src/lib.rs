@@ -14,7 +14,7 @@ mod q412;
 mod state;
 mod variant;
 
-pub use state::Precision;
+pub use microgpt_model::Precision;
 pub use variant::{JitVariant, variants};
 
 use cl::Cl;
@@ -27,8 +27,8 @@ use cranelift_module::{Linkage, Module, default_libcall_names};
 use microgpt_model::Program;
 use microgpt_runtime::Settings;
 use microgpt_runtime::kernel::Aligned;
-use microgpt_runtime::kernel::layout::folded_f32;
 use microgpt_weights::Weights;
+use microgpt_weights::folded_f32;
 use state::StateLayout;
 use std::fmt;
 use std::time::Instant;
@@ -46,6 +46,8 @@ pub enum JitError {
     Module(String),
     /// The shape's step has more weight MACs than [`MAX_MACS`].
     TooLarge { macs: usize },
+    /// A precision the JIT does not render (it renders [`Precision::KERNELS`]).
+    Precision(Precision),
 }
 
 /// The most weight MACs per token the JIT compiles: it unrolls every matvec (0.79 million MACs,
@@ -59,6 +61,7 @@ impl fmt::Display for JitError {
             JitError::Settings(e) => write!(f, "cranelift settings: {e}"),
             JitError::Codegen(e) => write!(f, "cranelift could not compile the step: {e}"),
             JitError::Module(e) => write!(f, "cranelift module: {e}"),
+            JitError::Precision(p) => write!(f, "the JIT renders fp32 and Q4.12, not {p}"),
             JitError::TooLarge { macs } => write!(
                 f,
                 "the step has {macs} weight MACs; the JIT unrolls its matvecs and compiles at most {MAX_MACS}"
@@ -134,6 +137,9 @@ impl Drop for Jit {
 /// MACs).
 pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> Result<Jit, JitError> {
     let start = Instant::now();
+    if !Precision::KERNELS.contains(&options.precision) {
+        return Err(JitError::Precision(options.precision));
+    }
     let macs = weights.shape().weight_macs();
     if macs > MAX_MACS {
         return Err(JitError::TooLarge { macs });
@@ -193,9 +199,10 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
             r: params[3],
         };
         let mut cl = Cl::new(b);
-        let next = match options.precision {
-            Precision::F32 => fp32::render(&mut cl, &program, &layout, &p),
-            Precision::Q412 => q412::render(&mut cl, &program, &layout, &p, 1.0 / settings.temperature),
+        let next = if options.precision == Precision::Q412 {
+            q412::render(&mut cl, &program, &layout, &p, 1.0 / settings.temperature)
+        } else {
+            fp32::render(&mut cl, &program, &layout, &p)
         };
         cl.b.ins().return_(&[next]);
         cl.b.seal_all_blocks();
@@ -233,19 +240,14 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
 /// elsewhere.
 fn build_state(weights: &Weights, layout: &StateLayout, temperature: f32) -> Aligned<u8> {
     let mut state = Aligned::<u8>::zeroed(layout.total);
-    let bytes: Vec<u8> = match layout.precision {
-        Precision::F32 => layout
+    let bytes: Vec<u8> = if layout.precision == Precision::Q412 {
+        let quantized = layout.plan.arrange(&weights.quantized());
+        quantized.iter().flat_map(|v| v.to_le_bytes()).collect()
+    } else {
+        let folded = layout
             .plan
-            .arrange(&folded_f32(weights, Some(temperature), false))
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        Precision::Q412 => layout
-            .plan
-            .arrange(&weights.quantized())
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
+            .arrange(&folded_f32(weights, Some(temperature), false));
+        folded.iter().flat_map(|v| v.to_le_bytes()).collect()
     };
     state.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
     state
@@ -273,11 +275,8 @@ impl Jit {
     pub fn logits(&self) -> Vec<f32> {
         let off = self.layout.logits;
         let bytes = &self.state.as_slice()[off..off + 4 * self.layout.shape.vocab];
-        let scale = match self.layout.precision {
-            // The fp32 code keeps logits / T.
-            Precision::F32 => self.temperature,
-            Precision::Q412 => 1.0,
-        };
+        // The fp32 code keeps logits / T.
+        let scale = self.layout.precision.pick(self.temperature, 1.0);
         bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * scale)

@@ -2,15 +2,8 @@
 //! logits, at offsets fixed when the code is generated.
 
 use crate::cl::LANES;
-use microgpt_model::{Program, Shape};
-use microgpt_runtime::kernel::layout::{Arrangement, WeightPlan};
-
-/// The precisions the JIT renders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    Q412,
-}
+use microgpt_model::plan::{Arrangement, WeightPlan};
+use microgpt_model::{Precision, Program, Shape};
 
 /// Byte offsets of every region (each 64-byte aligned).
 #[derive(Clone, Debug)]
@@ -41,18 +34,14 @@ pub fn padded(n: usize) -> usize {
 impl StateLayout {
     pub fn new(program: &Program, precision: Precision) -> StateLayout {
         let shape = *program.shape();
-        let plan = WeightPlan::new(&shape, program.ops(), 16, padded, |rows, _| match precision {
-            Precision::F32 => Arrangement::Columns {
-                rows_pad: padded(rows),
-            },
-            Precision::Q412 => Arrangement::ColumnPairs {
-                rows_pad: padded(rows),
-            },
+        let plan = WeightPlan::new(&shape, program.ops(), 16, padded, |rows, _| {
+            let rows_pad = padded(rows);
+            precision.pick(
+                Arrangement::Columns { rows_pad },
+                Arrangement::ColumnPairs { rows_pad },
+            )
         });
-        let elem = match precision {
-            Precision::F32 => 4,
-            Precision::Q412 => 2,
-        };
+        let elem = precision.pick(4, 2);
         let cache = shape.layers * shape.block * padded(shape.embd) * 4;
         let keys = align(plan.total * elem);
         let values = keys + align(cache);
@@ -75,10 +64,7 @@ impl StateLayout {
 
     /// Byte offset of a placed tensor.
     pub fn weight(&self, param: microgpt_model::Param) -> usize {
-        let elem = match self.precision {
-            Precision::F32 => 4,
-            Precision::Q412 => 2,
-        };
+        let elem = self.precision.pick(4, 2);
         self.plan.get(param).offset * elem
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::{Jit, JitOptions, Precision, compile};
 use microgpt_model::Shape;
-use microgpt_runtime::variant::{Precision as Prec, VariantInfo};
+use microgpt_runtime::variant::VariantInfo;
 use microgpt_runtime::{Settings, Stream, Variant, VariantSpec};
 use microgpt_weights::Weights;
 
@@ -17,10 +17,8 @@ pub struct JitVariant {
 impl JitVariant {
     pub fn new(weights: &Weights, settings: &Settings, options: &JitOptions) -> Result<JitVariant, String> {
         let jit = compile(weights, settings, options).map_err(|e| e.to_string())?;
-        let (name, precision) = match options.precision {
-            Precision::F32 => ("cranelift-f32", Prec::F32),
-            Precision::Q412 => ("cranelift-q4.12", Prec::Q412),
-        };
+        let precision = options.precision;
+        let name = variant_name(precision);
         // Cranelift's vectors are 128 bits wide; it encodes them with the host's best extension.
         let isa = if cfg!(target_arch = "aarch64") {
             "neon 128-bit"
@@ -68,21 +66,17 @@ impl Variant for JitVariant {
     }
 }
 
+/// `cranelift-f32`, `cranelift-q4.12`.
+fn variant_name(precision: Precision) -> String {
+    format!("cranelift-{}", precision.slug())
+}
+
 /// The JIT's registry entries: fp32 and Q4.12, for whatever shape the weights have.
 pub fn variants() -> Vec<VariantSpec> {
-    [Precision::F32, Precision::Q412]
+    Precision::KERNELS
         .into_iter()
         .map(|precision| {
-            let name = match precision {
-                Precision::F32 => "cranelift-f32",
-                Precision::Q412 => "cranelift-q4.12",
-            };
-            let backend = "cranelift";
-            let prec = match precision {
-                Precision::F32 => Prec::F32,
-                Precision::Q412 => Prec::Q412,
-            };
-            VariantSpec::new(name, backend, prec, move |w, s| {
+            VariantSpec::new(variant_name(precision), "cranelift", precision, move |w, s| {
                 let options = JitOptions {
                     verify: false,
                     ..JitOptions::new(precision)

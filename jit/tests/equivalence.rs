@@ -4,8 +4,8 @@
 
 use microgpt_jit::{JitOptions, JitVariant, Precision, compile};
 use microgpt_model::Shape;
-use microgpt_runtime::bench::teacher_forced;
-use microgpt_runtime::variant::{q412_variant, reference_variant};
+use microgpt_runtime::Oracle;
+use microgpt_runtime::check::teacher_forced;
 use microgpt_runtime::{Settings, Variant};
 use microgpt_testdata::{full_length_sequences, golden_logits, golden_max_diff, shared_data};
 use microgpt_weights::{LoadOptions, Weights, load};
@@ -35,20 +35,20 @@ fn check(weights: &Weights, precision: Precision, opts: &JitOptions) {
     let shape = *weights.shape();
     let settings = Settings::default();
     let mut jit = JitVariant::new(weights, &settings, opts).unwrap_or_else(|e| panic!("{shape}: {e}"));
-    let mut oracle: Box<dyn Variant> = match precision {
-        Precision::F32 => Box::new(reference_variant::<f32>(weights, &settings)),
-        Precision::Q412 => Box::new(q412_variant(weights, &settings)),
-    };
+    let mut oracle: Box<dyn Variant> = Oracle::for_precision(precision)
+        .build(weights, &settings)
+        .expect("fp32 and Q4.12 have a reference");
     let seqs = full_length_sequences(shape.vocab, shape.block, 8, 5);
     let a = teacher_forced(&mut jit, oracle.as_mut(), &seqs, settings.temperature, 3);
     assert_eq!(a.differed, 0, "{shape} {precision:?}: tokens differ: {a:?}");
-    match precision {
-        Precision::F32 => assert!(
+    if precision == Precision::Q412 {
+        assert_eq!(a.max_abs_logit_diff, 0.0, "{shape}: Q4.12 integers differ");
+    } else {
+        assert!(
             a.max_abs_logit_diff <= 1e-4,
             "{shape}: max |Δlogit| {}",
             a.max_abs_logit_diff
-        ),
-        Precision::Q412 => assert_eq!(a.max_abs_logit_diff, 0.0, "{shape}: Q4.12 integers differ"),
+        );
     }
     eprintln!(
         "{shape} {precision:?}: {} steps, max |Δlogit| {:.2e}, {} boundary draws, compiled in {:.1} ms",

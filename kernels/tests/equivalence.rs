@@ -6,26 +6,28 @@
 //! / 4096) bit-identical to the scalar Q4.12 reference.
 
 use microgpt_model::Shape;
-use microgpt_runtime::bench::{teacher_forced, teacher_forced_lanes};
+use microgpt_runtime::check::{teacher_forced, teacher_forced_lanes};
 use microgpt_runtime::kernel::BatchKernel;
 use microgpt_runtime::variant::{q412_variant, reference_variant};
-use microgpt_runtime::{Precision, Q412Reference, Settings, Variant, VariantSpec};
+use microgpt_runtime::{Precision, PrepareError, Q412Reference, Settings, Variant, VariantSpec};
 use microgpt_testdata::{full_length_sequences, golden_logits, shared_data};
 use microgpt_weights::{LoadOptions, Weights, load};
 
-/// On CI (`CI` set) a kernel that cannot be prepared fails the test; elsewhere it is reported
-/// and skipped.
-fn prepare(spec: &VariantSpec, weights: &Weights) -> Option<Box<dyn Variant>> {
-    match spec.prepare(weights, &Settings::default()) {
-        Ok(v) => Some(v),
-        Err(reason) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("{}: cannot run on this CI machine: {reason}", spec.name);
-            }
-            eprintln!("SKIPPED {}: {reason}", spec.name);
-            None
+/// A kernel that cannot be prepared is skipped (reported) only where this CPU lacks a feature it
+/// is compiled for, and never on CI (`CI` set), which runs them all; any other reason fails.
+fn skip(name: &str, reason: PrepareError) {
+    match reason {
+        PrepareError::MissingFeature { .. } if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED {name}: {reason}");
         }
+        _ => panic!("{name} cannot be prepared: {reason}"),
     }
+}
+
+fn prepare(spec: &VariantSpec, weights: &Weights) -> Option<Box<dyn Variant>> {
+    spec.prepare(weights, &Settings::default())
+        .map_err(|reason| skip(&spec.name, reason))
+        .ok()
 }
 
 fn specs_for(shape: Shape) -> Vec<VariantSpec> {
@@ -188,11 +190,7 @@ fn check_lanes<K: BatchKernel>(weights: &Weights, seqs: &[Vec<usize>]) {
     let settings = Settings::default();
     let mut kernel = match K::prepare(weights, &settings) {
         Ok(k) => k,
-        Err(reason) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED {}: {reason}", K::NAME);
-            return;
-        }
-        Err(reason) => panic!("{}: cannot run on this CI machine: {reason}", K::NAME),
+        Err(reason) => return skip(K::NAME, reason),
     };
     let oracle = || -> Box<dyn Variant> {
         match K::PRECISION {

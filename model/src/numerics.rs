@@ -57,6 +57,16 @@ pub fn base2_query_scale(shape: &crate::Shape) -> f32 {
     std::f32::consts::LOG2_E / (shape.head_dim() as f32).sqrt()
 }
 
+/// The larger of two errors, NaN when either is NaN: every maximum of errors a check takes goes
+/// through this, since `f64::max` drops a NaN and would let NaN results pass.
+pub fn max_error(worst: f64, err: f64) -> f64 {
+    if worst.is_nan() || err.is_nan() {
+        f64::NAN
+    } else {
+        worst.max(err)
+    }
+}
+
 /// Scalar f32 arithmetic, each operation rounded once: [`Eval`] computes, a renderer builds the
 /// expression it emits. Rules written against it ([`rms_factor`]) are one order of operations
 /// for every renderer.
@@ -240,10 +250,21 @@ mod tests {
         let mut x = from;
         while x <= to {
             let w = want(x as f64);
-            worst = worst.max(((got(x) as f64 - w) / w).abs());
+            worst = max_error(worst, ((got(x) as f64 - w) / w).abs());
             x += step;
         }
         worst
+    }
+
+    #[test]
+    fn a_nan_error_is_never_dropped() {
+        assert!(max_error(0.5, f64::NAN).is_nan());
+        assert!(max_error(f64::NAN, 0.5).is_nan());
+        assert_eq!(max_error(0.5, 0.25), 0.5);
+        assert_eq!(
+            [0.1, f64::NAN, 0.2].into_iter().fold(0.0, max_error).to_bits(),
+            f64::NAN.to_bits()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::sampler::XorShift32;
 use crate::stream::Stream;
-use crate::variant::{Precision, Settings, Variant, VariantInfo, VariantSpec};
+use crate::variant::{Precision, PrepareError, Settings, Variant, VariantInfo, VariantSpec};
 use microgpt_model::Shape;
 use microgpt_weights::Weights;
 
@@ -25,7 +25,7 @@ pub trait Kernel: Sized + Send + 'static {
 
     /// Lays `weights` out for this kernel. Fails (with a one-line reason) when the CPU lacks a
     /// required feature or the weights have another shape.
-    fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, String>;
+    fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, PrepareError>;
 
     /// One step of the stream: forward pass for `tok` at `pos` (positions `0..pos` of this
     /// sequence are cached), then a draw with the uniform `r`.
@@ -47,14 +47,14 @@ pub trait Kernel: Sized + Send + 'static {
 }
 
 /// Checks that `weights` have the shape a kernel was generated for.
-pub fn check_shape(kernel: &str, weights: &Weights, shape: Shape) -> Result<(), String> {
+pub fn check_shape(kernel: &str, weights: &Weights, shape: Shape) -> Result<(), PrepareError> {
     if *weights.shape() == shape {
         Ok(())
     } else {
-        Err(format!(
+        Err(PrepareError::Other(format!(
             "{kernel} is generated for shape {shape}, the weights have {}",
             weights.shape()
-        ))
+        )))
     }
 }
 
@@ -68,7 +68,7 @@ pub struct KernelVariant<K: Kernel> {
 }
 
 impl<K: Kernel> KernelVariant<K> {
-    pub fn new(weights: &Weights, settings: &Settings) -> Result<KernelVariant<K>, String> {
+    pub fn new(weights: &Weights, settings: &Settings) -> Result<KernelVariant<K>, PrepareError> {
         let kernel = K::prepare(weights, settings)?;
         let mut info = VariantInfo::new(K::NAME, K::BACKEND, K::ISA, K::PRECISION);
         info.notes = K::notes();
@@ -137,7 +137,7 @@ pub trait BatchKernel: Sized + Send + 'static {
 
     fn shape() -> Shape;
 
-    fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, String>;
+    fn prepare(weights: &Weights, settings: &Settings) -> Result<Self, PrepareError>;
 
     /// One step of every lane: lane `l` feeds `toks[l]` at `pos[l]` and draws with `rs[l]`; the
     /// drawn tokens go to `next`. Every slice holds `LANES` entries (u32, the width the kernels
@@ -177,7 +177,7 @@ pub struct BatchVariant<K: BatchKernel> {
 }
 
 impl<K: BatchKernel> BatchVariant<K> {
-    pub fn new(weights: &Weights, settings: &Settings) -> Result<BatchVariant<K>, String> {
+    pub fn new(weights: &Weights, settings: &Settings) -> Result<BatchVariant<K>, PrepareError> {
         let kernel = K::prepare(weights, settings)?;
         let mut info = VariantInfo::new(K::NAME, K::BACKEND, K::ISA, K::PRECISION);
         info.streams = K::LANES;
@@ -355,78 +355,18 @@ impl<T: Element> Clone for Aligned<T> {
     }
 }
 
-/// Weight layouts generated kernels ask for at prepare time.
+/// Weight layouts generated kernels ask for at prepare time: the weight plan and the fp32 fold
+/// (re-exported, so that generated code names one path), and the prefix tables, which the
+/// reference engines evaluate.
 pub mod layout {
     use crate::reference::{Q412Reference, Reference};
-    use microgpt_model::{Buffer, Layout, Op, Param, Program, Shape};
+    use microgpt_model::Buffer;
+    pub use microgpt_model::plan::*;
     use microgpt_weights::Weights;
+    pub use microgpt_weights::folded_f32;
 
-    /// A row-major `rows × cols` matrix as columns (`out[c·rows_pad + r] = w[r][c]`), each
-    /// column padded with zeros to `rows_pad` rows: what a matvec that broadcasts one input at a
-    /// time and multiplies it by a whole column wants.
-    pub fn columns<T: Copy + Default>(w: &[T], rows: usize, cols: usize, rows_pad: usize) -> Vec<T> {
-        assert!(rows_pad >= rows && w.len() == rows * cols);
-        let mut out = vec![T::default(); cols * rows_pad];
-        for r in 0..rows {
-            for c in 0..cols {
-                out[c * rows_pad + r] = w[r * cols + c];
-            }
-        }
-        out
-    }
-
-    /// Pairs of columns interleaved (`out[(p·rows_pad + r)·2 + k] = w[r][2p + k]`, zero
-    /// padded to `rows_pad` rows and an even column count): for pairwise multiply-adds of i16
-    /// (`pmaddwd`, `vpdpwssd`), where each 32-bit lane holds one row's two weights.
-    pub fn column_pairs<T: Copy + Default>(w: &[T], rows: usize, cols: usize, rows_pad: usize) -> Vec<T> {
-        assert!(rows_pad >= rows && w.len() == rows * cols);
-        let pairs = cols.div_ceil(2);
-        let mut out = vec![T::default(); pairs * rows_pad * 2];
-        for r in 0..rows {
-            for c in 0..cols {
-                out[((c / 2) * rows_pad + r) * 2 + c % 2] = w[r * cols + c];
-            }
-        }
-        out
-    }
-
-    /// The canonical fp32 parameters with the scalings a kernel folds into its weights when it
-    /// prepares them: with `temperature`, the output head divided by it (the logits come out as
-    /// `logits / T`, what the sampler exponentiates); with `base2_queries`, every layer's query
-    /// weights multiplied by [`base2_query_scale`] (the attention's scores come out in base 2).
-    ///
-    /// [`base2_query_scale`]: microgpt_model::numerics::base2_query_scale
-    pub fn folded_f32(weights: &Weights, temperature: Option<f32>, base2_queries: bool) -> Vec<f32> {
-        let shape = weights.shape();
-        let layout = weights.layout();
-        let mut data = weights.data().to_vec();
-        if let Some(t) = temperature {
-            data[layout.tensor(Param::LmHead).range()]
-                .iter_mut()
-                .for_each(|w| *w /= t);
-        }
-        if base2_queries {
-            let scale = microgpt_model::numerics::base2_query_scale(shape);
-            for l in 0..shape.layers {
-                data[layout.tensor(Param::Wq(l)).range()]
-                    .iter_mut()
-                    .for_each(|w| *w *= scale);
-            }
-        }
-        data
-    }
-
-    /// Row-major with each row padded with zeros to `cols_pad` (embedding tables).
-    pub fn rows<T: Copy + Default>(w: &[T], rows: usize, cols: usize, cols_pad: usize) -> Vec<T> {
-        assert!(cols_pad >= cols && w.len() == rows * cols);
-        let mut out = vec![T::default(); rows * cols_pad];
-        for r in 0..rows {
-            out[r * cols_pad..][..cols].copy_from_slice(&w[r * cols..][..cols]);
-        }
-        out
-    }
-
-    /// The history-free prefix of the forward pass ([`Program::history_free_prefix`]) evaluated
+    /// The history-free prefix of the forward pass ([`microgpt_model::Program::history_free_prefix`])
+    /// evaluated
     /// by the fp32 reference for every `(tok, pos)`: row `tok · block + pos` holds the live
     /// buffers in order, each padded with zeros to a multiple of `pad`.
     pub fn prefix_table_f32(weights: &Weights, pad: usize) -> Vec<f32> {
@@ -449,156 +389,6 @@ pub mod layout {
     /// The elements of one table row: each live buffer padded to a multiple of `pad`.
     pub fn prefix_row_len(weights: &Weights, pad: usize) -> usize {
         PrefixRow::new(weights.shape(), pad).len
-    }
-
-    /// One row of a prefix table ([`prefix_table_f32`] and the others): the live buffers of the
-    /// history-free prefix in order, each padded with zeros to a multiple of `pad` elements.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct PrefixRow {
-        /// Ops the table replaces (those before the first attention).
-        pub ops: usize,
-        /// Each live buffer and its offset in the row (elements).
-        pub live: Vec<(Buffer, usize)>,
-        /// Elements of a row.
-        pub len: usize,
-    }
-
-    impl PrefixRow {
-        pub fn new(shape: &Shape, pad: usize) -> PrefixRow {
-            let prefix = Program::forward(*shape).history_free_prefix();
-            let mut len = 0;
-            let live = prefix
-                .live
-                .iter()
-                .map(|&b| {
-                    let at = len;
-                    len += b.len(shape).next_multiple_of(pad);
-                    (b, at)
-                })
-                .collect();
-            PrefixRow {
-                ops: prefix.ops,
-                live,
-                len,
-            }
-        }
-    }
-
-    /// How a tensor is rearranged at prepare time.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Arrangement {
-        /// Row-major, rows padded to `cols_pad` (embedding tables: one row per token or position;
-        /// matvecs that multiply whole rows and reduce across lanes).
-        Rows { cols_pad: usize },
-        /// Column-major, columns padded to `rows_pad` (matvecs that broadcast one input at a time).
-        Columns { rows_pad: usize },
-        /// Pairs of columns interleaved, padded to `rows_pad` rows (i16 pairwise multiply-adds).
-        ColumnPairs { rows_pad: usize },
-    }
-
-    /// One tensor in the prepared buffer.
-    #[derive(Clone, Debug)]
-    pub struct Placed {
-        pub param: Param,
-        pub rows: usize,
-        pub cols: usize,
-        /// Offset of the tensor in the canonical flat vector.
-        pub source: usize,
-        pub arrangement: Arrangement,
-        /// Offset in the prepared buffer, in elements.
-        pub offset: usize,
-        pub len: usize,
-    }
-
-    impl Placed {
-        /// This tensor, taken from the canonical parameters and rearranged.
-        pub fn arranged<T: Copy + Default>(&self, canonical: &[T]) -> Vec<T> {
-            let src = &canonical[self.source..self.source + self.rows * self.cols];
-            match self.arrangement {
-                Arrangement::Rows { cols_pad } => rows(src, self.rows, self.cols, cols_pad),
-                Arrangement::Columns { rows_pad } => columns(src, self.rows, self.cols, rows_pad),
-                Arrangement::ColumnPairs { rows_pad } => column_pairs(src, self.rows, self.cols, rows_pad),
-            }
-        }
-    }
-
-    /// Every tensor a kernel reads, in the order placed.
-    #[derive(Clone, Debug, Default)]
-    pub struct WeightPlan {
-        pub placed: Vec<Placed>,
-        pub total: usize,
-    }
-
-    impl WeightPlan {
-        /// Places the tensors the ops `ops` of `program` read: embeddings as padded rows, matrices
-        /// as `matrix(param)` says. Offsets are aligned to `align` elements.
-        pub fn new(
-            shape: &Shape,
-            ops: &[Op],
-            align: usize,
-            rows_pad: impl Fn(usize) -> usize,
-            matrix: impl Fn(usize, usize) -> Arrangement,
-        ) -> WeightPlan {
-            let layout = Layout::new(*shape);
-            let mut plan = WeightPlan::default();
-            let mut place = |param: Param, arrangement: Arrangement| {
-                let t = layout.tensor(param);
-                let len = match arrangement {
-                    Arrangement::Rows { cols_pad } => t.rows * cols_pad,
-                    Arrangement::Columns { rows_pad } => t.cols * rows_pad,
-                    Arrangement::ColumnPairs { rows_pad } => t.cols.div_ceil(2) * rows_pad * 2,
-                };
-                plan.placed.push(Placed {
-                    param,
-                    rows: t.rows,
-                    cols: t.cols,
-                    source: t.offset,
-                    arrangement,
-                    offset: plan.total,
-                    len,
-                });
-                plan.total += len.next_multiple_of(align);
-            };
-            for op in ops {
-                match *op {
-                    Op::Embed { .. } => {
-                        let cols_pad = rows_pad(shape.embd);
-                        place(Param::Wte, Arrangement::Rows { cols_pad });
-                        place(Param::Wpe, Arrangement::Rows { cols_pad });
-                    }
-                    Op::MatVec { weight, .. } => {
-                        let (rows, cols) = weight.dims(shape);
-                        place(weight, matrix(rows, cols));
-                    }
-                    Op::Logits { .. } => place(Param::LmHead, matrix(shape.vocab, shape.embd)),
-                    Op::RmsNorm { .. } | Op::Attention { .. } | Op::Add { .. } | Op::Relu { .. } => {}
-                }
-            }
-            plan
-        }
-
-        /// The prepared buffer: every placed tensor taken from the canonical parameters and
-        /// rearranged, zeros in the padding.
-        pub fn arrange<T: Copy + Default>(&self, canonical: &[T]) -> Vec<T> {
-            let mut buf = vec![T::default(); self.total];
-            for p in &self.placed {
-                buf[p.offset..p.offset + p.len].copy_from_slice(&p.arranged(canonical));
-            }
-            buf
-        }
-
-        pub fn get(&self, param: Param) -> &Placed {
-            self.placed
-                .iter()
-                .find(|p| p.param == param)
-                .unwrap_or_else(|| panic!("{param} was not placed"))
-        }
-    }
-
-    /// Whether attention heads line up with registers of `lanes` lanes, so that in-register swaps
-    /// reduce each head (otherwise the kernels reduce through memory).
-    pub fn heads_aligned(shape: &Shape, lanes: usize) -> bool {
-        lanes == 1 || (shape.embd.is_multiple_of(lanes) && shape.head_dim().is_power_of_two())
     }
 
     fn prefix_table<T: Copy + Default>(
@@ -635,41 +425,6 @@ mod tests {
         assert_eq!(a.as_slice(), &[0.0; 27]);
         let b = Aligned::from_slice(&[1i16, 2, 3]);
         assert_eq!(b.clone().as_slice(), &[1, 2, 3]);
-    }
-
-    #[test]
-    fn layouts() {
-        // 2 × 3 matrix [[1,2,3],[4,5,6]].
-        let w = [1, 2, 3, 4, 5, 6];
-        assert_eq!(columns(&w, 2, 3, 4), [1, 4, 0, 0, 2, 5, 0, 0, 3, 6, 0, 0]);
-        assert_eq!(column_pairs(&w, 2, 3, 2), [1, 2, 4, 5, 3, 0, 6, 0]);
-        assert_eq!(rows(&w, 2, 3, 4), [1, 2, 3, 0, 4, 5, 6, 0]);
-    }
-
-    #[test]
-    fn folding_scales_the_output_head_and_the_queries_only() {
-        use microgpt_model::Param;
-        let shape = Shape {
-            layers: 2,
-            ..Shape::DEFAULT
-        };
-        let w = microgpt_weights::Weights::random(shape, 3, 0.3);
-        let layout = w.layout();
-        let scale = microgpt_model::numerics::base2_query_scale(&shape);
-        assert_eq!(folded_f32(&w, None, false), w.data());
-        let both = folded_f32(&w, Some(0.5), true);
-        let head = folded_f32(&w, Some(0.5), false);
-        for t in layout.tensors() {
-            let (src, got, got_head) = (&w.data()[t.range()], &both[t.range()], &head[t.range()]);
-            let want: Vec<f32> = match t.param {
-                Param::LmHead => src.iter().map(|v| v / 0.5).collect(),
-                Param::Wq(_) => src.iter().map(|v| v * scale).collect(),
-                _ => src.to_vec(),
-            };
-            assert_eq!(got, want, "{}", t.param);
-            let want_head = if t.param == Param::LmHead { &want[..] } else { src };
-            assert_eq!(got_head, want_head, "{}", t.param);
-        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Several copies of a variant, one per core, each with its own streams.
 
-use crate::variant::{Settings, Variant, VariantInfo, VariantSpec};
+use crate::variant::{PrepareError, Settings, Variant, VariantInfo, VariantSpec};
 use microgpt_model::Shape;
 use microgpt_weights::Weights;
 
 /// Builds copy `index` of a variant (its streams numbered from `index · streams`).
-pub type Build = dyn Fn(&Weights, &Settings, usize) -> Result<Box<dyn Variant>, String> + Send + Sync;
+pub type Build = dyn Fn(&Weights, &Settings, usize) -> Result<Box<dyn Variant>, PrepareError> + Send + Sync;
 
 /// `copies` instances of a variant run on as many threads: every stream independent (own
 /// cache, own xorshift32 seeded per stream), tokens split evenly.
@@ -20,7 +20,7 @@ impl Threaded {
         settings: &Settings,
         copies: usize,
         build: &Build,
-    ) -> Result<Threaded, String> {
+    ) -> Result<Threaded, PrepareError> {
         let copies: Vec<Box<dyn Variant>> = (0..copies.max(1))
             .map(|i| build(weights, settings, i))
             .collect::<Result<_, _>>()?;
@@ -95,7 +95,7 @@ pub fn threaded_spec(
     backend: &str,
     precision: crate::Precision,
     shape: Option<Shape>,
-    build: impl Fn(&Weights, &Settings, usize) -> Result<Box<dyn Variant>, String> + Send + Sync + 'static,
+    build: impl Fn(&Weights, &Settings, usize) -> Result<Box<dyn Variant>, PrepareError> + Send + Sync + 'static,
 ) -> VariantSpec {
     let n = cores();
     let mut spec = VariantSpec::new(format!("{name}-{n}t"), backend, precision, move |w, s| {

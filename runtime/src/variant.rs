@@ -5,31 +5,10 @@ use crate::Real;
 use crate::reference::{Q412Reference, Reference};
 use crate::sampler::Sampler;
 use crate::stream::{Stream, generate_names};
+pub use microgpt_model::Precision;
 use microgpt_model::{Shape, detokenize};
 use microgpt_weights::Weights;
 use std::fmt;
-
-/// The arithmetic a variant computes in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Precision {
-    F64,
-    F32,
-    /// model.md's Q4.12 fixed point (float RMSNorm and softmax).
-    Q412,
-    /// TALOS-V2's all-integer datapath and sampler.
-    Talos,
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F64 => "f64",
-            Precision::F32 => "fp32",
-            Precision::Q412 => "Q4.12",
-            Precision::Talos => "TALOS int",
-        })
-    }
-}
 
 /// What a variant is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +30,7 @@ impl Oracle {
             Precision::F64 => Oracle::Elsewhere("golden logits (tests)"),
             Precision::F32 => Oracle::F32Reference,
             Precision::Q412 => Oracle::Q412Reference,
-            Precision::Talos => Oracle::Elsewhere("TALOS-V2 RTL vectors (tests)"),
+            Precision::Integer => Oracle::Elsewhere("hardware test vectors (tests)"),
         }
     }
 
@@ -189,7 +168,42 @@ pub trait Variant: Send {
     }
 }
 
-type Prepare = dyn Fn(&Weights, &Settings) -> Result<Box<dyn Variant>, String> + Send + Sync;
+/// Why a variant could not be prepared: the bench shows the row as skipped with this reason,
+/// and a test skips only for [`PrepareError::MissingFeature`] (outside CI).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrepareError {
+    /// This CPU lacks an instruction-set feature the kernel is compiled for.
+    MissingFeature { kernel: String, feature: &'static str },
+    /// Anything else (weights of another shape, no GPU, a compiler's refusal): one line.
+    Other(String),
+}
+
+impl fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrepareError::MissingFeature { kernel, feature } => {
+                write!(f, "{kernel} needs the CPU feature {feature}")
+            }
+            PrepareError::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for PrepareError {}
+
+impl From<String> for PrepareError {
+    fn from(reason: String) -> PrepareError {
+        PrepareError::Other(reason)
+    }
+}
+
+impl From<&str> for PrepareError {
+    fn from(reason: &str) -> PrepareError {
+        PrepareError::Other(reason.to_string())
+    }
+}
+
+type Prepare = dyn Fn(&Weights, &Settings) -> Result<Box<dyn Variant>, PrepareError> + Send + Sync;
 
 /// A registry entry: a name and how to prepare the variant for some weights. Preparing may
 /// decline with a one-line reason (a missing CPU feature, a shape the kernel was not generated
@@ -210,7 +224,7 @@ impl VariantSpec {
         name: impl Into<String>,
         backend: impl Into<String>,
         precision: Precision,
-        prepare: impl Fn(&Weights, &Settings) -> Result<Box<dyn Variant>, String> + Send + Sync + 'static,
+        prepare: impl Fn(&Weights, &Settings) -> Result<Box<dyn Variant>, PrepareError> + Send + Sync + 'static,
     ) -> VariantSpec {
         VariantSpec {
             name: name.into(),
@@ -228,7 +242,7 @@ impl VariantSpec {
         self
     }
 
-    pub fn prepare(&self, weights: &Weights, settings: &Settings) -> Result<Box<dyn Variant>, String> {
+    pub fn prepare(&self, weights: &Weights, settings: &Settings) -> Result<Box<dyn Variant>, PrepareError> {
         (self.prepare)(weights, settings)
     }
 }
@@ -261,9 +275,6 @@ pub fn variants() -> Vec<VariantSpec> {
                     .into(),
             );
             Ok(Box::new(v))
-        }),
-        VariantSpec::new("talos", "emulator", Precision::Talos, |w, s| {
-            Ok(Box::new(crate::talos::TalosVariant::new(w, s)?))
         }),
     ]
 }

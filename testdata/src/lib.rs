@@ -70,7 +70,7 @@ pub fn golden_max_diff(doc: &serde_json::Value, mut step: impl FnMut(usize, usiz
             assert_eq!(got.len(), want.len(), "vocab");
             for (g, w) in got.iter().zip(want) {
                 let d = (*g as f64 - w.as_f64().expect("a number")).abs();
-                worst = if d.is_nan() { f64::NAN } else { worst.max(d) };
+                worst = microgpt_model::numerics::max_error(worst, d);
             }
         }
     }

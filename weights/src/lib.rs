@@ -7,11 +7,13 @@
 //! - [`default_weights`]: the trained default weights, embedded in the binary.
 
 mod error;
+mod fold;
 mod formats;
 mod init;
 mod q412;
 
 pub use error::{Problem, WeightsError};
+pub use fold::folded_f32;
 pub use formats::{Format, LoadOptions, load, load_bytes, safetensors_metadata, talos_hex_file_name};
 pub use q412::{Q412_ONE, dequantize, q412, quantize};
 

@@ -183,7 +183,7 @@ pub(crate) fn assert_step_input(shape: &Shape, tok: usize, pos: usize) {
 }
 
 /// Two distinct buffers: one to read, one to write.
-pub(crate) fn pair<T>(buffers: &mut [Vec<T>], read: Buffer, write: Buffer) -> (&[T], &mut [T]) {
+pub fn pair<T>(buffers: &mut [Vec<T>], read: Buffer, write: Buffer) -> (&[T], &mut [T]) {
     let (r, w) = (read.index(), write.index());
     assert_ne!(r, w, "an op reads and writes {read}");
     if r < w {

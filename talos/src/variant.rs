@@ -2,8 +2,8 @@
 
 use super::board::MAX_GEN;
 use super::{CLOCK_HZ, StepInput, Talos, arith::theta_of};
-use crate::variant::{Modelled, Oracle, Precision, Settings, Variant, VariantInfo};
 use microgpt_model::{Shape, detokenize};
+use microgpt_runtime::variant::{Modelled, Oracle, Precision, Settings, Variant, VariantInfo};
 use microgpt_weights::{Q412_ONE, Weights};
 
 /// TALOS-V2 emulated: the benchmark runs the board's generate loop back to back (samples of at
@@ -25,7 +25,7 @@ pub struct TalosVariant {
 impl TalosVariant {
     pub fn new(weights: &Weights, settings: &Settings) -> Result<TalosVariant, String> {
         let talos = Talos::new(weights).map_err(|e| e.to_string())?;
-        let mut info = VariantInfo::new("talos", "emulator", "scalar", Precision::Talos);
+        let mut info = VariantInfo::new("talos", "emulator", "scalar", Precision::Integer);
         info.oracle = Oracle::Elsewhere("TALOS-V2 RTL vectors (tests)");
         let theta = theta_of(settings.temperature);
         info.notes.push(format!(
@@ -36,7 +36,7 @@ impl TalosVariant {
             info,
             talos,
             theta,
-            rng: crate::sampler::DEFAULT_SEED,
+            rng: microgpt_runtime::sampler::DEFAULT_SEED,
             token: Shape::DEFAULT.bos(),
             pos: 0,
             emitted_in_sample: 0,

@@ -5,10 +5,10 @@
 //! position by position from the last, so that when a position's attention is reached every
 //! later position has already added its share to that position's key and value gradients.
 
-use crate::Real;
-use crate::reference::math::{self, Heads};
-use crate::reference::{Buffers, Hook, Reference};
 use microgpt_model::{Buffer, Layout, Op, Param, Program};
+use microgpt_runtime::Real;
+use microgpt_runtime::reference::math::{self, Heads};
+use microgpt_runtime::reference::{Buffers, Hook, Reference};
 
 /// The buffer whose value before the op its gradient needs (`None`: nothing to record).
 fn recorded_input(op: &Op) -> Option<Buffer> {

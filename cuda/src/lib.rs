@@ -57,20 +57,22 @@
 //! out in base 2 with no multiply on the device; the prefix table follows them in the same buffer
 //! ([`device_floats`]).
 //!
-//! Streams follow [`crate::stream::Stream`]: BOS at position 0, restart after drawing BOS or
+//! Streams follow [`microgpt_runtime::stream::Stream`]: BOS at position 0, restart after drawing BOS or
 //! filling the block; stream `s` of a run with seed `seed` starts from
-//! [`crate::stream::stream_seed`]`(seed, s)`. The per-launch checksum is [`Stream::run`]'s.
+//! [`microgpt_runtime::stream::stream_seed`]`(seed, s)`. The per-launch checksum is [`Stream::run`]'s.
 //!
-//! [`Stream::run`]: crate::stream::Stream::run
+//! [`Stream::run`]: microgpt_runtime::stream::Stream::run
 
 #[cfg(feature = "cuda")]
 pub mod host;
 
-use crate::VariantSpec;
-use crate::kernel::layout::{PrefixRow, folded_f32, prefix_table_f32};
 use microgpt_model::numerics::base2_query_scale;
+use microgpt_model::plan::PrefixRow;
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
+use microgpt_runtime::VariantSpec;
+use microgpt_runtime::kernel::layout::prefix_table_f32;
 use microgpt_weights::Weights;
+use microgpt_weights::folded_f32;
 use std::fmt::Write;
 
 /// Shared memory the generated kernels may plan on per block (bytes): the H100's opt-in maximum
@@ -269,7 +271,7 @@ pub fn variants() -> Vec<VariantSpec> {
     {
         variant_names()
             .map(|name| {
-                VariantSpec::new(name, "cuda", crate::Precision::F32, |_, _| {
+                VariantSpec::new(name, "cuda", microgpt_runtime::Precision::F32, |_, _| {
                     Err(WITHOUT_CUDA.into())
                 })
             })
@@ -2114,7 +2116,7 @@ mod tests {
         assert_eq!(d.len(), define("MG_DEVICE_FLOATS"));
         assert_eq!(d[..w.data().len()], arrange(&w)[..]);
         assert_eq!((at % 4, row), (0, 4 * 20));
-        let mut r = crate::Reference::<f32>::new(&w);
+        let mut r = microgpt_runtime::Reference::<f32>::new(&w);
         let (tok, pos) = (11, 5);
         let prefix = Program::forward(shape).history_free_prefix();
         r.run_ops(tok, pos, prefix.ops, &mut ());

@@ -25,7 +25,7 @@ pub struct Roof {
 impl Roof {
     /// Measures for about `seconds` in all.
     pub fn measure(seconds: f64) -> Roof {
-        let cores = crate::threads::cores();
+        let cores = microgpt_runtime::threads::cores();
         let (isa, lanes, kernel) = widest();
         let window = (seconds / 10.0).max(1e-3);
         // Calibrate the iteration count to about one window.

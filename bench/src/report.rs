@@ -1,9 +1,10 @@
 //! The bench's output: a table a person reads at a glance, and stable JSON for tools.
 
-use crate::bench::{BenchOptions, Outcome, Row, TALOS_CLAIMED_TOK_PER_S};
+use crate::harness::{BenchOptions, Outcome, Row};
 use crate::machine::Machine;
 use crate::roof::Roof;
 use microgpt_model::Shape;
+use microgpt_talos::CLAIMED_TOK_PER_S as TALOS_CLAIMED_TOK_PER_S;
 use serde_json::{Value, json};
 
 /// Everything a report shows.

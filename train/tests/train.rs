@@ -1,11 +1,12 @@
 //! The trainer: gradients against finite differences, learning, determinism, model.md's NLL.
 
 use microgpt_model::Shape;
+use microgpt_model::numerics::max_error;
 use microgpt_runtime::Reference;
 use microgpt_runtime::reference::math::softmax;
-use microgpt_runtime::train::backward::Backprop;
-use microgpt_runtime::train::{Dataset, Recipe, TrainConfig, nll, train};
 use microgpt_testdata::shared_data;
+use microgpt_train::backward::Backprop;
+use microgpt_train::{Dataset, Recipe, TrainConfig, nll, train};
 use microgpt_weights::{LoadOptions, Weights, load};
 
 const SMALL_CORPUS: &str = "emma\nolivia\nava\nisabella\nsophia\ncharlotte\nmia\namelia\nharper\nevelyn\n\
@@ -47,7 +48,7 @@ fn gradients_match_finite_differences() {
         engine.weights_mut()[i] = w0;
         let numeric = (up - down) / (2.0 * h);
         let err = (numeric - analytic).abs() / (1e-4 + numeric.abs().max(analytic.abs()));
-        worst = worst.max(err);
+        worst = max_error(worst, err);
         assert!(err < 1e-5, "param {i}: analytic {analytic} numeric {numeric}");
     }
     // Guard against a vacuous pass: gradients are far from zero.

@@ -2,7 +2,7 @@
 //! the reference data; the tests skip when it is absent).
 
 use microgpt_model::{Buffer, Shape, detokenize};
-use microgpt_runtime::talos::{StepInput, Talos, TalosError, Trace};
+use microgpt_talos::{StepInput, Talos, TalosError, Trace};
 use microgpt_testdata::shared_data;
 use microgpt_weights::{LoadOptions, Weights, load};
 

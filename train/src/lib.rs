@@ -4,9 +4,9 @@
 
 pub mod backward;
 
-use crate::reference::Reference;
 use backward::Backprop;
 use microgpt_model::{Shape, char_token};
+use microgpt_runtime::reference::Reference;
 use microgpt_weights::Weights;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -255,7 +255,7 @@ pub fn nll(weights: &Weights, data: &Dataset) -> f64 {
                     let (inputs, targets) = data.sequence(i);
                     for (pos, (&tok, &target)) in inputs.iter().zip(&targets).enumerate() {
                         probs.copy_from_slice(engine.forward(tok, pos));
-                        crate::reference::math::softmax(&mut probs);
+                        microgpt_runtime::reference::math::softmax(&mut probs);
                         sum -= probs[target].ln();
                     }
                 }

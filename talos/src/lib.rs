@@ -12,16 +12,30 @@ mod variant;
 pub use board::Sample;
 pub use variant::TalosVariant;
 
-use crate::reference::{Buffers, pair};
 use arith::{adds, divs, expa, mulq, rms_scale, sample_weight, sat16, tshift};
 use microgpt_model::{Buffer, Layout, Op, Param, Program, Shape};
+use microgpt_runtime::VariantSpec;
+use microgpt_runtime::reference::{Buffers, pair};
 use microgpt_weights::Weights;
 use std::fmt;
 
 /// The FPGA's clock: 50 MHz × 9/8.
 pub const CLOCK_HZ: f64 = 56_250_000.0;
+/// TALOS-V2's published throughput at [`CLOCK_HZ`], tokens a second: the baseline the bench's
+/// "x FPGA" column divides by.
+pub const CLAIMED_TOK_PER_S: f64 = 53_000.0;
 /// The multiplier the RTL sampler applies to the RNG state before taking its top 24 bits.
 pub const SAMPLER_MIX: u32 = 0x0001_49FB;
+
+/// The registry entry: the emulator as the `talos` bench row.
+pub fn variants() -> Vec<VariantSpec> {
+    vec![VariantSpec::new(
+        "talos",
+        "emulator",
+        microgpt_model::Precision::Integer,
+        |w, s| Ok(Box::new(TalosVariant::new(w, s)?)),
+    )]
+}
 
 /// Why the emulator refused an input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,7 +221,7 @@ impl Talos {
         }
         // The RNG advances first, and only when sampling.
         let rng = if input.sample {
-            crate::sampler::xorshift32(input.rng)
+            microgpt_runtime::sampler::xorshift32(input.rng)
         } else {
             input.rng
         };

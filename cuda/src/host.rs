@@ -3,15 +3,15 @@
 //! device answers, every entry point returns a one-line reason instead of panicking.
 
 use super::{CudaSource, Launch, NAIVE, NVRTC_OPTIONS, device_floats, render};
-use crate::sampler::Sampler;
-use crate::stream::{Stream, stream_seed};
-use crate::variant::{Precision, Settings, Variant, VariantInfo};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use microgpt_model::Shape;
+use microgpt_runtime::sampler::Sampler;
+use microgpt_runtime::stream::{Stream, stream_seed};
+use microgpt_runtime::variant::{Precision, Settings, Variant, VariantInfo};
 use microgpt_weights::Weights;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -397,8 +397,8 @@ fn fail(e: String) -> ! {
 
 /// The `cuda-*` variants' registry entries. Each declines with the reason when this machine has
 /// no usable CUDA.
-pub fn variants() -> Vec<crate::VariantSpec> {
-    use crate::VariantSpec;
+pub fn variants() -> Vec<microgpt_runtime::VariantSpec> {
+    use microgpt_runtime::VariantSpec;
     let naive = VariantSpec::new(NAIVE, "cuda", Precision::F32, |w, s| {
         Ok(Box::new(Naive::new(w, s)?) as Box<dyn Variant>)
     });
@@ -450,7 +450,7 @@ impl Naive {
             scratch,
             sampler: Sampler::new(settings.temperature),
             logits: vec![0.0; shape.vocab],
-            stream: Stream::new(&shape, crate::sampler::DEFAULT_SEED),
+            stream: Stream::new(&shape, microgpt_runtime::sampler::DEFAULT_SEED),
         })
     }
 
@@ -621,7 +621,7 @@ impl Persistent {
             dev,
         };
         v.self_check()?;
-        v.reset(crate::sampler::DEFAULT_SEED);
+        v.reset(microgpt_runtime::sampler::DEFAULT_SEED);
         Ok(v)
     }
 
@@ -630,7 +630,7 @@ impl Persistent {
     fn self_check(&mut self) -> Result<(), String> {
         const TOKENS: u64 = 2048;
         let shape = self.dev.source.shape;
-        let mut stream = Stream::new(&shape, stream_seed(crate::sampler::DEFAULT_SEED, 0));
+        let mut stream = Stream::new(&shape, stream_seed(microgpt_runtime::sampler::DEFAULT_SEED, 0));
         let mut error = None;
         let want = stream.run(TOKENS, |t, p, r| {
             self.try_step(t, p, r).unwrap_or_else(|e| {
@@ -641,7 +641,7 @@ impl Persistent {
         if let Some(e) = error {
             return Err(e);
         }
-        self.reset(crate::sampler::DEFAULT_SEED);
+        self.reset(microgpt_runtime::sampler::DEFAULT_SEED);
         let got = self.launch(TOKENS)?;
         if got[0] != want {
             return Err(format!(
@@ -765,6 +765,7 @@ mod tests {
             match spec.prepare(&weights, &Settings::default()) {
                 Ok(v) => assert!(v.info().on_gpu, "{}", spec.name),
                 Err(why) => {
+                    let why = why.to_string();
                     assert!(!why.is_empty() && !why.contains('\n'), "{}: {why:?}", spec.name);
                     eprintln!("{}: skipped: {why}", spec.name);
                 }

@@ -1,9 +1,10 @@
 //! The soak: a variant runs for a long window, stopped about once a second for a teacher-forced
 //! spot check against its oracle; the report counts tokens, checks and divergences.
 
-use crate::bench::{BenchOptions, teacher_forced};
-use crate::sampler::XorShift32;
-use crate::variant::{Precision, Variant};
+use crate::harness::BenchOptions;
+use microgpt_runtime::check::teacher_forced;
+use microgpt_runtime::sampler::XorShift32;
+use microgpt_runtime::variant::{Precision, Variant};
 use std::time::Instant;
 
 /// Where a soak stands (also its final report).
@@ -95,9 +96,9 @@ pub fn soak(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Settings;
-    use crate::variant::{q412_variant, reference_variant};
     use microgpt_model::Shape;
+    use microgpt_runtime::Settings;
+    use microgpt_runtime::variant::{q412_variant, reference_variant};
     use microgpt_weights::Weights;
 
     #[test]

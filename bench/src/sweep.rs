@@ -3,8 +3,8 @@
 //! generated for. Weights are a seeded random init (the shapes have no trained weights); every
 //! row is still checked against its oracle.
 
+use crate::harness::{BenchOptions, Outcome, run_all};
 use microgpt_model::Shape;
-use microgpt_runtime::bench::{BenchOptions, Outcome, run_all};
 use microgpt_runtime::{Precision, VariantSpec};
 use microgpt_weights::Weights;
 
@@ -131,7 +131,7 @@ pub fn table(rows: &[SweepRow]) -> String {
             r.macs,
             r.series,
             r.variant,
-            microgpt_runtime::report::human_rate(r.tok_per_s),
+            crate::report::human_rate(r.tok_per_s),
             r.tok_per_s * r.macs as f64 / 1e9,
             if r.agreed { "" } else { "  MISMATCH" }
         ));

@@ -6,9 +6,9 @@
 //! streams) against the shared generation loop's checksums. No GPU needed; it says nothing about
 //! speed. Needs g++ with C++20: outside CI the test skips with a message when it is missing.
 
+use microgpt_cuda::{CudaSource, STREAM_THREADS, device_floats, render};
 use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Param, Shape};
-use microgpt_runtime::cuda::{CudaSource, STREAM_THREADS, device_floats, render};
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
 use microgpt_weights::{Weights, default_weights};

@@ -5,8 +5,8 @@
 //! CI (`CI` set) it fails.
 #![cfg(feature = "cuda")]
 
+use microgpt_cuda::{NVRTC_OPTIONS, host, render};
 use microgpt_model::Shape;
-use microgpt_runtime::cuda::{NVRTC_OPTIONS, host, render};
 use std::path::PathBuf;
 use std::process::Command;
 
