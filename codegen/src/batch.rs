@@ -8,10 +8,11 @@
 //! The Q4.12 kernels keep the reference's operation order lane by lane (sums over channels and
 //! positions run in order), so their integers match it bit for bit.
 
-use crate::emit::{Body, tree};
+use crate::emit::{Body, Vector, tree};
 use crate::expand::{KernelId, cfg_attr, feature_checks};
 use crate::f32::{exp_fn, exp2_fn};
 use crate::target::Target;
+use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
 use microgpt_model::{Buffer, Layout, Op, Param, Precision, Program, RMS_EPS, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
@@ -218,31 +219,17 @@ impl<'a> BatchGen<'a> {
                 let n = e as f32;
                 let (pre, outs, doc) = if self.q412() {
                     let fx: Vec<T> = (0..e)
-                        .map(|c| {
-                            t.mul(
-                                t.i32_to_f32(quote! { x[#c] }),
-                                t.splat(quote! { (1.0f32 / 4096.0) }),
-                            )
-                        })
+                        .map(|c| q412_real(&mut Vector(t), t.i32_to_f32(quote! { x[#c] })))
                         .collect();
                     let mut ms = t.zero();
                     for c in 0..e {
                         ms = t.add(ms, t.mul(quote! { fx[#c] }, quote! { fx[#c] }));
                     }
-                    let scale = t.div(
-                        t.splat(quote! { 1.0f32 }),
-                        t.sqrt(t.add(
-                            t.div(quote! { ms }, t.splat(quote! { #n })),
-                            t.splat(quote! { 1e-5f32 }),
-                        )),
-                    );
+                    let scale = q412_rms_scale(&mut Vector(t), quote! { ms }, e);
                     let vf = t.vf();
                     let outs: Vec<T> = (0..e)
                         .map(|c| {
-                            let y = t.mul(
-                                t.mul(quote! { fx[#c] }, quote! { scale }),
-                                t.splat(quote! { 4096.0f32 }),
-                            );
+                            let y = q412_rms_value(&mut Vector(t), quote! { fx[#c] }, quote! { scale });
                             t.sat16(t.f32_to_i32_round(y))
                         })
                         .collect();
@@ -563,7 +550,7 @@ impl<'a> BatchGen<'a> {
         let ty = self.arr(e);
         let vf = t.vf();
         let vi = t.vi();
-        let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
+        let inv_sqrt = q412_score_scale(hd);
         let zero = t.zero();
         let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
         let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
@@ -863,8 +850,10 @@ impl<'a> BatchGen<'a> {
 
 /// How a batch kernel keeps the embedding tables (`emb`, f32 or the Q4.12 words as i32): on
 /// AVX-512, when both tables have at most 32 rows, column by column with each column padded to 16
-/// or 32 entries (one or two registers: a lane's entry is then one permute away); otherwise row by
-/// row, wte then wpe, for gathers.
+/// or 32 entries (the weight plan's columns: one or two registers, so a lane's entry is one permute
+/// away); otherwise row by row, wte then wpe, for gathers. The matrices stay in the canonical
+/// row-major order: every lane multiplies the same weight by its own input, so a matvec reads one
+/// weight at a time and broadcasts it, and no rearrangement helps.
 struct EmbTable {
     /// The padded column lengths of wte and wpe, when laid out by columns.
     padded: Option<(usize, usize)>,
@@ -884,12 +873,8 @@ impl EmbTable {
         let (e, vocab, block) = (s.embd, s.vocab, s.block);
         let order = match self.padded {
             Some((pt, pp)) => quote! {
-                for (range, rows, pad) in [(wte, #vocab, #pt), (wpe, #block, #pp)] {
-                    let table = &words[range];
-                    for c in 0..#e {
-                        out.extend((0..pad).map(|r| if r < rows { table[r * #e + c] } else { #elem::default() }));
-                    }
-                }
+                out.extend(::microgpt_runtime::kernel::layout::columns(&words[wte], #vocab, #e, #pt));
+                out.extend(::microgpt_runtime::kernel::layout::columns(&words[wpe], #block, #e, #pp));
             },
             None => quote! {
                 out.extend_from_slice(&words[wte]);

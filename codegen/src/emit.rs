@@ -1,5 +1,6 @@
 //! A statement list under construction, with fresh local names.
 
+use crate::target::Target;
 use microgpt_model::numerics::F32Ops;
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
@@ -87,5 +88,28 @@ impl F32Ops for Expr {
     }
     fn sqrt(&mut self, a: TokenStream) -> TokenStream {
         quote! { #a.sqrt() }
+    }
+}
+
+/// [`F32Ops`] on a target's vectors as one Rust expression, lane by lane (constants are splat
+/// vectors).
+pub struct Vector(pub Target);
+
+impl F32Ops for Vector {
+    type V = TokenStream;
+    fn constant(&mut self, x: f32) -> TokenStream {
+        self.0.splat(quote! { #x })
+    }
+    fn mul(&mut self, a: TokenStream, b: TokenStream) -> TokenStream {
+        self.0.mul(a, b)
+    }
+    fn add(&mut self, a: TokenStream, b: TokenStream) -> TokenStream {
+        self.0.add(a, b)
+    }
+    fn div(&mut self, a: TokenStream, b: TokenStream) -> TokenStream {
+        self.0.div(a, b)
+    }
+    fn sqrt(&mut self, a: TokenStream) -> TokenStream {
+        self.0.sqrt(a)
     }
 }

@@ -8,10 +8,11 @@
 //! Only the sampler, which the tolerance rules cover, is free.
 
 use crate::attn::{self, LaneOps};
-use crate::emit::{Body, ident, tree};
+use crate::emit::{Body, Expr, Vector, ident, tree};
 use crate::f32::{exp_fn, sample_fn};
 use crate::frame::Frame;
 use crate::target::Target;
+use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
 use microgpt_model::plan::Arrangement;
 use microgpt_model::{Buffer, Op, Param, Program};
 use proc_macro2::{Ident, TokenStream};
@@ -155,12 +156,7 @@ impl<'a> Q412Gen<'a> {
                 let fty = self.fty(n);
                 let epad = self.f.padded(n);
                 let fx: Vec<T> = (0..r)
-                    .map(|i| {
-                        t.mul(
-                            t.i32_to_f32(quote! { x[#i] }),
-                            t.splat(quote! { (1.0f32 / 4096.0) }),
-                        )
-                    })
+                    .map(|i| q412_real(&mut Vector(t), t.i32_to_f32(quote! { x[#i] })))
                     .collect();
                 let sq_stores: Vec<T> = (0..r)
                     .map(|i| {
@@ -174,14 +170,11 @@ impl<'a> Q412Gen<'a> {
                 let adds: Vec<T> = (0..n).map(|i| quote! { ms += sq[#i]; }).collect();
                 let outs: Vec<T> = (0..r)
                     .map(|i| {
-                        let y = t.mul(
-                            t.mul(quote! { fx[#i] }, t.splat(quote! { scale })),
-                            t.splat(quote! { 4096.0f32 }),
-                        );
+                        let y = q412_rms_value(&mut Vector(t), quote! { fx[#i] }, t.splat(quote! { scale }));
                         t.sat16(t.f32_to_i32_round(y))
                     })
                     .collect();
-                let nf = n as f32;
+                let scale = q412_rms_scale(&mut Expr, quote! { ms }, n);
                 let name = format_ident!("op{:02}_rmsnorm", index);
                 let doc = format!(
                     "{doc_head} In f32 as the reference does it: the sum of squares left to right, \
@@ -196,7 +189,7 @@ impl<'a> Q412Gen<'a> {
                         #(#sq_stores)*
                         let mut ms = 0.0f32;
                         #(#adds)*
-                        let scale = 1.0f32 / (ms / #nf + 1e-5f32).sqrt();
+                        let scale = #scale;
                         [#(#outs),*]
                     }
                 });
@@ -394,8 +387,7 @@ impl<'a> Q412Gen<'a> {
         let epad = self.f.padded(e);
         let ty = self.ity(e);
         let cache = layer * s.block * epad;
-        // As the reference computes it: 1 / sqrt(hd) in f32.
-        let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
+        let inv_sqrt = q412_score_scale(hd);
         let attrs = self.attrs();
         let mut pre = Body::default();
         for i in 0..r {

@@ -67,7 +67,7 @@
 pub mod host;
 
 use microgpt_model::numerics::base2_query_scale;
-use microgpt_model::plan::PrefixRow;
+use microgpt_model::plan::{Arrangement, PrefixRow, WeightPlan};
 use microgpt_model::{Buffer, Layout, Op, Param, Program, RMS_EPS, Shape};
 use microgpt_runtime::VariantSpec;
 use microgpt_runtime::kernel::layout::prefix_table_f32;
@@ -281,17 +281,21 @@ pub fn variants() -> Vec<VariantSpec> {
 
 /// The weights in the order and scale the kernels read them (see the module docs).
 pub fn arrange(weights: &Weights) -> Vec<f32> {
-    let scaled = folded_f32(weights, None, true);
-    let mut out = scaled.clone();
-    for t in weights.layout().tensors().iter().filter(|t| transposed(t.param)) {
-        let (src, dst) = (&scaled[t.range()], &mut out[t.range()]);
-        for r in 0..t.rows {
-            for c in 0..t.cols {
-                dst[c * t.rows + r] = src[r * t.cols + c];
-            }
-        }
-    }
-    out
+    weight_plan(weights.shape()).arrange(&folded_f32(weights, None, true))
+}
+
+/// The weight plan of every CUDA kernel: neither padding nor alignment, so that every tensor
+/// keeps its canonical offset (the offsets the source names), the embeddings as rows and every
+/// other matrix as columns, `[in][out]` ([`transposed`]).
+fn weight_plan(shape: &Shape) -> WeightPlan {
+    let program = Program::forward(*shape);
+    WeightPlan::new(
+        shape,
+        program.ops(),
+        1,
+        |n| n,
+        |rows, _| Arrangement::Columns { rows_pad: rows },
+    )
 }
 
 /// NVRTC's options for every source, besides `--gpu-architecture` (see the module docs).
@@ -2035,6 +2039,26 @@ extern "C" __global__ void mg_streams(const float* __restrict__ wg, unsigned* st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_weight_plan_keeps_every_tensor_at_its_canonical_offset() {
+        for shape in [Shape::DEFAULT, Shape::new(11, 8, 12, 3, 3, 20).unwrap()] {
+            let plan = weight_plan(&shape);
+            let layout = Layout::new(shape);
+            assert_eq!(plan.total, layout.param_count(), "{shape}");
+            for t in layout.tensors() {
+                let placed = plan.get(t.param);
+                assert_eq!(
+                    (placed.offset, placed.len),
+                    (t.offset, t.len()),
+                    "{shape} {}",
+                    t.param
+                );
+                let columns = matches!(placed.arrangement, Arrangement::Columns { .. });
+                assert_eq!(columns, transposed(t.param), "{shape} {}", t.param);
+            }
+        }
+    }
 
     #[test]
     fn every_op_has_a_kernel_and_a_line_in_both_steps() {

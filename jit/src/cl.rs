@@ -42,7 +42,7 @@ impl F32Ops for Cl<'_> {
 }
 
 /// [`ExpOps`] on f32x4 values (constants are splat vectors).
-struct Lanes<'c, 'a>(&'c mut Cl<'a>);
+pub struct Lanes<'c, 'a>(pub &'c mut Cl<'a>);
 
 impl F32Ops for Lanes<'_, '_> {
     type V = Value;

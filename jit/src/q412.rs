@@ -4,11 +4,12 @@
 //! order, so every integer matches it bit for bit.
 
 use crate::attn::{Cache, for_positions};
-use crate::cl::{Cl, LANES};
+use crate::cl::{Cl, LANES, Lanes};
 use crate::fp32::{ACCUMULATORS, Params, reduce_heads, sample};
 use crate::state::{StateLayout, padded};
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, SourceLoc, Value};
+use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
 use microgpt_model::{Buffer, Op, Param, Program};
 use std::collections::HashMap;
 
@@ -98,14 +99,13 @@ pub fn render(
 }
 
 /// RMSNorm as the reference computes it: squares summed left to right in f32, the scale
-/// `1/sqrt(ms/n + 1e-5)`, each value rounded half to even and saturated.
+/// ([`q412_rms_scale`]), each value ([`q412_rms_value`]) rounded half to even and saturated.
 fn rmsnorm(cl: &mut Cl<'_>, x: &[Value], n: usize) -> Vec<Value> {
-    let quarter = cl.splat_f(1.0 / 4096.0);
     let fx: Vec<Value> = x
         .iter()
         .map(|&v| {
             let f = cl.i32_to_f32(v);
-            cl.fmul(f, quarter)
+            q412_real(&mut Lanes(cl), f)
         })
         .collect();
     let mut ms = cl.f32(0.0);
@@ -114,19 +114,11 @@ fn rmsnorm(cl: &mut Cl<'_>, x: &[Value], n: usize) -> Vec<Value> {
         let lane = cl.lane(sq, i % LANES);
         ms = cl.b.ins().fadd(ms, lane);
     }
-    let nf = cl.f32(n as f32);
-    let mean = cl.b.ins().fdiv(ms, nf);
-    let eps = cl.f32(1e-5);
-    let d = cl.b.ins().fadd(mean, eps);
-    let d = cl.b.ins().sqrt(d);
-    let one = cl.f32(1.0);
-    let scale = cl.b.ins().fdiv(one, d);
+    let scale = q412_rms_scale(cl, ms, n);
     let scale = cl.b.ins().splat(F32X4, scale);
-    let full = cl.splat_f(4096.0);
     fx.into_iter()
         .map(|f| {
-            let y = cl.fmul(f, scale);
-            let y = cl.fmul(y, full);
+            let y = q412_rms_value(&mut Lanes(cl), f, scale);
             cl.round_sat16(y)
         })
         .collect()
@@ -214,7 +206,7 @@ fn attention(
     let r = cache.regs;
     // As the reference: dot / 4096 / 4096 (exact) times 1/sqrt(hd) computed in f32.
     let unit = cl.splat_f(1.0 / 16_777_216.0);
-    let inv_sqrt = cl.splat_f(1.0 / (hd as f32).sqrt());
+    let inv_sqrt = cl.splat_f(q412_score_scale(hd));
 
     // Pass 1: exact dots per head, scaled scores (stored), their max.
     let m = cache.scores(cl, p, &mut |cl, kt| {

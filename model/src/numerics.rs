@@ -122,6 +122,43 @@ pub fn rms_factor<O: F32Ops>(o: &mut O, sum_sq: O::V, n: usize, pending: Option<
     o.div(num, d)
 }
 
+/// 1.0 in Q4.12: the i16 `q` stands for the real `q / Q412_ONE` (docs/spec.md).
+pub const Q412_ONE: f32 = 4096.0;
+
+/// A Q4.12 value (already an `f32`, exactly) as the real it stands for: `q · (1/4096)`, exact.
+pub fn q412_real<O: F32Ops>(o: &mut O, q: O::V) -> O::V {
+    let inv_one = o.constant(1.0 / Q412_ONE);
+    o.mul(q, inv_one)
+}
+
+/// Q4.12 RMSNorm's scale, in f32 as the reference has it: `1 / √(ms / n + ε)`, where `ms` is the
+/// sum of the squares of the `n` inputs as reals ([`q412_real`]), each square rounded and the
+/// sum taken from the first input on. Every renderer of a Q4.12 RMSNorm evaluates this.
+pub fn q412_rms_scale<O: F32Ops>(o: &mut O, ms: O::V, n: usize) -> O::V {
+    let n = o.constant(n as f32);
+    let mean = o.div(ms, n);
+    let eps = o.constant(crate::RMS_EPS as f32);
+    let d = o.add(mean, eps);
+    let root = o.sqrt(d);
+    let one = o.constant(1.0);
+    o.div(one, root)
+}
+
+/// One output of a Q4.12 RMSNorm before it is rounded half to even and saturated to i16: the
+/// input as a real times the [`q412_rms_scale`], back in Q4.12 units (`· 4096`).
+pub fn q412_rms_value<O: F32Ops>(o: &mut O, real: O::V, scale: O::V) -> O::V {
+    let y = o.mul(real, scale);
+    let one = o.constant(Q412_ONE);
+    o.mul(y, one)
+}
+
+/// The Q4.12 attention's score scale, `1/√head_dim` in f32: a score is
+/// `dot / 4096 / 4096 · q412_score_scale(head_dim)` (the dot product of two Q4.12 vectors, in
+/// i32).
+pub fn q412_score_scale(head_dim: usize) -> f32 {
+    1.0 / (head_dim as f32).sqrt()
+}
+
 /// The operations of [`exp_rule`] beyond [`F32Ops`]'s (on values that are never NaN).
 pub trait ExpOps: F32Ops {
     fn sub(&mut self, a: Self::V, b: Self::V) -> Self::V;

@@ -1,7 +1,6 @@
 //! Q4.12 fixed point: an i16 holding `value · 4096`.
 
-/// 1.0 in Q4.12.
-pub const Q412_ONE: f32 = 4096.0;
+pub use microgpt_model::numerics::Q412_ONE;
 
 /// model.md's weight quantisation: `clamp(round_ties_even(w · 4096), -32768, 32767)`.
 pub fn q412(w: f32) -> i16 {

@@ -2,7 +2,7 @@
 //! `bench_c_q412`). Its integer results are what every Q4.12 kernel must reproduce bit for bit.
 
 use super::Buffers;
-use microgpt_model::numerics::exp_q412;
+use microgpt_model::numerics::{Eval, exp_q412, q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
 use microgpt_model::{Buffer, Layout, Op, Param, Program, Shape};
 use microgpt_weights::{Q412_ONE, Weights};
 
@@ -32,12 +32,12 @@ pub fn q412_dot(w: &[i16], x: &[i16]) -> i16 {
 pub fn q412_rmsnorm(x: &[i16], out: &mut [i16]) {
     let mut ms = 0.0f32;
     for &v in x {
-        let f = v as f32 / Q412_ONE;
+        let f = q412_real(&mut Eval, v as f32);
         ms += f * f;
     }
-    let scale = 1.0 / (ms / x.len() as f32 + 1e-5).sqrt();
+    let scale = q412_rms_scale(&mut Eval, ms, x.len());
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = round_sat16(v as f32 / Q412_ONE * scale * Q412_ONE);
+        *o = round_sat16(q412_rms_value(&mut Eval, q412_real(&mut Eval, v as f32), scale));
     }
 }
 
@@ -187,7 +187,7 @@ pub fn q412_attention(
     out: &mut [i16],
 ) {
     let e = heads * hd;
-    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let inv_sqrt = q412_score_scale(hd);
     for h in 0..heads {
         let ch = h * hd..h * hd + hd;
         let scores = &mut scores[..=pos];
