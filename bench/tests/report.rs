@@ -48,6 +48,14 @@ fn row(info: VariantInfo, timing: Timing, agreement: Option<Agreement>) -> Outco
     }))
 }
 
+fn skipped(name: &str) -> Outcome {
+    Outcome::Skipped {
+        name: name.into(),
+        backend: "proc-macro".into(),
+        reason: "not compiled for this architecture".into(),
+    }
+}
+
 fn outcomes() -> Vec<Outcome> {
     let reference = VariantInfo::new("reference", "scalar", "scalar", Precision::F32);
     let mut batch = VariantInfo::new("avx512-f32-x16-2t", "proc-macro", "avx512f", Precision::F32);
@@ -104,16 +112,8 @@ fn outcomes() -> Vec<Outcome> {
             },
             Some(agreement("reference", 4096, 0, 0, 7.6e-6)),
         ),
-        Outcome::Skipped {
-            name: "neon-f32".into(),
-            backend: "proc-macro".into(),
-            reason: "not compiled for this architecture".into(),
-        },
-        Outcome::Skipped {
-            name: "neon-q4.12".into(),
-            backend: "proc-macro".into(),
-            reason: "not compiled for this architecture".into(),
-        },
+        skipped("neon-f32"),
+        skipped("neon-q4.12"),
     ]
 }
 
