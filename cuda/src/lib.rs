@@ -50,17 +50,20 @@
 //! is that small but exponentials of scores or logits more than 126 (in base 2) below the
 //! largest, weights that already count for nothing beside it.
 //!
-//! Weights are uploaded in [`arrange`]'s order: the canonical layout with every matrix but the
-//! embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops) reading row
-//! `r` of `W·x` touch consecutive words, and the query weights multiplied by
+//! Weights are uploaded in [`arrange`]'s order (the weight plan): the canonical layout with every
+//! matrix but the embeddings transposed to `[in][out]`, so that the lanes (or the unrolled loops)
+//! reading row `r` of `W·x` touch consecutive words, and the query weights multiplied by
 //! [`base2_query_scale`] (the attention's `1/√head_dim` and `log2(e)`), so that the scores come
 //! out in base 2 with no multiply on the device; the prefix table follows them in the same buffer
 //! ([`device_floats`]).
 //!
-//! Streams follow [`microgpt_runtime::stream::Stream`]: BOS at position 0, restart after drawing BOS or
-//! filling the block; stream `s` of a run with seed `seed` starts from
-//! [`microgpt_runtime::stream::stream_seed`]`(seed, s)`. The per-launch checksum is [`Stream::run`]'s.
+//! Streams follow [`Stream`]: BOS at position 0, restart after drawing BOS or filling the block;
+//! stream `s` of a run with seed `seed` starts from [`stream_seed`]`(seed, s)`. The per-launch
+//! checksum is [`Stream::run`]'s.
 //!
+//! [`base2_query_scale`]: microgpt_model::numerics::base2_query_scale
+//! [`Stream`]: microgpt_runtime::stream::Stream
+//! [`stream_seed`]: microgpt_runtime::stream::stream_seed
 //! [`Stream::run`]: microgpt_runtime::stream::Stream::run
 
 #[cfg(feature = "cuda")]

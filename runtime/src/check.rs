@@ -47,8 +47,8 @@ impl Agreement {
     }
 }
 
-/// Whether fp32 can compute `weights` at all: over the first `steps` steps of the benchmark
-/// stream (`o.tokens` of them) the fp32 reference's logits must be finite and agree with the f64 reference's (within
+/// Whether fp32 can compute `weights` at all: over the first `o.tokens` steps of the benchmark
+/// stream the fp32 reference's logits must be finite and agree with the f64 reference's (within
 /// 1e-3, relative to their size). Weights that are finite but so large that fp32 overflows (a
 /// sum of squares in an RMSNorm, say) are refused up front with the step, instead of every fp32
 /// row, the reference included, disagreeing with its oracle.

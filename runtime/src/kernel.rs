@@ -365,10 +365,10 @@ pub mod layout {
     use microgpt_weights::Weights;
     pub use microgpt_weights::folded_f32;
 
-    /// The history-free prefix of the forward pass ([`microgpt_model::Program::history_free_prefix`])
-    /// evaluated
-    /// by the fp32 reference for every `(tok, pos)`: row `tok · block + pos` holds the live
-    /// buffers in order, each padded with zeros to a multiple of `pad`.
+    /// The history-free prefix of the forward pass
+    /// ([`microgpt_model::Program::history_free_prefix`]) evaluated by the fp32 reference for
+    /// every `(tok, pos)`: row `tok · block + pos` holds the live buffers in order, each padded
+    /// with zeros to a multiple of `pad`.
     pub fn prefix_table_f32(weights: &Weights, pad: usize) -> Vec<f32> {
         let mut engine = Reference::<f32>::new(weights);
         prefix_table(weights, pad, |tok, pos, count, buffers| {
