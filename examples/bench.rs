@@ -18,7 +18,7 @@ use microgpt::bench::report::{Report, human_rate};
 use microgpt::bench::roof::Roof;
 use microgpt::bench::soak;
 use microgpt::model::Shape;
-use microgpt::runtime::Precision;
+use microgpt::runtime::{Precision, VariantSpec};
 use microgpt::talos::CLAIMED_TOK_PER_S as TALOS_CLAIMED_TOK_PER_S;
 use microgpt::weights::{Format, LoadOptions, Weights, default_weights, load};
 use serde_json::json;
@@ -124,6 +124,82 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let options = bench_options(&args)?;
+    let specs = microgpt::registry();
+    if args.list {
+        list(&specs);
+        return Ok(());
+    }
+    if let Some(f) = &args.variant {
+        check_filter(&specs, f)?;
+    }
+    let weights = load_weights(&args)?;
+    microgpt::runtime::check::check_fp32_range(
+        &weights,
+        &microgpt::runtime::check::CheckOptions {
+            tokens: 64,
+            ..options.check()
+        },
+    )?;
+
+    let machine = Machine::detect();
+    let roof = Roof::measure(0.5);
+    let report_header = Report {
+        machine: &machine,
+        shape: *weights.shape(),
+        weights: weights.source(),
+        options: &options,
+        outcomes: &[],
+        roof: Some(&roof),
+    };
+    print!("{}", report_header.header());
+    let _ = std::io::stdout().flush();
+
+    let live = std::io::stderr().is_terminal();
+    let outcomes = run_rows(&args, &specs, &weights, &options, live);
+    let report = Report {
+        outcomes: &outcomes,
+        ..report_header
+    };
+    println!();
+    print!("{}", report.table());
+
+    let mut doc = report.json();
+    // Written now, and again at the end with the sweep and the soak: a later failure (no row for
+    // the charts) leaves the table's JSON behind.
+    write_json(args.json.as_deref(), &doc)?;
+
+    if let Some(dir) = &args.chart {
+        write_charts(dir, &report)?;
+    }
+    if args.sweep {
+        doc["sweep"] = json!(run_sweep(
+            &specs,
+            &options,
+            args.chart.as_deref(),
+            &machine,
+            live
+        )?);
+    }
+    if let Some(seconds) = args.soak {
+        doc["soak"] = json!(run_soaks(&specs, &weights, &options, &outcomes, seconds, live)?);
+    }
+
+    if let Some(path) = &args.json {
+        write_json(Some(path), &doc)?;
+        println!("wrote {}", path.display());
+    }
+    let bad = failures(&outcomes, &doc);
+    if !bad.is_empty() {
+        eprintln!("error: tokens differ from the oracle (a bug): {}", bad.join(", "));
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The bench's options from the flags, each checked (with the flag named when it is wrong), and
+/// the output paths made ready: the chart folder created, the JSON file found writable.
+fn bench_options(args: &Args) -> Result<BenchOptions, String> {
     let options = BenchOptions {
         seed: args.seed,
         temperature: args.temperature,
@@ -160,37 +236,44 @@ fn run(args: Args) -> Result<(), String> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let specs = microgpt::registry();
-    if args.list {
-        for s in &specs {
-            let shape = s.shape.map_or("any shape".to_string(), |shape| shape.to_string());
-            println!(
-                "{:24} {:12} {:6} {shape}",
-                s.name,
-                s.backend,
-                s.precision.to_string()
-            );
-        }
+    Ok(options)
+}
+
+/// `--list`: every registered variant, its backend, precision and shape.
+fn list(specs: &[VariantSpec]) {
+    for s in specs {
+        let shape = s.shape.map_or("any shape".to_string(), |shape| shape.to_string());
+        println!(
+            "{:24} {:12} {:6} {shape}",
+            s.name,
+            s.backend,
+            s.precision.to_string()
+        );
+    }
+}
+
+/// Refuses a `--variant` filter that matches no variant, listing the names.
+fn check_filter(specs: &[VariantSpec], filter: &str) -> Result<(), String> {
+    if specs.iter().any(|s| s.name.contains(filter)) {
         return Ok(());
     }
-    if let Some(f) = &args.variant
-        && !specs.iter().any(|s| s.name.contains(f.as_str()))
-    {
-        let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let mut seen = std::collections::HashSet::new();
-        names.retain(|n| seen.insert(*n));
-        let peers = if cfg!(feature = "peers") {
-            ""
-        } else {
-            "; the candle row needs --features peers"
-        };
-        return Err(format!(
-            "no variant matches `{f}` (variants: {}{peers})",
-            names.join(", ")
-        ));
-    }
+    let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(*n));
+    let peers = if cfg!(feature = "peers") {
+        ""
+    } else {
+        "; the candle row needs --features peers"
+    };
+    Err(format!(
+        "no variant matches `{filter}` (variants: {}{peers})",
+        names.join(", ")
+    ))
+}
 
-    let weights = match (&args.weights, args.shape) {
+/// `--weights` (with `--format` and `--shape`), random weights of `--shape`, or the embedded ones.
+fn load_weights(args: &Args) -> Result<Weights, String> {
+    Ok(match (&args.weights, args.shape) {
         (Some(path), shape) => load(
             path,
             &LoadOptions {
@@ -201,128 +284,103 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?,
         (None, Some(shape)) if shape != Shape::DEFAULT => Weights::random(shape, args.seed as u64, 0.08),
         (None, _) => default_weights(),
-    };
-    microgpt::runtime::check::check_fp32_range(
-        &weights,
-        &microgpt::runtime::check::CheckOptions {
-            tokens: 64,
-            ..options.check()
-        },
-    )?;
+    })
+}
 
-    let machine = Machine::detect();
-    let roof = Roof::measure(0.5);
+/// Every selected row prepared, checked and timed, with its progress on standard error (one
+/// updated line on a terminal, a line per row otherwise).
+fn run_rows(
+    args: &Args,
+    specs: &[VariantSpec],
+    weights: &Weights,
+    options: &BenchOptions,
+    live: bool,
+) -> Vec<Outcome> {
     let shape = *weights.shape();
-    let report_header = Report {
-        machine: &machine,
-        shape,
-        weights: weights.source(),
-        options: &options,
-        outcomes: &[],
-        roof: Some(&roof),
-    };
-    print!("{}", report_header.header());
-    let _ = std::io::stdout().flush();
-
+    let keep = |s: &VariantSpec| args.variant.as_deref().is_none_or(|f| s.name.contains(f));
     // The rows that will be prepared: those of other shapes are only listed as skipped.
     let selected = specs
         .iter()
-        .filter(|s| args.variant.as_deref().is_none_or(|f| s.name.contains(f)))
+        .filter(|s| keep(s))
         .filter(|s| s.shape.is_none_or(|sh| sh == shape))
         .count();
     let mut done = 0;
-    let live = std::io::stderr().is_terminal();
-    let outcomes = run_all(
-        &specs,
-        &weights,
-        &options,
-        &|s| args.variant.as_deref().is_none_or(|f| s.name.contains(f)),
-        &mut |event| {
-            let (name, what) = match event {
-                Event::Preparing(name) => {
-                    done += 1;
-                    (name, "preparing")
-                }
-                Event::Checking(name) => (name, "checking against its oracle"),
-                Event::Timing(name) => (name, "timing"),
-            };
-            if live {
-                eprint!("\r\x1b[2K[{done}/{selected}] {name}: {what}");
-            } else if matches!(event, Event::Preparing(_)) {
-                eprintln!("[{done}/{selected}] {name}");
+    let outcomes = run_all(specs, weights, options, &keep, &mut |event| {
+        let (name, what) = match event {
+            Event::Preparing(name) => {
+                done += 1;
+                (name, "preparing")
             }
-        },
-    );
+            Event::Checking(name) => (name, "checking against its oracle"),
+            Event::Timing(name) => (name, "timing"),
+        };
+        if live {
+            eprint!("\r\x1b[2K[{done}/{selected}] {name}: {what}");
+        } else if matches!(event, Event::Preparing(_)) {
+            eprintln!("[{done}/{selected}] {name}");
+        }
+    });
     if live {
         eprint!("\r\x1b[2K");
     }
-    let report = Report {
-        outcomes: &outcomes,
-        ..report_header
-    };
-    println!();
-    print!("{}", report.table());
+    outcomes
+}
 
-    let mut doc = report.json();
-    // Written now, and again at the end with the sweep and the soak: a later failure (no row for
-    // the charts) leaves the table's JSON behind.
-    write_json(args.json.as_deref(), &doc)?;
-
-    if let Some(dir) = &args.chart {
-        write_charts(dir, &report)?;
-    }
-    if args.sweep {
-        let rows = microgpt::bench::sweep::run(&specs, &options, &mut |i, n, shape| {
-            if live {
-                eprint!("\r\x1b[2K[sweep {}/{n}] {shape}", i + 1);
-            } else {
-                eprintln!("[sweep {}/{n}] {shape}", i + 1);
-            }
-        });
+/// `--sweep`: the shape sweep printed (and drawn into `chart`), as the JSON's `sweep` list.
+fn run_sweep(
+    specs: &[VariantSpec],
+    options: &BenchOptions,
+    chart: Option<&std::path::Path>,
+    machine: &Machine,
+    live: bool,
+) -> Result<Vec<serde_json::Value>, String> {
+    let rows = microgpt::bench::sweep::run(specs, options, &mut |i, n, shape| {
         if live {
-            eprint!("\r\x1b[2K");
+            eprint!("\r\x1b[2K[sweep {}/{n}] {shape}", i + 1);
+        } else {
+            eprintln!("[sweep {}/{n}] {shape}", i + 1);
         }
-        println!("\nshape sweep (random weights; the fastest variant of each series per shape):");
-        print!("{}", microgpt::bench::sweep::table(&rows));
-        doc["sweep"] = json!(
-            rows.iter()
-                .map(|r| json!({
-                    "shape": r.shape.to_string(),
-                    "weight_macs": r.macs,
-                    "series": r.series,
-                    "variant": r.variant,
-                    "tok_per_s": r.tok_per_s,
-                    "agreed": r.agreed,
-                }))
-                .collect::<Vec<_>>()
-        );
-        if let Some(dir) = &args.chart {
-            let points: Vec<Point> = rows
-                .iter()
-                .map(|r| Point {
-                    series: r.series.clone(),
-                    macs: r.macs as f64,
-                    tok_per_s: r.tok_per_s,
-                })
-                .collect();
-            let path = dir.join("sweep.svg");
-            charts::sweep(
-                &path,
-                &format!("Cost against model size ({})", machine.cpu),
-                &points,
-            )
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-            println!("wrote {}", path.display());
-        }
+    });
+    if live {
+        eprint!("\r\x1b[2K");
     }
-    if let Some(seconds) = args.soak {
-        doc["soak"] = json!(run_soaks(&specs, &weights, &options, &outcomes, seconds, live)?);
-    }
-
-    if let Some(path) = &args.json {
-        write_json(Some(path), &doc)?;
+    println!("\nshape sweep (random weights; the fastest variant of each series per shape):");
+    print!("{}", microgpt::bench::sweep::table(&rows));
+    if let Some(dir) = chart {
+        let points: Vec<Point> = rows
+            .iter()
+            .map(|r| Point {
+                series: r.series.clone(),
+                macs: r.macs as f64,
+                tok_per_s: r.tok_per_s,
+            })
+            .collect();
+        let path = dir.join("sweep.svg");
+        charts::sweep(
+            &path,
+            &format!("Cost against model size ({})", machine.cpu),
+            &points,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "shape": r.shape.to_string(),
+                "weight_macs": r.macs,
+                "series": r.series,
+                "variant": r.variant,
+                "tok_per_s": r.tok_per_s,
+                "agreed": r.agreed,
+            })
+        })
+        .collect())
+}
+
+/// The rows whose tokens differ from their oracle's, in the table or in a soak: each a bug.
+fn failures<'a>(outcomes: &'a [Outcome], doc: &'a serde_json::Value) -> Vec<&'a str> {
     let mut bad: Vec<&str> = outcomes
         .iter()
         .filter_map(|o| match o {
@@ -338,14 +396,9 @@ fn run(args: Args) -> Result<(), String> {
                 .filter_map(|s| s["variant"].as_str()),
         );
     }
-    if !bad.is_empty() {
-        eprintln!("error: tokens differ from the oracle (a bug): {}", bad.join(", "));
-        std::process::exit(1);
-    }
-    Ok(())
+    bad
 }
 
-/// Writes `doc` to `path`, if any.
 fn write_json(path: Option<&std::path::Path>, doc: &serde_json::Value) -> Result<(), String> {
     let Some(path) = path else { return Ok(()) };
     let text = serde_json::to_string_pretty(doc).expect("JSON values serialise");
@@ -426,7 +479,7 @@ fn write_charts(dir: &std::path::Path, report: &Report) -> Result<(), String> {
 
 /// Soaks the fastest fp32 and the fastest Q4.12 row that ran and agreed with its oracle.
 fn run_soaks(
-    specs: &[microgpt::runtime::VariantSpec],
+    specs: &[VariantSpec],
     weights: &Weights,
     options: &BenchOptions,
     outcomes: &[Outcome],
