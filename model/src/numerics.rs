@@ -122,7 +122,7 @@ pub fn rms_factor<O: F32Ops>(o: &mut O, sum_sq: O::V, n: usize, pending: Option<
     o.div(num, d)
 }
 
-/// 1.0 in Q4.12: the i16 `q` stands for the real `q / Q412_ONE` (docs/spec.md).
+/// 1.0 in Q4.12: the i16 `q` stands for the real `q / Q412_ONE`.
 pub const Q412_ONE: f32 = 4096.0;
 
 /// A Q4.12 value (already an `f32`, exactly) as the real it stands for: `q · (1/4096)`, exact.

@@ -7,7 +7,7 @@ use std::fmt;
 pub enum Precision {
     F64,
     F32,
-    /// Q4.12 fixed point (float RMSNorm and softmax), docs/spec.md.
+    /// Q4.12 fixed point: i16 values and weights, i32 sums, the RMSNorm and softmax in f32.
     Q412,
     /// An all-integer datapath and sampler (TALOS-V2's: integer RMSNorm, exponential table,
     /// integer draw), checked against the hardware's test vectors rather than a reference here.
