@@ -1,6 +1,6 @@
 //! Assembles the generated module: shape constants, one submodule per kernel, the registry list.
 
-use crate::batch::batch_module;
+use crate::batch_module::batch_module;
 use crate::f32::F32Gen;
 use crate::q412::Q412Gen;
 use crate::target::Target;

@@ -1,5 +1,5 @@
 //! The generator behind `kernels!`: renders the model's op list, for one fixed shape, into a
-//! module of fully unrolled kernels (fp32 and Q4.12; scalar, AVX2, AVX-512, NEON).
+//! module of fully unrolled kernels (fp32 and Q4.12; scalar, SSE, AVX2, AVX-512, NEON).
 //!
 //! The proc-macro crate is a thin shell around [`kernels`]; tests and the inspect example call
 //! the same functions directly.
@@ -7,11 +7,13 @@
 pub mod ast;
 pub mod attn;
 pub mod batch;
+pub mod batch_module;
 pub mod emit;
 pub mod expand;
 pub mod f32;
 pub mod frame;
 pub mod q412;
+pub mod sample;
 pub mod target;
 pub mod valid;
 

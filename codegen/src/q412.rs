@@ -9,8 +9,8 @@
 
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, Expr, Vector, ident, tree};
-use crate::f32::{exp_fn, sample_fn};
 use crate::frame::Frame;
+use crate::sample::{exp_fn, sample_fn};
 use crate::target::Target;
 use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
 use microgpt_model::plan::Arrangement;
