@@ -13,7 +13,7 @@ use crate::expand::KernelId;
 use crate::sample::{exp_fn, exp2_fn};
 use crate::target::Target;
 use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
-use microgpt_model::{Buffer, Layout, Op, Param, Precision, Program, RMS_EPS, Shape};
+use microgpt_model::{Buffer, Fusion, Layout, Op, Param, Precision, Program, RMS_EPS, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -84,10 +84,7 @@ impl<'a> BatchGen<'a> {
         while index < ops.len() {
             // A matvec whose output the next op rectifies takes the rectifier into its last
             // instructions (so the hidden vector is written once).
-            let relu = matches!(
-                (&ops[index], ops.get(index + 1)),
-                (Op::MatVec { out, .. }, Some(Op::Relu { buf })) if out == buf
-            );
+            let relu = self.program.group(Fusion::MatVecRelu, index).is_some();
             self.render_op(index, &ops[index], relu, &mut body, &mut vals);
             index += if relu { 2 } else { 1 };
         }
@@ -131,8 +128,8 @@ impl<'a> BatchGen<'a> {
         (self.items, body.into_tokens())
     }
 
-    /// Renders one op; `relu`: the op is a matvec and the next op (skipped by the caller) a
-    /// rectifier of its output.
+    /// Renders one op: its function among the items, its call in the step body; `relu`: the op
+    /// is a matvec and the next op (skipped by the caller) a rectifier of its output.
     fn render_op(
         &mut self,
         index: usize,
@@ -141,214 +138,228 @@ impl<'a> BatchGen<'a> {
         body: &mut Body,
         vals: &mut HashMap<Buffer, Ident>,
     ) {
-        let t = self.t;
-        let s = self.shape;
-        let (e, l) = (s.embd, self.l());
-        let attrs = self.attrs();
-        let doc_head =
-            format!("Op {index} of the forward pass, shape {s}, {l} streams in the lanes: `{op}`.");
-        let ty_e = self.arr(e);
-        match *op {
-            Op::Embed { out } => {
-                let q = self.q412();
-                let table = EmbTable::new(t, s);
-                let load = |at: usize| {
-                    if q {
-                        t.load_i32(quote! { emb.add(#at) })
-                    } else {
-                        t.load(quote! { emb.add(#at) })
-                    }
-                };
-                let regs: Vec<T> = (0..e)
-                    .map(|c| {
-                        let (a, b) = match table.padded {
-                            // One or two registers hold a column of each table; a permute picks
-                            // every lane's entry.
-                            Some((pt, pp)) => {
-                                let te: Vec<T> = (0..pt / l).map(|i| load(c * pt + i * l)).collect();
-                                let pe: Vec<T> = (0..pp / l).map(|i| load(e * pt + c * pp + i * l)).collect();
-                                (t.lookup(&te, quote! { tok }, q), t.lookup(&pe, quote! { pos }, q))
-                            }
-                            None => {
-                                let wte_len = s.vocab * e;
-                                (
-                                    t.gather(quote! { emb.add(#c) }, quote! { te }, q),
-                                    t.gather(quote! { emb.add(#wte_len + #c) }, quote! { pe }, q),
-                                )
-                            }
-                        };
-                        if q { t.wrap16(t.add_i32(a, b)) } else { t.add(a, b) }
-                    })
-                    .collect();
-                let pre = if table.padded.is_some() {
-                    quote! {}
-                } else {
-                    let te = t.mul_i32(quote! { tok }, t.splat_i32(quote! { #e as i32 }));
-                    let pe = t.mul_i32(quote! { pos }, t.splat_i32(quote! { #e as i32 }));
-                    quote! { let te = #te; let pe = #pe; }
-                };
-                let vi = t.vi();
-                let elem = if q {
-                    quote! { i32 }
-                } else {
-                    quote! { f32 }
-                };
-                let name = format_ident!("op{:02}_embed", index);
-                let doc = format!(
-                    "{doc_head} Each lane's entries of the embedding tables, {}.",
-                    if table.padded.is_some() {
-                        "picked from table columns held in registers by a permute"
-                    } else {
-                        "gathered from the tables' rows"
-                    }
-                );
-                self.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(emb: *const #elem, tok: #vi, pos: #vi) -> #ty_e {
-                        #pre
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(out.name(), quote! { #name(k.emb.as_ptr(), tokv, posv) });
-                vals.insert(out, id);
-            }
-            Op::RmsNorm { input, out } => {
-                let name = format_ident!("op{:02}_rmsnorm", index);
-                let x = vals[&input].clone();
-                let n = e as f32;
-                let (pre, outs, doc) = if self.q412() {
-                    let fx: Vec<T> = (0..e)
-                        .map(|c| q412_real(&mut Vector(t), t.i32_to_f32(quote! { x[#c] })))
-                        .collect();
-                    let mut ms = t.zero();
-                    for c in 0..e {
-                        ms = t.add(ms, t.mul(quote! { fx[#c] }, quote! { fx[#c] }));
-                    }
-                    let scale = q412_rms_scale(&mut Vector(t), quote! { ms }, e);
-                    let vf = t.vf();
-                    let outs: Vec<T> = (0..e)
-                        .map(|c| {
-                            let y = q412_rms_value(&mut Vector(t), quote! { fx[#c] }, quote! { scale });
-                            t.sat16(t.f32_to_i32_round(y))
-                        })
-                        .collect();
-                    (
-                        quote! { let fx: [#vf; #e] = [#(#fx),*]; let ms = #ms; let scale = #scale; },
-                        outs,
-                        "In f32 as the reference: each lane's squares summed in channel order, the scale, every value rounded half to even and saturated.",
-                    )
-                } else {
-                    let sq = tree(
-                        (0..e)
-                            .map(|c| t.mul(quote! { x[#c] }, quote! { x[#c] }))
-                            .collect(),
-                        |a, b| t.add(a, b),
-                    );
-                    let inv_n = 1.0 / n;
-                    let eps = RMS_EPS as f32;
-                    let scale = t.rsqrt(t.fma(
-                        quote! { ss },
-                        t.splat(quote! { #inv_n }),
-                        t.splat(quote! { #eps }),
-                    ));
-                    let outs = (0..e)
-                        .map(|c| t.mul(quote! { x[#c] }, quote! { scale }))
-                        .collect();
-                    (
-                        quote! { let ss = #sq; let scale = #scale; },
-                        outs,
-                        "Every lane's own scale.",
-                    )
-                };
-                let doc = format!("{doc_head} {doc}");
-                self.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(x: #ty_e) -> #ty_e {
-                        #pre
-                        [#(#outs),*]
-                    }
-                });
-                let id = body.bind(out.name(), quote! { #name(#x) });
-                vals.insert(out, id);
-            }
+        let l = self.l();
+        let head = format!(
+            "Op {index} of the forward pass, shape {}, {l} streams in the lanes: `{op}`.",
+            self.shape
+        );
+        let name = |suffix: &str| format_ident!("op{:02}_{}", index, suffix);
+        let (made, call) = match *op {
+            Op::Embed { out } => (out, self.embed(name("embed"), &head)),
+            Op::RmsNorm { input, out } => (out, self.rmsnorm(name("rmsnorm"), &head, &vals[&input])),
             Op::MatVec { weight, input, out } => {
-                let x = vals[&input].clone();
-                let name = format_ident!(
-                    "op{:02}_matvec_{}{}",
-                    index,
+                let name = name(&format!(
+                    "matvec_{}{}",
                     weight.name().replace('.', "_"),
                     if relu { "_relu" } else { "" }
-                );
-                self.matvec_fn(&name, &doc_head, weight, relu);
-                let id = body.bind(out.name(), quote! { #name(w, #x) });
-                vals.insert(out, id);
+                ));
+                self.matvec_fn(&name, &head, weight, relu);
+                let x = &vals[&input];
+                (out, quote! { #name(w, #x) })
             }
             Op::Logits { input } => {
-                let x = vals[&input].clone();
-                let name = format_ident!("op{:02}_logits", index);
-                self.matvec_fn(&name, &doc_head, Param::LmHead, false);
-                let id = body.bind("logits", quote! { #name(w, #x) });
-                vals.insert(Buffer::Logits, id);
+                let name = name("logits");
+                self.matvec_fn(&name, &head, Param::LmHead, false);
+                let x = &vals[&input];
+                (Buffer::Logits, quote! { #name(w, #x) })
             }
-            Op::Relu { buf } => {
-                let x = vals[&buf].clone();
-                let n = buf.len(&s);
-                let ty = self.arr(n);
-                let regs: Vec<T> = (0..n)
-                    .map(|i| {
-                        if self.q412() {
-                            t.max0_i32(quote! { h[#i] })
-                        } else {
-                            t.max(quote! { h[#i] }, t.zero())
-                        }
-                    })
-                    .collect();
-                let name = format_ident!("op{:02}_relu", index);
-                self.items.push(quote! {
-                    #[doc = #doc_head]
-                    #attrs
-                    unsafe fn #name(h: #ty) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(buf.name(), quote! { #name(#x) });
-                vals.insert(buf, id);
-            }
-            Op::Add { input, into } => {
-                let (a, b) = (vals[&input].clone(), vals[&into].clone());
-                let regs: Vec<T> = (0..e)
-                    .map(|i| {
-                        if self.q412() {
-                            t.sat16(t.add_i32(quote! { into[#i] }, quote! { input[#i] }))
-                        } else {
-                            t.add(quote! { into[#i] }, quote! { input[#i] })
-                        }
-                    })
-                    .collect();
-                let name = format_ident!("op{:02}_residual_add", index);
-                self.items.push(quote! {
-                    #[doc = #doc_head]
-                    #attrs
-                    unsafe fn #name(into: #ty_e, input: #ty_e) -> #ty_e {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(into.name(), quote! { #name(#b, #a) });
-                vals.insert(into, id);
-            }
+            Op::Relu { buf } => (buf, self.relu(name("relu"), &head, buf, &vals[&buf])),
+            Op::Add { input, into } => (
+                into,
+                self.add(name("residual_add"), &head, &vals[&input], &vals[&into]),
+            ),
             Op::Attention { layer, q, k, v, out } => {
-                let name = format_ident!("op{:02}_attention", index);
-                self.attention_fn(&name, &doc_head, layer);
-                let (qr, kr, vr) = (vals[&q].clone(), vals[&k].clone(), vals[&v].clone());
-                let id = body.bind(
-                    out.name(),
-                    quote! { #name(keys, values, slot, maxpos, posv, #qr, #kr, #vr) },
-                );
-                vals.insert(out, id);
+                let name = name("attention");
+                self.attention_fn(&name, &head, layer);
+                let (q, k, v) = (&vals[&q], &vals[&k], &vals[&v]);
+                (
+                    out,
+                    quote! { #name(keys, values, slot, maxpos, posv, #q, #k, #v) },
+                )
             }
-        }
+        };
+        let bound = if made == Buffer::Logits {
+            "logits"
+        } else {
+            made.name()
+        };
+        vals.insert(made, body.bind(bound, call));
+    }
+
+    /// `x = wte[tok] + wpe[pos]` for every lane; returns the call.
+    fn embed(&mut self, name: Ident, head: &str) -> T {
+        let (t, s, l) = (self.t, self.shape, self.l());
+        let e = s.embd;
+        let q = self.q412();
+        let table = EmbTable::new(t, s);
+        let load = |at: usize| {
+            if q {
+                t.load_i32(quote! { emb.add(#at) })
+            } else {
+                t.load(quote! { emb.add(#at) })
+            }
+        };
+        let regs: Vec<T> = (0..e)
+            .map(|c| {
+                let (a, b) = match table.padded {
+                    // One or two registers hold a column of each table; a permute picks every
+                    // lane's entry.
+                    Some((pt, pp)) => {
+                        let te: Vec<T> = (0..pt / l).map(|i| load(c * pt + i * l)).collect();
+                        let pe: Vec<T> = (0..pp / l).map(|i| load(e * pt + c * pp + i * l)).collect();
+                        (t.lookup(&te, quote! { tok }, q), t.lookup(&pe, quote! { pos }, q))
+                    }
+                    None => {
+                        let wte_len = s.vocab * e;
+                        (
+                            t.gather(quote! { emb.add(#c) }, quote! { te }, q),
+                            t.gather(quote! { emb.add(#wte_len + #c) }, quote! { pe }, q),
+                        )
+                    }
+                };
+                if q { t.wrap16(t.add_i32(a, b)) } else { t.add(a, b) }
+            })
+            .collect();
+        let pre = if table.padded.is_some() {
+            quote! {}
+        } else {
+            let te = t.mul_i32(quote! { tok }, t.splat_i32(quote! { #e as i32 }));
+            let pe = t.mul_i32(quote! { pos }, t.splat_i32(quote! { #e as i32 }));
+            quote! { let te = #te; let pe = #pe; }
+        };
+        let vi = t.vi();
+        let elem = if q {
+            quote! { i32 }
+        } else {
+            quote! { f32 }
+        };
+        let doc = format!(
+            "{head} Each lane's entries of the embedding tables, {}.",
+            if table.padded.is_some() {
+                "picked from table columns held in registers by a permute"
+            } else {
+                "gathered from the tables' rows"
+            }
+        );
+        let (attrs, ty_e) = (self.attrs(), self.arr(e));
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(emb: *const #elem, tok: #vi, pos: #vi) -> #ty_e {
+                #pre
+                [#(#regs),*]
+            }
+        });
+        quote! { #name(k.emb.as_ptr(), tokv, posv) }
+    }
+
+    /// RMSNorm, every lane by its own scale; returns the call.
+    fn rmsnorm(&mut self, name: Ident, head: &str, x: &Ident) -> T {
+        let (t, e) = (self.t, self.shape.embd);
+        let (pre, outs, doc) = if self.q412() {
+            let fx: Vec<T> = (0..e)
+                .map(|c| q412_real(&mut Vector(t), t.i32_to_f32(quote! { x[#c] })))
+                .collect();
+            let mut ms = t.zero();
+            for c in 0..e {
+                ms = t.add(ms, t.mul(quote! { fx[#c] }, quote! { fx[#c] }));
+            }
+            let scale = q412_rms_scale(&mut Vector(t), quote! { ms }, e);
+            let vf = t.vf();
+            let outs: Vec<T> = (0..e)
+                .map(|c| {
+                    let y = q412_rms_value(&mut Vector(t), quote! { fx[#c] }, quote! { scale });
+                    t.sat16(t.f32_to_i32_round(y))
+                })
+                .collect();
+            (
+                quote! { let fx: [#vf; #e] = [#(#fx),*]; let ms = #ms; let scale = #scale; },
+                outs,
+                "In f32 as the reference: each lane's squares summed in channel order, the scale, every value rounded half to even and saturated.",
+            )
+        } else {
+            let sq = tree(
+                (0..e)
+                    .map(|c| t.mul(quote! { x[#c] }, quote! { x[#c] }))
+                    .collect(),
+                |a, b| t.add(a, b),
+            );
+            let inv_n = 1.0 / e as f32;
+            let eps = RMS_EPS as f32;
+            let scale = t.rsqrt(t.fma(
+                quote! { ss },
+                t.splat(quote! { #inv_n }),
+                t.splat(quote! { #eps }),
+            ));
+            let outs = (0..e)
+                .map(|c| t.mul(quote! { x[#c] }, quote! { scale }))
+                .collect();
+            (
+                quote! { let ss = #sq; let scale = #scale; },
+                outs,
+                "Every lane's own scale.",
+            )
+        };
+        let doc = format!("{head} {doc}");
+        let (attrs, ty_e) = (self.attrs(), self.arr(e));
+        self.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(x: #ty_e) -> #ty_e {
+                #pre
+                [#(#outs),*]
+            }
+        });
+        quote! { #name(#x) }
+    }
+
+    /// `buf = relu(buf)` (where no matvec took it in); returns the call.
+    fn relu(&mut self, name: Ident, head: &str, buf: Buffer, x: &Ident) -> T {
+        let t = self.t;
+        let n = buf.len(&self.shape);
+        let ty = self.arr(n);
+        let regs: Vec<T> = (0..n)
+            .map(|i| {
+                if self.q412() {
+                    t.max0_i32(quote! { h[#i] })
+                } else {
+                    t.max(quote! { h[#i] }, t.zero())
+                }
+            })
+            .collect();
+        let attrs = self.attrs();
+        self.items.push(quote! {
+            #[doc = #head]
+            #attrs
+            unsafe fn #name(h: #ty) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        quote! { #name(#x) }
+    }
+
+    /// `into += input` (saturated in Q4.12); returns the call.
+    fn add(&mut self, name: Ident, head: &str, input: &Ident, into: &Ident) -> T {
+        let t = self.t;
+        let e = self.shape.embd;
+        let regs: Vec<T> = (0..e)
+            .map(|i| {
+                if self.q412() {
+                    t.sat16(t.add_i32(quote! { into[#i] }, quote! { input[#i] }))
+                } else {
+                    t.add(quote! { into[#i] }, quote! { input[#i] })
+                }
+            })
+            .collect();
+        let (attrs, ty_e) = (self.attrs(), self.arr(e));
+        self.items.push(quote! {
+            #[doc = #head]
+            #attrs
+            unsafe fn #name(into: #ty_e, input: #ty_e) -> #ty_e {
+                [#(#regs),*]
+            }
+        });
+        quote! { #name(#into, #input) }
     }
 
     /// `W · x` with each weight broadcast from memory and multiplied by the register holding one

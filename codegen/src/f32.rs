@@ -16,7 +16,7 @@ use crate::sample::{exp_fn, sample_fn};
 use crate::target::Target;
 use microgpt_model::numerics::rms_factor;
 use microgpt_model::plan::Arrangement;
-use microgpt_model::{Buffer, Op, Param, Program};
+use microgpt_model::{Buffer, Fusion, Op, Param, Program};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -29,6 +29,12 @@ type T = TokenStream;
 struct Val {
     regs: Ident,
     scale: Option<Ident>,
+}
+
+impl Val {
+    fn new(regs: Ident, scale: Option<Ident>) -> Val {
+        Val { regs, scale }
+    }
 }
 
 /// Generates the fp32 kernel of one target.
@@ -71,18 +77,13 @@ impl<'a> F32Gen<'a> {
         while i < ops.len() {
             // A matvec whose result is only added to the residual: the residual seeds the
             // accumulators, saving the add at the end of the chain.
-            if let (Op::MatVec { weight, input, out }, Some(&Op::Add { input: added, .. })) =
-                (ops[i], ops.get(i + 1))
-                && added == out
+            if let Some(group) = self.f.program.group(Fusion::MatVecAdd, start + i)
+                && let Op::MatVec { weight, input, .. } = ops[i]
                 && vals[&input].scale.is_none()
-                && !reduce_rows(
-                    self.f.t,
-                    weight.dims(&self.f.shape).0,
-                    weight.dims(&self.f.shape).1,
-                )
+                && !self.reduces_rows(weight)
             {
-                self.render_matvec_add(start + i, (&ops[i], &ops[i + 1]), &mut body, &mut vals);
-                i += 2;
+                self.render_matvec_add(group.start, (&ops[i], &ops[i + 1]), &mut body, &mut vals);
+                i += group.len();
                 continue;
             }
             self.render_op(start + i, &ops[i], &mut body, &mut vals);
@@ -112,6 +113,12 @@ impl<'a> F32Gen<'a> {
         self.f.t.fn_attrs(false)
     }
 
+    /// Whether `weight`'s matvec reduces rows (see [`reduce_rows`]) rather than accumulating columns.
+    fn reduces_rows(&self, weight: Param) -> bool {
+        let (rows, cols) = weight.dims(&self.f.shape);
+        reduce_rows(self.f.t, rows, cols)
+    }
+
     fn render_table(&mut self, body: &mut Body, vals: &mut HashMap<Buffer, Val>) {
         let (t, attrs) = (self.f.t, self.attrs());
         let bound = self.f.prefix_table(
@@ -127,236 +134,238 @@ impl<'a> F32Gen<'a> {
         }
     }
 
+    /// One op: its function among the items, its call in the step body, and the value it makes.
     fn render_op(&mut self, index: usize, op: &Op, body: &mut Body, vals: &mut HashMap<Buffer, Val>) {
-        let s = self.f.shape;
-        let doc_head = format!("Op {index} of the forward pass, shape {s}: `{op}`.");
-        let attrs = self.attrs();
-        match *op {
-            Op::Embed { out } => {
-                let wte = self.f.plan.get(Param::Wte).offset;
-                let wpe = self.f.plan.get(Param::Wpe).offset;
-                let row = self.f.padded(s.embd);
-                let regs: Vec<T> = (0..self.f.regs(s.embd))
-                    .map(|i| {
-                        let o = i * self.f.lanes();
-                        let a = self.f.t.load(quote! { w.add(#wte + tok * #row + #o) });
-                        let b = self.f.t.load(quote! { w.add(#wpe + pos * #row + #o) });
-                        self.f.t.add(a, b)
-                    })
-                    .collect();
-                let ty = self.vec_ty(s.embd);
-                let name = format_ident!("op{:02}_embed", index);
-                let doc = format!("{doc_head} Loads one row of each embedding table and adds them.");
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(w: *const f32, tok: usize, pos: usize) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(out.name(), quote! { #name(w, tok, pos) });
-                vals.insert(
-                    out,
-                    Val {
-                        regs: id,
-                        scale: None,
-                    },
-                );
-            }
-            Op::RmsNorm { input, out } => {
-                let x = vals[&input].clone();
-                let n = s.embd;
-                let ty = self.vec_ty(n);
-                let r = self.f.regs(n);
-                let squares = tree(
-                    (0..r)
-                        .map(|i| self.f.t.mul(quote! { x[#i] }, quote! { x[#i] }))
-                        .collect(),
-                    |a, b| self.f.t.add(a, b),
-                );
-                let hsum = self.f.t.hsum(quote! { sq });
-                let pending = x.scale.as_ref().map(|_| quote! { c });
-                let factor = rms_factor(&mut Expr, hsum, n, pending);
-                let name = format_ident!("op{:02}_rmsnorm_scale", index);
-                let regs = x.regs.clone();
-                // With a pending factor `c`, the function takes it and returns one factor for both.
-                let (what, c_param, c_arg) = match &x.scale {
-                    None => ("Returns the normalising factor".to_string(), quote! {}, quote! {}),
-                    Some(c) => (
-                        "Returns the factor that normalises `c · x` (`c`: the factor `x` already \
-                         carries)"
-                            .to_string(),
-                        quote! { , c: f32 },
-                        quote! { , #c },
-                    ),
-                };
-                let doc = format!("{doc_head} {what}; it is applied where the value is materialised.");
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(x: #ty #c_param) -> f32 {
-                        let sq = #squares;
-                        #factor
-                    }
-                });
-                let scale = body.bind("scale", quote! { #name(#regs #c_arg) });
-                vals.insert(
-                    out,
-                    Val {
-                        regs: x.regs,
-                        scale: Some(scale),
-                    },
-                );
-            }
+        let head = format!("Op {index} of the forward pass, shape {}: `{op}`.", self.f.shape);
+        let name = |suffix: &str| format_ident!("op{:02}_{}", index, suffix);
+        let (made, val) = match *op {
+            Op::Embed { out } => (out, self.embed(name("embed"), &head, out, body)),
+            Op::RmsNorm { input, out } => (
+                out,
+                self.rmsnorm(name("rmsnorm_scale"), &head, &vals[&input], body),
+            ),
             Op::MatVec { weight, input, out } => {
-                let x = vals[&input].clone();
-                let (rows, cols) = weight.dims(&s);
-                let name = format_ident!("op{:02}_matvec_{}", index, weight.name().replace('.', "_"));
-                let doc = format!(
-                    "{doc_head} A {rows}×{cols} matrix times a vector: each input broadcast in turn \
-                     and multiplied by a whole prepared column, several accumulators per output register."
-                );
-                self.matvec_fn(&name, &doc, weight, rows, cols);
-                let regs = x.regs.clone();
-                let id = body.bind(out.name(), quote! { #name(w, #regs) });
-                vals.insert(
-                    out,
-                    Val {
-                        regs: id,
-                        scale: x.scale,
-                    },
-                );
+                let name = name(&format!("matvec_{}", weight.name().replace('.', "_")));
+                (out, self.matvec(name, &head, weight, out, &vals[&input], body))
             }
-            Op::Logits { input } => {
-                let x = vals[&input].clone();
-                let name = format_ident!("op{:02}_logits", index);
-                let doc = format!("{doc_head} The output head, a matvec like the others.");
-                self.matvec_fn(&name, &doc, Param::LmHead, s.vocab, s.embd);
-                let regs = x.regs.clone();
-                let mut id = body.bind("logits", quote! { #name(w, #regs) });
-                if let Some(c) = x.scale {
-                    let n = self.f.regs(s.vocab);
-                    let scaled: Vec<T> = (0..n)
-                        .map(|i| self.f.t.mul(quote! { #id[#i] }, self.f.t.splat(quote! { #c })))
-                        .collect();
-                    id = body.bind("logits", quote! { [#(#scaled),*] });
-                }
-                vals.insert(
-                    Buffer::Logits,
-                    Val {
-                        regs: id,
-                        scale: None,
-                    },
-                );
-            }
-            Op::Relu { buf } => {
-                let x = vals[&buf].clone();
-                let n = buf.len(&s);
-                let ty = self.vec_ty(n);
-                let regs: Vec<T> = (0..self.f.regs(n))
-                    .map(|i| self.f.t.max(quote! { h[#i] }, self.f.t.zero()))
-                    .collect();
-                let name = format_ident!("op{:02}_relu", index);
-                let doc = format!(
-                    "{doc_head} A pending RMSNorm factor is positive, so it commutes with ReLU and \
-                     stays pending."
-                );
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(h: #ty) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let r = x.regs.clone();
-                let id = body.bind(buf.name(), quote! { #name(#r) });
-                vals.insert(
-                    buf,
-                    Val {
-                        regs: id,
-                        scale: x.scale,
-                    },
-                );
-            }
+            Op::Logits { input } => (
+                Buffer::Logits,
+                self.logits(name("logits"), &head, &vals[&input], body),
+            ),
+            Op::Relu { buf } => (buf, self.relu(name("relu"), &head, buf, &vals[&buf], body)),
             Op::Add { input, into } => {
-                let a = vals[&input].clone();
-                let b = vals[&into].clone();
-                let n = into.len(&s);
-                let ty = self.vec_ty(n);
-                let regs: Vec<T> = (0..self.f.regs(n))
-                    .map(|i| {
-                        let base = match b.scale {
-                            Some(_) => self.f.t.mul(quote! { into[#i] }, self.f.t.splat(quote! { sb })),
-                            None => quote! { into[#i] },
-                        };
-                        match a.scale {
-                            Some(_) => {
-                                self.f
-                                    .t
-                                    .fma(quote! { input[#i] }, self.f.t.splat(quote! { sa }), base)
-                            }
-                            None => self.f.t.add(quote! { input[#i] }, base),
-                        }
-                    })
-                    .collect();
-                let name = format_ident!("op{:02}_residual_add", index);
-                let doc = format!("{doc_head} Applies the operands' pending factors.");
-                let (ra, rb) = (a.regs.clone(), b.regs.clone());
-                let mut params = vec![quote! { into: #ty }, quote! { input: #ty }];
-                let mut args = vec![quote! { #rb }, quote! { #ra }];
-                if let Some(c) = &b.scale {
-                    params.push(quote! { sb: f32 });
-                    args.push(quote! { #c });
-                }
-                if let Some(c) = &a.scale {
-                    params.push(quote! { sa: f32 });
-                    args.push(quote! { #c });
-                }
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(#(#params),*) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(into.name(), quote! { #name(#(#args),*) });
-                vals.insert(
+                let name = name("residual_add");
+                (
                     into,
-                    Val {
-                        regs: id,
-                        scale: None,
-                    },
-                );
+                    self.add(name, &head, into, &vals[&input], &vals[&into], body),
+                )
             }
             Op::Attention { layer, q, k, v, out } => {
-                let name = format_ident!("op{:02}_attention", index);
-                let mut params = Vec::new();
-                let mut args = Vec::new();
-                let mut scaled = Vec::new();
-                for (b, arg, factor) in [(q, "q", "cq"), (k, "k", "ck"), (v, "v", "cv")] {
-                    let val = vals[&b].clone();
-                    let regs = val.regs;
-                    let (arg, factor) = (ident(arg), ident(factor));
-                    args.push(quote! { #regs });
-                    let ty = self.vec_ty(s.embd);
-                    params.push(quote! { #arg: #ty });
-                    if let Some(c) = val.scale {
-                        args.push(quote! { #c });
-                        params.push(quote! { #factor: f32 });
-                        scaled.push((arg, factor));
-                    }
-                }
-                self.attention_fn(&name, &doc_head, layer, &params, &scaled);
-                let id = body.bind(out.name(), quote! { #name(keys, values, pos, #(#args),*) });
-                vals.insert(
+                let qkv = [q, k, v].map(|b| vals[&b].clone());
+                (
                     out,
-                    Val {
-                        regs: id,
-                        scale: None,
-                    },
-                );
+                    self.attention(name("attention"), &head, layer, out, qkv, body),
+                )
+            }
+        };
+        vals.insert(made, val);
+    }
+
+    /// `x = wte[tok] + wpe[pos]`: one row of each embedding table, added.
+    fn embed(&mut self, name: Ident, head: &str, out: Buffer, body: &mut Body) -> Val {
+        let s = self.f.shape;
+        let attrs = self.attrs();
+        let wte = self.f.plan.get(Param::Wte).offset;
+        let wpe = self.f.plan.get(Param::Wpe).offset;
+        let row = self.f.padded(s.embd);
+        let regs: Vec<T> = (0..self.f.regs(s.embd))
+            .map(|i| {
+                let o = i * self.f.lanes();
+                let a = self.f.t.load(quote! { w.add(#wte + tok * #row + #o) });
+                let b = self.f.t.load(quote! { w.add(#wpe + pos * #row + #o) });
+                self.f.t.add(a, b)
+            })
+            .collect();
+        let ty = self.vec_ty(s.embd);
+        let doc = format!("{head} Loads one row of each embedding table and adds them.");
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(w: *const f32, tok: usize, pos: usize) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        Val::new(body.bind(out.name(), quote! { #name(w, tok, pos) }), None)
+    }
+
+    /// RMSNorm as a deferred factor: the function returns it, the registers stay unscaled.
+    fn rmsnorm(&mut self, name: Ident, head: &str, x: &Val, body: &mut Body) -> Val {
+        let n = self.f.shape.embd;
+        let attrs = self.attrs();
+        let ty = self.vec_ty(n);
+        let r = self.f.regs(n);
+        let squares = tree(
+            (0..r)
+                .map(|i| self.f.t.mul(quote! { x[#i] }, quote! { x[#i] }))
+                .collect(),
+            |a, b| self.f.t.add(a, b),
+        );
+        let hsum = self.f.t.hsum(quote! { sq });
+        let pending = x.scale.as_ref().map(|_| quote! { c });
+        let factor = rms_factor(&mut Expr, hsum, n, pending);
+        let regs = x.regs.clone();
+        // With a pending factor `c`, the function takes it and returns one factor for both.
+        let (what, c_param, c_arg) = match &x.scale {
+            None => ("Returns the normalising factor".to_string(), quote! {}, quote! {}),
+            Some(c) => (
+                "Returns the factor that normalises `c · x` (`c`: the factor `x` already carries)"
+                    .to_string(),
+                quote! { , c: f32 },
+                quote! { , #c },
+            ),
+        };
+        let doc = format!("{head} {what}; it is applied where the value is materialised.");
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(x: #ty #c_param) -> f32 {
+                let sq = #squares;
+                #factor
+            }
+        });
+        let scale = body.bind("scale", quote! { #name(#regs #c_arg) });
+        Val::new(x.regs.clone(), Some(scale))
+    }
+
+    /// `out = W · x`; a pending factor of `x` stays pending on `out`.
+    fn matvec(
+        &mut self,
+        name: Ident,
+        head: &str,
+        weight: Param,
+        out: Buffer,
+        x: &Val,
+        body: &mut Body,
+    ) -> Val {
+        let (rows, cols) = weight.dims(&self.f.shape);
+        let doc = format!(
+            "{head} A {rows}×{cols} matrix times a vector: each input broadcast in turn and \
+             multiplied by a whole prepared column, several accumulators per output register."
+        );
+        self.matvec_fn(&name, &doc, weight, rows, cols);
+        let regs = x.regs.clone();
+        Val::new(body.bind(out.name(), quote! { #name(w, #regs) }), x.scale.clone())
+    }
+
+    /// `logits = lm_head · x`, the pending factor applied to the result.
+    fn logits(&mut self, name: Ident, head: &str, x: &Val, body: &mut Body) -> Val {
+        let s = self.f.shape;
+        let doc = format!("{head} The output head, a matvec like the others.");
+        self.matvec_fn(&name, &doc, Param::LmHead, s.vocab, s.embd);
+        let regs = x.regs.clone();
+        let mut id = body.bind("logits", quote! { #name(w, #regs) });
+        if let Some(c) = &x.scale {
+            let n = self.f.regs(s.vocab);
+            let scaled: Vec<T> = (0..n)
+                .map(|i| self.f.t.mul(quote! { #id[#i] }, self.f.t.splat(quote! { #c })))
+                .collect();
+            id = body.bind("logits", quote! { [#(#scaled),*] });
+        }
+        Val::new(id, None)
+    }
+
+    /// `buf = relu(buf)`; a pending factor is positive, so it commutes and stays pending.
+    fn relu(&mut self, name: Ident, head: &str, buf: Buffer, x: &Val, body: &mut Body) -> Val {
+        let n = buf.len(&self.f.shape);
+        let attrs = self.attrs();
+        let ty = self.vec_ty(n);
+        let regs: Vec<T> = (0..self.f.regs(n))
+            .map(|i| self.f.t.max(quote! { h[#i] }, self.f.t.zero()))
+            .collect();
+        let doc = format!(
+            "{head} A pending RMSNorm factor is positive, so it commutes with ReLU and stays pending."
+        );
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(h: #ty) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        let r = x.regs.clone();
+        Val::new(body.bind(buf.name(), quote! { #name(#r) }), x.scale.clone())
+    }
+
+    /// `into += input`, both operands' pending factors applied.
+    fn add(&mut self, name: Ident, head: &str, into: Buffer, a: &Val, b: &Val, body: &mut Body) -> Val {
+        let n = into.len(&self.f.shape);
+        let attrs = self.attrs();
+        let ty = self.vec_ty(n);
+        let t = self.f.t;
+        let regs: Vec<T> = (0..self.f.regs(n))
+            .map(|i| {
+                let base = match b.scale {
+                    Some(_) => t.mul(quote! { into[#i] }, t.splat(quote! { sb })),
+                    None => quote! { into[#i] },
+                };
+                match a.scale {
+                    Some(_) => t.fma(quote! { input[#i] }, t.splat(quote! { sa }), base),
+                    None => t.add(quote! { input[#i] }, base),
+                }
+            })
+            .collect();
+        let doc = format!("{head} Applies the operands' pending factors.");
+        let (ra, rb) = (a.regs.clone(), b.regs.clone());
+        let mut params = vec![quote! { into: #ty }, quote! { input: #ty }];
+        let mut args = vec![quote! { #rb }, quote! { #ra }];
+        if let Some(c) = &b.scale {
+            params.push(quote! { sb: f32 });
+            args.push(quote! { #c });
+        }
+        if let Some(c) = &a.scale {
+            params.push(quote! { sa: f32 });
+            args.push(quote! { #c });
+        }
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(#(#params),*) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        Val::new(body.bind(into.name(), quote! { #name(#(#args),*) }), None)
+    }
+
+    /// Attention over the cache of `layer`; q, k and v passed with their pending factors.
+    fn attention(
+        &mut self,
+        name: Ident,
+        head: &str,
+        layer: usize,
+        out: Buffer,
+        qkv: [Val; 3],
+        body: &mut Body,
+    ) -> Val {
+        let mut params = Vec::new();
+        let mut args = Vec::new();
+        let mut scaled = Vec::new();
+        for (val, (arg, factor)) in qkv.into_iter().zip([("q", "cq"), ("k", "ck"), ("v", "cv")]) {
+            let regs = val.regs;
+            let (arg, factor) = (ident(arg), ident(factor));
+            args.push(quote! { #regs });
+            let ty = self.vec_ty(self.f.shape.embd);
+            params.push(quote! { #arg: #ty });
+            if let Some(c) = val.scale {
+                args.push(quote! { #c });
+                params.push(quote! { #factor: f32 });
+                scaled.push((arg, factor));
             }
         }
+        self.attention_fn(&name, head, layer, &params, &scaled);
+        Val::new(
+            body.bind(out.name(), quote! { #name(keys, values, pos, #(#args),*) }),
+            None,
+        )
     }
 
     /// Ops `index` and `index + 1`: `out = W · x` then `into += out`, as one matvec whose
@@ -405,13 +414,7 @@ impl<'a> F32Gen<'a> {
         };
         let id = body.bind(into.name(), quote! { #name(w, #x, #seed) });
         vals.remove(&out);
-        vals.insert(
-            into,
-            Val {
-                regs: id,
-                scale: None,
-            },
-        );
+        vals.insert(into, Val::new(id, None));
     }
 
     fn matvec_fn(&mut self, name: &Ident, doc: &str, weight: Param, rows: usize, cols: usize) {

@@ -116,153 +116,159 @@ impl<'a> Q412Gen<'a> {
         vals.extend(bound);
     }
 
+    /// One op: its function among the items, its call in the step body.
     fn render_op(&mut self, index: usize, op: &Op, body: &mut Body, vals: &mut HashMap<Buffer, Ident>) {
-        let t = self.f.t;
         let s = self.f.shape;
-        let l = self.f.lanes();
-        let doc_head = format!("Op {index} of the forward pass in Q4.12, shape {s}: `{op}`.");
-        let attrs = self.attrs();
-        match *op {
-            Op::Embed { out } => {
-                let wte = self.f.plan.get(Param::Wte).offset;
-                let wpe = self.f.plan.get(Param::Wpe).offset;
-                let row = self.f.padded(s.embd);
-                let regs: Vec<T> = (0..self.f.regs(s.embd))
-                    .map(|i| {
-                        let o = i * l;
-                        let a = t.load_i16(quote! { w.add(#wte + tok * #row + #o) });
-                        let b = t.load_i16(quote! { w.add(#wpe + pos * #row + #o) });
-                        t.wrap16(t.add_i32(a, b))
-                    })
-                    .collect();
-                let ty = self.ity(s.embd);
-                let name = format_ident!("op{:02}_embed", index);
-                let doc = format!("{doc_head} i16 addition, wrapping.");
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(w: *const i16, tok: usize, pos: usize) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(out.name(), quote! { #name(w, tok, pos) });
-                vals.insert(out, id);
-            }
-            Op::RmsNorm { input, out } => {
-                let x = vals[&input].clone();
-                let n = s.embd;
-                let r = self.f.regs(n);
-                let ty = self.ity(n);
-                let fty = self.fty(n);
-                let epad = self.f.padded(n);
-                let fx: Vec<T> = (0..r)
-                    .map(|i| q412_real(&mut Vector(t), t.i32_to_f32(quote! { x[#i] })))
-                    .collect();
-                let sq_stores: Vec<T> = (0..r)
-                    .map(|i| {
-                        let o = i * l;
-                        t.store(
-                            quote! { sq.as_mut_ptr().add(#o) },
-                            t.mul(quote! { fx[#i] }, quote! { fx[#i] }),
-                        )
-                    })
-                    .collect();
-                let adds: Vec<T> = (0..n).map(|i| quote! { ms += sq[#i]; }).collect();
-                let outs: Vec<T> = (0..r)
-                    .map(|i| {
-                        let y = q412_rms_value(&mut Vector(t), quote! { fx[#i] }, t.splat(quote! { scale }));
-                        t.sat16(t.f32_to_i32_round(y))
-                    })
-                    .collect();
-                let scale = q412_rms_scale(&mut Expr, quote! { ms }, n);
-                let name = format_ident!("op{:02}_rmsnorm", index);
-                let doc = format!(
-                    "{doc_head} In f32 as the reference does it: the sum of squares left to right, \
-                     `1/sqrt(ms/{n} + 1e-5)`, each value rounded half to even and saturated."
-                );
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(x: #ty) -> #ty {
-                        let fx: #fty = [#(#fx),*];
-                        let mut sq = [0.0f32; #epad];
-                        #(#sq_stores)*
-                        let mut ms = 0.0f32;
-                        #(#adds)*
-                        let scale = #scale;
-                        [#(#outs),*]
-                    }
-                });
-                let id = body.bind(out.name(), quote! { #name(#x) });
-                vals.insert(out, id);
-            }
+        let head = format!("Op {index} of the forward pass in Q4.12, shape {s}: `{op}`.");
+        let name = |suffix: &str| format_ident!("op{:02}_{}", index, suffix);
+        let (made, call) = match *op {
+            Op::Embed { out } => (out, self.embed(name("embed"), &head)),
+            Op::RmsNorm { input, out } => (out, self.rmsnorm(name("rmsnorm"), &head, &vals[&input])),
             Op::MatVec { weight, input, out } => {
-                let x = vals[&input].clone();
+                let name = name(&format!("matvec_{}", weight.name().replace('.', "_")));
                 let (rows, cols) = weight.dims(&s);
-                let name = format_ident!("op{:02}_matvec_{}", index, weight.name().replace('.', "_"));
                 let doc = format!(
-                    "{doc_head} A {rows}×{cols} Q4.12 matvec: i32 sums of i16 products (exact in any \
+                    "{head} A {rows}×{cols} Q4.12 matvec: i32 sums of i16 products (exact in any \
                      order), then `>> 12` and saturation to i16."
                 );
                 self.matvec_fn(&name, &doc, weight, rows, cols);
-                let id = body.bind(out.name(), quote! { #name(w, #x) });
-                vals.insert(out, id);
+                let x = &vals[&input];
+                (out, quote! { #name(w, #x) })
             }
             Op::Logits { input } => {
-                let x = vals[&input].clone();
-                let name = format_ident!("op{:02}_logits", index);
-                let doc = format!("{doc_head} The output head: a Q4.12 matvec.");
+                let name = name("logits");
+                let doc = format!("{head} The output head: a Q4.12 matvec.");
                 self.matvec_fn(&name, &doc, Param::LmHead, s.vocab, s.embd);
-                let id = body.bind("logits", quote! { #name(w, #x) });
-                vals.insert(Buffer::Logits, id);
+                let x = &vals[&input];
+                (Buffer::Logits, quote! { #name(w, #x) })
             }
-            Op::Relu { buf } => {
-                let x = vals[&buf].clone();
-                let n = buf.len(&s);
-                let ty = self.ity(n);
-                let regs: Vec<T> = (0..self.f.regs(n))
-                    .map(|i| t.max0_i32(quote! { h[#i] }))
-                    .collect();
-                let name = format_ident!("op{:02}_relu", index);
-                let doc = doc_head.clone();
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(h: #ty) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(buf.name(), quote! { #name(#x) });
-                vals.insert(buf, id);
-            }
-            Op::Add { input, into } => {
-                let a = vals[&input].clone();
-                let b = vals[&into].clone();
-                let n = into.len(&s);
-                let ty = self.ity(n);
-                let regs: Vec<T> = (0..self.f.regs(n))
-                    .map(|i| t.sat16(t.add_i32(quote! { into[#i] }, quote! { input[#i] })))
-                    .collect();
-                let name = format_ident!("op{:02}_residual_add", index);
-                let doc = format!("{doc_head} i32 sum, saturated to i16.");
-                self.f.items.push(quote! {
-                    #[doc = #doc]
-                    #attrs
-                    unsafe fn #name(into: #ty, input: #ty) -> #ty {
-                        [#(#regs),*]
-                    }
-                });
-                let id = body.bind(into.name(), quote! { #name(#b, #a) });
-                vals.insert(into, id);
-            }
+            Op::Relu { buf } => (buf, self.relu(name("relu"), &head, buf, &vals[&buf])),
+            Op::Add { input, into } => (
+                into,
+                self.add(name("residual_add"), &head, into, &vals[&input], &vals[&into]),
+            ),
             Op::Attention { layer, q, k, v, out } => {
-                let name = format_ident!("op{:02}_attention", index);
-                self.attention_fn(&name, &doc_head, layer);
-                let (qr, kr, vr) = (vals[&q].clone(), vals[&k].clone(), vals[&v].clone());
-                let id = body.bind(out.name(), quote! { #name(keys, values, pos, #qr, #kr, #vr) });
-                vals.insert(out, id);
+                let name = name("attention");
+                self.attention_fn(&name, &head, layer);
+                let (q, k, v) = (&vals[&q], &vals[&k], &vals[&v]);
+                (out, quote! { #name(keys, values, pos, #q, #k, #v) })
             }
-        }
+        };
+        vals.insert(made, body.bind(made.name(), call));
+    }
+
+    /// `x = wte[tok] + wpe[pos]`, i16 wrapping; returns the call.
+    fn embed(&mut self, name: Ident, head: &str) -> T {
+        let (t, s, l) = (self.f.t, self.f.shape, self.f.lanes());
+        let wte = self.f.plan.get(Param::Wte).offset;
+        let wpe = self.f.plan.get(Param::Wpe).offset;
+        let row = self.f.padded(s.embd);
+        let regs: Vec<T> = (0..self.f.regs(s.embd))
+            .map(|i| {
+                let o = i * l;
+                let a = t.load_i16(quote! { w.add(#wte + tok * #row + #o) });
+                let b = t.load_i16(quote! { w.add(#wpe + pos * #row + #o) });
+                t.wrap16(t.add_i32(a, b))
+            })
+            .collect();
+        let (attrs, ty) = (self.attrs(), self.ity(s.embd));
+        let doc = format!("{head} i16 addition, wrapping.");
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(w: *const i16, tok: usize, pos: usize) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        quote! { #name(w, tok, pos) }
+    }
+
+    /// RMSNorm in f32 in the reference's order, the values rounded back; returns the call.
+    fn rmsnorm(&mut self, name: Ident, head: &str, x: &Ident) -> T {
+        let (t, l) = (self.f.t, self.f.lanes());
+        let n = self.f.shape.embd;
+        let r = self.f.regs(n);
+        let ty = self.ity(n);
+        let fty = self.fty(n);
+        let epad = self.f.padded(n);
+        let fx: Vec<T> = (0..r)
+            .map(|i| q412_real(&mut Vector(t), t.i32_to_f32(quote! { x[#i] })))
+            .collect();
+        let sq_stores: Vec<T> = (0..r)
+            .map(|i| {
+                let o = i * l;
+                t.store(
+                    quote! { sq.as_mut_ptr().add(#o) },
+                    t.mul(quote! { fx[#i] }, quote! { fx[#i] }),
+                )
+            })
+            .collect();
+        let adds: Vec<T> = (0..n).map(|i| quote! { ms += sq[#i]; }).collect();
+        let outs: Vec<T> = (0..r)
+            .map(|i| {
+                let y = q412_rms_value(&mut Vector(t), quote! { fx[#i] }, t.splat(quote! { scale }));
+                t.sat16(t.f32_to_i32_round(y))
+            })
+            .collect();
+        let scale = q412_rms_scale(&mut Expr, quote! { ms }, n);
+        let doc = format!(
+            "{head} In f32 as the reference does it: the sum of squares left to right, \
+             `1/sqrt(ms/{n} + 1e-5)`, each value rounded half to even and saturated."
+        );
+        let attrs = self.attrs();
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(x: #ty) -> #ty {
+                let fx: #fty = [#(#fx),*];
+                let mut sq = [0.0f32; #epad];
+                #(#sq_stores)*
+                let mut ms = 0.0f32;
+                #(#adds)*
+                let scale = #scale;
+                [#(#outs),*]
+            }
+        });
+        quote! { #name(#x) }
+    }
+
+    /// `buf = relu(buf)`; returns the call.
+    fn relu(&mut self, name: Ident, head: &str, buf: Buffer, x: &Ident) -> T {
+        let t = self.f.t;
+        let n = buf.len(&self.f.shape);
+        let ty = self.ity(n);
+        let regs: Vec<T> = (0..self.f.regs(n))
+            .map(|i| t.max0_i32(quote! { h[#i] }))
+            .collect();
+        let attrs = self.attrs();
+        self.f.items.push(quote! {
+            #[doc = #head]
+            #attrs
+            unsafe fn #name(h: #ty) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        quote! { #name(#x) }
+    }
+
+    /// `into += input`, saturated; returns the call.
+    fn add(&mut self, name: Ident, head: &str, into: Buffer, input: &Ident, to: &Ident) -> T {
+        let t = self.f.t;
+        let n = into.len(&self.f.shape);
+        let ty = self.ity(n);
+        let regs: Vec<T> = (0..self.f.regs(n))
+            .map(|i| t.sat16(t.add_i32(quote! { into[#i] }, quote! { input[#i] })))
+            .collect();
+        let doc = format!("{head} i32 sum, saturated to i16.");
+        let attrs = self.attrs();
+        self.f.items.push(quote! {
+            #[doc = #doc]
+            #attrs
+            unsafe fn #name(into: #ty, input: #ty) -> #ty {
+                [#(#regs),*]
+            }
+        });
+        quote! { #name(#to, #input) }
     }
 
     fn matvec_fn(&mut self, name: &Ident, doc: &str, weight: Param, rows: usize, cols: usize) {

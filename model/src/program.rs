@@ -3,7 +3,8 @@
 //! Every backend renders this list: the reference engine interprets it, the code generators
 //! turn each op into code. Nothing else in the project restates the forward pass.
 
-use crate::{Param, Shape};
+use crate::groups::Group;
+use crate::{Layout, Param, Shape};
 use std::fmt;
 
 /// Epsilon inside every RMSNorm: `x · (mean(x²) + RMS_EPS)^-½`.
@@ -189,6 +190,7 @@ pub struct HistoryFreePrefix {
 pub struct Program {
     shape: Shape,
     ops: Vec<Op>,
+    pub(crate) groups: Vec<Group>,
 }
 
 impl Program {
@@ -250,7 +252,8 @@ impl Program {
             ]);
         }
         ops.push(Op::Logits { input: X });
-        Program { shape, ops }
+        let groups = crate::groups::find(&Layout::new(shape), &ops);
+        Program { shape, ops, groups }
     }
 
     pub fn shape(&self) -> &Shape {
@@ -324,7 +327,6 @@ impl Program {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Layout;
 
     #[test]
     fn default_program_macs_match_shape() {
