@@ -3,7 +3,7 @@
 
 use crate::source::{buffer_name, param_macro};
 use microgpt_model::plan::PrefixRow;
-use microgpt_model::{Buffer, Layout, Op, Param, Shape};
+use microgpt_model::{Buffer, Fusion, Layout, Op, Param, Program, Shape};
 use std::fmt::Write;
 
 /// Where the lane step keeps a buffer.
@@ -32,6 +32,9 @@ impl LaneHome {
 /// holds). So a float is overwritten only after a second sync, which every lane reaches after
 /// reading what the first one published; buffers published two syncs ago are gone.
 pub(crate) struct LaneStep {
+    shape: Shape,
+    /// See [`lane_step`].
+    whole_inputs: bool,
     text: String,
     homes: Vec<Option<LaneHome>>,
     current: usize,
@@ -99,8 +102,8 @@ impl LaneStep {
     }
 
     /// `b` as a register array, declared on first use (read from the table where it is there).
-    fn registers(&mut self, shape: &Shape, b: Buffer) -> String {
-        let (name, n) = (buffer_name(b), b.len(shape));
+    fn registers(&mut self, b: Buffer) -> String {
+        let (name, n) = (buffer_name(b), b.len(&self.shape));
         match self.homes[b.index()] {
             Some(LaneHome::Registers) => {}
             Some(LaneHome::Table { at }) => {
@@ -136,15 +139,11 @@ impl LaneStep {
 /// `whole_inputs`: a matvec whose input is in memory has every lane read it whole (`WHOLE`)
 /// instead of splitting its columns between groups of lanes, for a step whose weights stay in
 /// registers.
-pub(crate) fn lane_step(
-    shape: &Shape,
-    ops: &[Op],
-    table: Option<&PrefixRow>,
-    whole_inputs: bool,
-) -> (String, usize) {
-    let (e, vocab) = (shape.embd, shape.vocab);
-    let layout = Layout::new(*shape);
+pub(crate) fn lane_step(program: &Program, table: Option<&PrefixRow>, whole_inputs: bool) -> (String, usize) {
+    let ops = program.ops();
     let mut st = LaneStep {
+        shape: *program.shape(),
+        whole_inputs,
         text: String::new(),
         homes: vec![None; Buffer::ALL.len()],
         current: 1,
@@ -152,10 +151,34 @@ pub(crate) fn lane_step(
         synced: true,
         size: 0,
     };
-    let mut i = 0;
-    if let Some(t) = table {
+    let mut i = table.map_or(0, |t| st.from_table(t));
+    while i < ops.len() {
+        let op = ops[i];
+        let _ = writeln!(st.text, "    // {op}");
+        i += 1;
+        match op {
+            Op::Embed { out } => st.embed(out),
+            Op::RmsNorm { input, out } => st.rmsnorm(input, out, i),
+            Op::MatVec { .. } => i = st.matvecs(program, i - 1),
+            Op::Relu { buf } => {
+                panic!("the lane step rectifies {buf:?} only right after the matvec that makes it")
+            }
+            Op::Attention { layer, q, k, v, out } => st.attention(layer, [q, k, v], out),
+            Op::Add { input, into } => st.add(input, into),
+            Op::Logits { input } => st.logits(input),
+        }
+    }
+    // The next step writes sh0 first: every lane must be done reading it.
+    assert_eq!(st.current, 1, "the lane step ends reading sh1");
+    st.text.push_str("    return next;\n");
+    (st.text, st.size)
+}
+
+impl LaneStep {
+    /// Reads the prefix table's row; returns the first op after the prefix.
+    fn from_table(&mut self, t: &PrefixRow) -> usize {
         let _ = writeln!(
-            st.text,
+            self.text,
             "    // ops 0..{} from the prefix table: {}\n    \
              const float* const row = w + MG_TABLE + (tok * MG_BLOCK + pos) * MG_TABLE_ROW;",
             t.ops,
@@ -166,189 +189,181 @@ pub(crate) fn lane_step(
                 .join(", ")
         );
         for &(b, at) in &t.live {
-            st.homes[b.index()] = Some(LaneHome::Table { at });
+            self.homes[b.index()] = Some(LaneHome::Table { at });
         }
-        i = t.ops;
+        t.ops
     }
-    while i < ops.len() {
-        let op = ops[i];
-        let _ = writeln!(st.text, "    // {op}");
-        i += 1;
-        match op {
-            Op::Embed { out } => {
-                let quads = e.is_multiple_of(4)
-                    && layout.tensor(Param::Wte).offset.is_multiple_of(4)
-                    && layout.tensor(Param::Wpe).offset.is_multiple_of(4);
-                let o = st.registers(shape, out);
-                st.written(out);
-                let _ = writeln!(st.text, "    mg_l_embed<{e}, {quads}>(w, tok, pos, {o});");
-            }
-            Op::RmsNorm { input, out } => {
-                if matches!(st.home(input), LaneHome::Table { .. }) {
-                    st.registers(shape, input);
-                }
-                assert!(
-                    matches!(st.home(input), LaneHome::Registers),
-                    "the lane step normalises a vector in registers"
-                );
-                let x = buffer_name(input);
-                let n = input.len(shape);
-                if input == out {
-                    st.written(out);
-                    let _ = writeln!(
-                        st.text,
-                        "    mg_l_scale<{n}>({x}, mg_l_rms_scale<{n}>({x}), {x});"
-                    );
-                } else {
-                    let scale = format!("{}_scale_{i}", buffer_name(out));
-                    let _ = writeln!(st.text, "    const float {scale} = mg_l_rms_scale<{n}>({x});");
-                    st.written(out);
-                    st.homes[out.index()] = Some(LaneHome::Scaled { of: input, scale });
-                }
-            }
-            Op::MatVec { weight, input, out } => {
-                let (rows, cols) = weight.dims(shape);
-                // Matvecs of the same input by matrices stored one after the other (q, k, v) run
-                // as one, their outputs side by side.
-                let mut outs = vec![out];
-                let mut end = layout.tensor(weight).offset + rows * cols;
-                while rows.is_multiple_of(4) && out != input {
-                    let Some(&Op::MatVec {
-                        weight: w2,
-                        input: i2,
-                        out: o2,
-                    }) = ops.get(i)
-                    else {
-                        break;
-                    };
-                    let t = layout.tensor(w2);
-                    if i2 != input
-                        || o2 == input
-                        || w2.dims(shape) != (rows, cols)
-                        || t.offset != end
-                        || outs.contains(&o2)
-                    {
-                        break;
-                    }
-                    if matches!(ops.get(i + 1), Some(Op::Relu { .. })) {
-                        break;
-                    }
-                    let _ = writeln!(st.text, "    // {} (with the one above)", ops[i]);
-                    outs.push(o2);
-                    end += rows * cols;
-                    i += 1;
-                }
-                let relu = matches!(ops.get(i), Some(Op::Relu { buf }) if *buf == out);
-                if relu {
-                    let _ = writeln!(st.text, "    // {} (in the matvec)", ops[i]);
-                    i += 1;
-                }
-                let whole = whole_inputs && st.home(input).in_memory();
-                let split = st.home(input).in_memory() && !whole;
-                let (x, scale) = st.operand(input);
-                let mut first = None;
-                for &o in &outs {
-                    let (buf, at) = st.alloc(rows);
-                    first.get_or_insert((buf, at));
-                    st.written(o);
-                    st.homes[o.index()] = Some(LaneHome::Shared { buf, at });
-                }
-                let (buf, at) = first.expect("one output at least");
-                let all = rows * outs.len();
-                let stacked = if whole {
-                    format!(", {rows}, true")
-                } else if outs.len() > 1 {
-                    format!(", {rows}")
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(
-                    st.text,
-                    "    mg_l_matvec<{all}, {cols}, {split}, {relu}{stacked}>(w + {}, {x}, {scale}, sh{buf} + {at});",
-                    param_macro(weight)
-                );
-            }
-            Op::Relu { buf } => {
-                panic!("the lane step rectifies {buf:?} only right after the matvec that makes it")
-            }
-            Op::Attention { layer, q, k, v, out } => {
-                let [q, k, v] = [q, k, v].map(|b| {
-                    assert!(
-                        st.home(b).in_memory(),
-                        "the lane step's attention reads its vectors from memory"
-                    );
-                    st.operand(b).0
-                });
-                let (buf, at) = st.alloc(e);
-                st.written(out);
-                st.homes[out.index()] = Some(LaneHome::Shared { buf, at });
-                let _ = writeln!(
-                    st.text,
-                    "    mg_l_attention<{e}, {}>(s + MG_S_KV + {}, s + MG_S_KV + {}, {q}, {k}, {v}, sh{buf} + {at}, pos);",
-                    shape.heads,
-                    2 * layer * shape.block * e,
-                    (2 * layer + 1) * shape.block * e,
-                );
-            }
-            Op::Add { input, into } => {
-                if matches!(st.home(into), LaneHome::Table { .. }) {
-                    st.registers(shape, into);
-                }
-                assert!(
-                    st.home(input).in_memory() && matches!(st.home(into), LaneHome::Registers),
-                    "the lane step adds a vector in memory into registers"
-                );
-                let (x, _) = st.operand(input);
-                st.written(into);
-                let _ = writeln!(
-                    st.text,
-                    "    mg_l_add<{}>({x}, {});",
-                    into.len(shape),
-                    buffer_name(into)
-                );
-            }
-            Op::Logits { input } => {
-                let in_memory = st.home(input).in_memory();
-                let mode = if whole_inputs && in_memory {
-                    format!("false, {vocab}, true")
-                } else {
-                    in_memory.to_string()
-                };
-                let (x, scale) = st.operand(input);
-                let k = vocab.div_ceil(32);
-                let _ = writeln!(
-                    st.text,
-                    "    float lg[{k}];\n    mg_w_rows<{vocab}, {}, {mode}>(w + {}, {x}, lg);",
-                    input.len(shape),
-                    param_macro(Param::LmHead)
-                );
-                if scale != "1.0f" {
-                    let _ = writeln!(
-                        st.text,
-                        "    #pragma unroll\n    for (int k = 0; k < {k}; k++) lg[k] *= {scale};"
-                    );
-                }
-                let _ = writeln!(
-                    st.text,
-                    "    if (logits_out) {{\n        #pragma unroll\n        for (int k = 0; k < {k}; k++) {{\n            \
-                     const int i = (threadIdx.x & 31) + 32 * k;\n            \
-                     if ((threadIdx.x & 31) < MG_ROW_LANES({vocab}) && i < {vocab}) logits_out[i] = lg[k];\n        }}\n    }}"
-                );
-                // The draw writes the logits and then the exponentials, a sync after each; both in
-                // sh1 when the logits are there, so that the step ends with sh0 free for the next.
-                let (a, at_a) = st.alloc(vocab);
-                st.sync_marked();
-                let (b, at_b) = if a == 1 { st.append(vocab) } else { st.alloc(vocab) };
-                st.sync_marked();
-                let _ = writeln!(
-                    st.text,
-                    "    const int next = mg_l_sample<{vocab}>(lg, sh{a} + {at_a}, sh{b} + {at_b}, r);"
-                );
-            }
+
+    fn embed(&mut self, out: Buffer) {
+        let (shape, e) = (self.shape, self.shape.embd);
+        let layout = Layout::new(shape);
+        let quads = e.is_multiple_of(4)
+            && layout.tensor(Param::Wte).offset.is_multiple_of(4)
+            && layout.tensor(Param::Wpe).offset.is_multiple_of(4);
+        let o = self.registers(out);
+        self.written(out);
+        let _ = writeln!(self.text, "    mg_l_embed<{e}, {quads}>(w, tok, pos, {o});");
+    }
+
+    /// In place, the factor applied; otherwise a factor pending on `input`'s registers (`next`:
+    /// the index of the op after this one, which names the factor).
+    fn rmsnorm(&mut self, input: Buffer, out: Buffer, next: usize) {
+        if matches!(self.home(input), LaneHome::Table { .. }) {
+            self.registers(input);
+        }
+        assert!(
+            matches!(self.home(input), LaneHome::Registers),
+            "the lane step normalises a vector in registers"
+        );
+        let x = buffer_name(input);
+        let n = input.len(&self.shape);
+        if input == out {
+            self.written(out);
+            let _ = writeln!(
+                self.text,
+                "    mg_l_scale<{n}>({x}, mg_l_rms_scale<{n}>({x}), {x});"
+            );
+        } else {
+            let scale = format!("{}_scale_{next}", buffer_name(out));
+            let _ = writeln!(self.text, "    const float {scale} = mg_l_rms_scale<{n}>({x});");
+            self.written(out);
+            self.homes[out.index()] = Some(LaneHome::Scaled { of: input, scale });
         }
     }
-    // The next step writes sh0 first: every lane must be done reading it.
-    assert_eq!(st.current, 1, "the lane step ends reading sh1");
-    st.text.push_str("    return next;\n");
-    (st.text, st.size)
+
+    /// The matvec at op `at`, with the ones it runs as one: the rest of a group of matvecs of one
+    /// input (q, k, v: their outputs side by side, when the rows are a multiple of 4 and none is
+    /// rectified next) or the rectifier of its result. Returns the first op not rendered.
+    fn matvecs(&mut self, program: &Program, at: usize) -> usize {
+        let ops = program.ops();
+        let Op::MatVec { weight, input, out } = ops[at] else {
+            unreachable!("a matvec at {at}")
+        };
+        let (rows, cols) = weight.dims(&self.shape);
+        let mut next = at + 1;
+        let mut outs = vec![out];
+        if let Some(group) = program.group(Fusion::SameInput, at)
+            && rows.is_multiple_of(4)
+        {
+            while next < group.end && !matches!(ops.get(next + 1), Some(Op::Relu { .. })) {
+                let _ = writeln!(self.text, "    // {} (with the one above)", ops[next]);
+                outs.push(ops[next].output());
+                next += 1;
+            }
+        }
+        let relu = outs.len() == 1 && program.group(Fusion::MatVecRelu, at).is_some();
+        if relu {
+            let _ = writeln!(self.text, "    // {} (in the matvec)", ops[next]);
+            next += 1;
+        }
+        let whole = self.whole_inputs && self.home(input).in_memory();
+        let split = self.home(input).in_memory() && !whole;
+        let (x, scale) = self.operand(input);
+        let mut first = None;
+        for &o in &outs {
+            let (buf, at) = self.alloc(rows);
+            first.get_or_insert((buf, at));
+            self.written(o);
+            self.homes[o.index()] = Some(LaneHome::Shared { buf, at });
+        }
+        let (buf, at) = first.expect("one output at least");
+        let all = rows * outs.len();
+        let stacked = if whole {
+            format!(", {rows}, true")
+        } else if outs.len() > 1 {
+            format!(", {rows}")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            self.text,
+            "    mg_l_matvec<{all}, {cols}, {split}, {relu}{stacked}>(w + {}, {x}, {scale}, sh{buf} + {at});",
+            param_macro(weight)
+        );
+        next
+    }
+
+    fn attention(&mut self, layer: usize, qkv: [Buffer; 3], out: Buffer) {
+        let (e, block) = (self.shape.embd, self.shape.block);
+        let [q, k, v] = qkv.map(|b| {
+            assert!(
+                self.home(b).in_memory(),
+                "the lane step's attention reads its vectors from memory"
+            );
+            self.operand(b).0
+        });
+        let (buf, at) = self.alloc(e);
+        self.written(out);
+        self.homes[out.index()] = Some(LaneHome::Shared { buf, at });
+        let _ = writeln!(
+            self.text,
+            "    mg_l_attention<{e}, {}>(s + MG_S_KV + {}, s + MG_S_KV + {}, {q}, {k}, {v}, sh{buf} + {at}, pos);",
+            self.shape.heads,
+            2 * layer * block * e,
+            (2 * layer + 1) * block * e,
+        );
+    }
+
+    fn add(&mut self, input: Buffer, into: Buffer) {
+        if matches!(self.home(into), LaneHome::Table { .. }) {
+            self.registers(into);
+        }
+        assert!(
+            self.home(input).in_memory() && matches!(self.home(into), LaneHome::Registers),
+            "the lane step adds a vector in memory into registers"
+        );
+        let (x, _) = self.operand(input);
+        self.written(into);
+        let _ = writeln!(
+            self.text,
+            "    mg_l_add<{}>({x}, {});",
+            into.len(&self.shape),
+            buffer_name(into)
+        );
+    }
+
+    /// `lg = lm_head · x` over the lanes (each lane's rows in `lg`), then the draw.
+    fn logits(&mut self, input: Buffer) {
+        let vocab = self.shape.vocab;
+        let in_memory = self.home(input).in_memory();
+        let mode = if self.whole_inputs && in_memory {
+            format!("false, {vocab}, true")
+        } else {
+            in_memory.to_string()
+        };
+        let (x, scale) = self.operand(input);
+        let k = vocab.div_ceil(32);
+        let _ = writeln!(
+            self.text,
+            "    float lg[{k}];\n    mg_w_rows<{vocab}, {}, {mode}>(w + {}, {x}, lg);",
+            input.len(&self.shape),
+            param_macro(Param::LmHead)
+        );
+        if scale != "1.0f" {
+            let _ = writeln!(
+                self.text,
+                "    #pragma unroll\n    for (int k = 0; k < {k}; k++) lg[k] *= {scale};"
+            );
+        }
+        let _ = writeln!(
+            self.text,
+            "    if (logits_out) {{\n        #pragma unroll\n        for (int k = 0; k < {k}; k++) {{\n            \
+             const int i = (threadIdx.x & 31) + 32 * k;\n            \
+             if ((threadIdx.x & 31) < MG_ROW_LANES({vocab}) && i < {vocab}) logits_out[i] = lg[k];\n        }}\n    }}"
+        );
+        // The draw writes the logits and then the exponentials, a sync after each; both in
+        // sh1 when the logits are there, so that the step ends with sh0 free for the next.
+        let (a, at_a) = self.alloc(vocab);
+        self.sync_marked();
+        let (b, at_b) = if a == 1 {
+            self.append(vocab)
+        } else {
+            self.alloc(vocab)
+        };
+        self.sync_marked();
+        let _ = writeln!(
+            self.text,
+            "    const int next = mg_l_sample<{vocab}>(lg, sh{a} + {at_a}, sh{b} + {at_b}, r);"
+        );
+    }
 }

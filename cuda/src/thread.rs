@@ -78,46 +78,38 @@ pub(crate) fn thread_cache_store(shape: &Shape, ops: &[Op], i: usize) -> Option<
     None
 }
 
-/// `up · x → h; relu(h); down · h → y` as one `mg_t_mlp` call: one loop over the hidden units, so
-/// that the hidden vector never has to live in registers (it would not fit beside the rest at
-/// larger shapes). `y[r]` still sums its terms in the reference's order.
-pub(crate) fn thread_mlp(shape: &Shape, ops: &[Op]) -> Option<String> {
+/// `up · x → h; relu(h); down · h → y` (an MLP group, [`Fusion::Mlp`]) as one `mg_t_mlp` call:
+/// one loop over the hidden units, so that the hidden vector never has to live in registers (it
+/// would not fit beside the rest at larger shapes). `y[r]` still sums its terms in the
+/// reference's order.
+///
+/// [`Fusion::Mlp`]: microgpt_model::Fusion::Mlp
+pub(crate) fn thread_mlp(shape: &Shape, ops: &[Op]) -> String {
     let [
         Op::MatVec {
-            weight: up,
-            input,
-            out: hidden,
+            weight: up, input, ..
         },
-        Op::Relu { buf },
+        Op::Relu { .. },
         Op::MatVec {
-            weight: down,
-            input: h2,
-            out,
+            weight: down, out, ..
         },
-        ..,
     ] = *ops
     else {
-        return None;
+        panic!("an MLP group is a matvec, its rectifier and a matvec: {ops:?}")
     };
-    if buf != hidden || h2 != hidden || input == hidden || out == hidden {
-        return None;
-    }
     let (mlp, cols) = up.dims(shape);
-    let (rows, mlp2) = down.dims(shape);
-    if mlp != mlp2 {
-        return None;
-    }
-    Some(format!(
+    let (rows, _) = down.dims(shape);
+    format!(
         "    mg_t_mlp<{rows}, {cols}, {mlp}, {}>(w + {}, w + {}, {}, {});",
         quads(shape, up) && quads(shape, down),
         param_macro(up),
         param_macro(down),
         buffer_name(input),
         buffer_name(out)
-    ))
+    )
 }
 
-pub(crate) fn thread_matvec(shape: &Shape, weight: Param, input: Buffer, out: Buffer) -> String {
+fn thread_matvec(shape: &Shape, weight: Param, input: Buffer, out: Buffer) -> String {
     let (rows, cols) = weight.dims(shape);
     format!(
         "    mg_t_matvec<{rows}, {cols}, {}>(w + {}, {}, {});",
