@@ -2,7 +2,8 @@
 //! runtime's `BatchKernel` around the step [`BatchGen`] renders.
 
 use crate::batch::{BatchGen, EmbTable};
-use crate::expand::{KernelId, cfg_attr, feature_checks};
+use crate::expand::KernelId;
+use crate::module::Module;
 use microgpt_model::{Precision, Program};
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -14,13 +15,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
     let s = *program.shape();
     let t = id.target;
     let l = t.lanes();
-    let module = id.module();
-    let name = id.variant_name();
     let isa = id.isa();
-    let attrs = t.fn_attrs(id.vnni());
-    let imports = t.imports();
-    let cfg = cfg_attr(t);
-    let checks = feature_checks(id);
     let q = id.precision == Precision::Q412;
     let (vocab, e, block, layers) = (s.vocab, s.embd, s.block, s.layers);
     let cache = layers * block * e * l;
@@ -66,93 +61,70 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
          built by `Kernel::prepare`."
     );
     let vi = t.vi();
-    quote! {
-        #[doc = #doc]
-        #cfg
-        pub mod #module {
-            use super::*;
-            #imports
-
-            #[doc = #doc]
-            pub struct Kernel {
-                weights: ::microgpt_runtime::kernel::Aligned<#weights_ty>,
-                /// The embedding tables (see the embedding op for their order).
-                emb: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
-                /// `[layer][ring slot][channel][lane]`.
-                keys: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
-                values: ::microgpt_runtime::kernel::Aligned<f32>,
-                /// `[id][lane]`.
-                logits: ::microgpt_runtime::kernel::Aligned<f32>,
-                /// The ring slot this step writes.
-                slot: usize,
-                inv_temperature: f32,
+    Module {
+        id,
+        doc,
+        uses: quote! {},
+        kernel_trait: quote! { BatchKernel },
+        precision,
+        consts: quote! { const LANES: usize = #l; },
+        fields: quote! {
+            weights: ::microgpt_runtime::kernel::Aligned<#weights_ty>,
+            /// The embedding tables (see the embedding op for their order).
+            emb: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
+            /// `[layer][ring slot][channel][lane]`.
+            keys: ::microgpt_runtime::kernel::Aligned<#keys_ty>,
+            values: ::microgpt_runtime::kernel::Aligned<f32>,
+            /// `[id][lane]`.
+            logits: ::microgpt_runtime::kernel::Aligned<f32>,
+            /// The ring slot this step writes.
+            slot: usize,
+            inv_temperature: f32,
+        },
+        prelude: quote! { #prelude },
+        inits: quote! {
+            weights: #fill,
+            emb: {
+                let words = #words;
+                let layout = weights.layout();
+                #emb_init
+            },
+            keys: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
+            values: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
+            logits: ::microgpt_runtime::kernel::Aligned::zeroed(#vocab * #l),
+            slot: 0,
+            inv_temperature: 1.0 / settings.temperature,
+        },
+        methods: quote! {
+            fn step(&mut self, toks: &[u32], pos: &[u32], rs: &[f32], next: &mut [u32]) {
+                let toks: &[u32; #l] = toks.try_into().expect("one token per lane");
+                let pos: &[u32; #l] = pos.try_into().expect("one position per lane");
+                let r: &[f32; #l] = rs.try_into().expect("one draw per lane");
+                let next: &mut [u32; #l] = next.try_into().expect("one output per lane");
+                // Folds without branches, so that they vectorise.
+                let maxtok = toks.iter().fold(0, |a, &b| a.max(b)) as usize;
+                let maxpos = pos.iter().fold(0, |a, &b| a.max(b)) as usize;
+                assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
+                // SAFETY: `prepare` checked the CPU features and sized every buffer for the
+                // generated offsets; tokens and positions were just checked.
+                unsafe { batch_step(self, toks, pos, r, maxpos, next) };
+                self.slot = (self.slot + 1) % BLOCK;
             }
 
-            impl ::microgpt_runtime::kernel::BatchKernel for Kernel {
-                const NAME: &'static str = #name;
-                const ISA: &'static str = #isa;
-                const PRECISION: ::microgpt_runtime::Precision = ::microgpt_runtime::Precision::#precision;
-                const BACKEND: &'static str = "proc-macro";
-                const LANES: usize = #l;
-
-                fn shape() -> ::microgpt_model::Shape {
-                    SHAPE
-                }
-
-                fn prepare(
-                    weights: &::microgpt_weights::Weights,
-                    settings: &::microgpt_runtime::Settings,
-                ) -> ::std::result::Result<Self, ::microgpt_runtime::PrepareError> {
-                    #(#checks)*
-                    ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
-                    #prelude
-                    Ok(Kernel {
-                        weights: #fill,
-                        emb: {
-                            let words = #words;
-                            let layout = weights.layout();
-                            #emb_init
-                        },
-                        keys: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
-                        values: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
-                        logits: ::microgpt_runtime::kernel::Aligned::zeroed(#vocab * #l),
-                        slot: 0,
-                        inv_temperature: 1.0 / settings.temperature,
-                    })
-                }
-
-                fn step(&mut self, toks: &[u32], pos: &[u32], rs: &[f32], next: &mut [u32]) {
-                    let toks: &[u32; #l] = toks.try_into().expect("one token per lane");
-                    let pos: &[u32; #l] = pos.try_into().expect("one position per lane");
-                    let r: &[f32; #l] = rs.try_into().expect("one draw per lane");
-                    let next: &mut [u32; #l] = next.try_into().expect("one output per lane");
-                    // Folds without branches, so that they vectorise.
-                    let maxtok = toks.iter().fold(0, |a, &b| a.max(b)) as usize;
-                    let maxpos = pos.iter().fold(0, |a, &b| a.max(b)) as usize;
-                    assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
-                    // SAFETY: `prepare` checked the CPU features and sized every buffer for the
-                    // generated offsets; tokens and positions were just checked.
-                    unsafe { batch_step(self, toks, pos, r, maxpos, next) };
-                    self.slot = (self.slot + 1) % BLOCK;
-                }
-
-                fn logits(&self, lane: usize) -> ::std::vec::Vec<f32> {
-                    (0..VOCAB).map(|i| self.logits.as_slice()[i * #l + lane] * #logits_scale).collect()
-                }
+            fn logits(&self, lane: usize) -> ::std::vec::Vec<f32> {
+                (0..VOCAB).map(|i| self.logits.as_slice()[i * #l + lane] * #logits_scale).collect()
             }
-
-            #[doc = #step_doc]
-            #attrs
-            unsafe fn batch_step(k: &mut Kernel, toks: &[u32; #l], pos: &[u32; #l], rs: &[f32; #l], maxpos: usize, next: &mut [u32; #l]) {
-                let w = k.weights.as_ptr();
-                let keys = k.keys.as_mut_ptr();
-                let values = k.values.as_mut_ptr();
-                let slot = k.slot;
-                let _: #vi;
-                #body
-            }
-
-            #(#items)*
-        }
+        },
+        step_doc,
+        step_signature: quote! {
+            batch_step(k: &mut Kernel, toks: &[u32; #l], pos: &[u32; #l], rs: &[f32; #l], maxpos: usize, next: &mut [u32; #l])
+        },
+        step_prelude: quote! {
+            let slot = k.slot;
+            let _: #vi;
+        },
+        body,
+        items,
     }
+    .into_tokens()
 }

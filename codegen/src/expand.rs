@@ -2,6 +2,7 @@
 
 use crate::batch_module::batch_module;
 use crate::f32::F32Gen;
+use crate::module::Module;
 use crate::q412::Q412Gen;
 use crate::target::Target;
 use crate::valid::Spec;
@@ -256,13 +257,7 @@ fn fill_weights(plan: &WeightPlan, elem: T, source: T) -> T {
 fn kernel_module(program: &Program, id: KernelId) -> T {
     let s: Shape = *program.shape();
     let t = id.target;
-    let module = id.module();
-    let cfg = cfg_attr(t);
-    let imports = t.imports();
-    let attrs = t.fn_attrs(id.vnni());
-    let name = id.variant_name();
     let isa = id.isa();
-    let checks = feature_checks(id);
     let lanes = t.lanes();
     let epad = s.embd.next_multiple_of(lanes);
     let vpad = s.vocab.next_multiple_of(lanes);
@@ -347,75 +342,49 @@ fn kernel_module(program: &Program, id: KernelId) -> T {
          sampler with the uniform `r`. Returns the drawn token.\n\n# Safety\n\nThe CPU supports \
          {isa}; `tok < VOCAB`, `pos < BLOCK`; `k` was built by `Kernel::prepare`."
     );
-    quote! {
-        #[doc = #doc]
-        #cfg
-        pub mod #module {
-            use super::*;
-            #imports
-            use ::microgpt_runtime::kernel::layout;
-
-            #[doc = #doc]
-            pub struct Kernel {
-                weights: ::microgpt_runtime::kernel::Aligned<#elem>,
-                #table_field
-                keys: ::microgpt_runtime::kernel::Aligned<#cache_elem>,
-                values: ::microgpt_runtime::kernel::Aligned<f32>,
-                logits: [f32; #vpad],
-                inv_temperature: f32,
+    Module {
+        id,
+        doc,
+        uses: quote! { use ::microgpt_runtime::kernel::layout; },
+        kernel_trait: quote! { Kernel },
+        precision,
+        consts: quote! {},
+        fields: quote! {
+            weights: ::microgpt_runtime::kernel::Aligned<#elem>,
+            #table_field
+            keys: ::microgpt_runtime::kernel::Aligned<#cache_elem>,
+            values: ::microgpt_runtime::kernel::Aligned<f32>,
+            logits: [f32; #vpad],
+            inv_temperature: f32,
+        },
+        prelude,
+        inits: quote! {
+            weights: #fill,
+            #table_init
+            keys: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
+            values: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
+            logits: [0.0; #vpad],
+            inv_temperature: 1.0 / settings.temperature,
+        },
+        methods: quote! {
+            fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
+                assert!(tok < VOCAB && pos < BLOCK, "token {tok} or position {pos} out of range");
+                // SAFETY: `prepare` checked the CPU features and built every buffer with the
+                // sizes the generated offsets assume; `tok` and `pos` were just checked.
+                unsafe { token_step(self, tok, pos, r) }
             }
 
-            impl ::microgpt_runtime::kernel::Kernel for Kernel {
-                const NAME: &'static str = #name;
-                const ISA: &'static str = #isa;
-                const PRECISION: ::microgpt_runtime::Precision = ::microgpt_runtime::Precision::#precision;
-                const BACKEND: &'static str = "proc-macro";
-
-                fn shape() -> ::microgpt_model::Shape {
-                    SHAPE
-                }
-
-                fn prepare(
-                    weights: &::microgpt_weights::Weights,
-                    settings: &::microgpt_runtime::Settings,
-                ) -> ::std::result::Result<Self, ::microgpt_runtime::PrepareError> {
-                    #(#checks)*
-                    ::microgpt_runtime::kernel::check_shape(#name, weights, SHAPE)?;
-                    #prelude
-                    Ok(Kernel {
-                        weights: #fill,
-                        #table_init
-                        keys: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
-                        values: ::microgpt_runtime::kernel::Aligned::zeroed(#cache),
-                        logits: [0.0; #vpad],
-                        inv_temperature: 1.0 / settings.temperature,
-                    })
-                }
-
-                fn step(&mut self, tok: usize, pos: usize, r: f32) -> usize {
-                    assert!(tok < VOCAB && pos < BLOCK, "token {tok} or position {pos} out of range");
-                    // SAFETY: `prepare` checked the CPU features and built every buffer with the
-                    // sizes the generated offsets assume; `tok` and `pos` were just checked.
-                    unsafe { token_step(self, tok, pos, r) }
-                }
-
-                fn logits(&self) -> ::std::vec::Vec<f32> {
-                    #logits_out
-                }
-
-                #notes
+            fn logits(&self) -> ::std::vec::Vec<f32> {
+                #logits_out
             }
 
-            #[doc = #step_doc]
-            #attrs
-            unsafe fn token_step(k: &mut Kernel, tok: usize, pos: usize, r: f32) -> usize {
-                let w = k.weights.as_ptr();
-                let keys = k.keys.as_mut_ptr();
-                let values = k.values.as_mut_ptr();
-                #body
-            }
-
-            #(#items)*
-        }
+            #notes
+        },
+        step_doc,
+        step_signature: quote! { token_step(k: &mut Kernel, tok: usize, pos: usize, r: f32) -> usize },
+        step_prelude: quote! {},
+        body,
+        items,
     }
+    .into_tokens()
 }

@@ -12,6 +12,7 @@ pub mod emit;
 pub mod expand;
 pub mod f32;
 pub mod frame;
+mod module;
 pub mod q412;
 pub mod sample;
 pub mod target;
