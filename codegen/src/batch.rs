@@ -374,7 +374,7 @@ impl<'a> BatchGen<'a> {
         let mut outs = Vec::new();
         let q = self.q412();
         if q && t == Target::Neon {
-            let halves: Vec<T> = (0..cols).map(|c| quote! { vmovn_s32(x[#c]) }).collect();
+            let halves: Vec<T> = (0..cols).map(|c| t.narrow_i16(quote! { x[#c] })).collect();
             body.push(quote! { let xh = [#(#halves),*]; });
         }
         if q && t != Target::Neon {
@@ -421,13 +421,12 @@ impl<'a> BatchGen<'a> {
                 .map(|(&r, acc)| {
                     let at = off + r * cols;
                     let expr = match (q, t) {
-                        (false, Target::Neon) => quote! { vfmaq_n_f32(#acc, xc, *w.add(#at + c)) },
-                        (false, _) => t.fma(
-                            quote! { xc },
-                            t.splat(quote! { *w.add(#at + c) }),
-                            quote! { #acc },
-                        ),
-                        (true, Target::Neon) => quote! { vmlal_n_s16(#acc, xc, *w.add(#at + c)) },
+                        (false, _) => {
+                            t.fma_by_scalar(quote! { #acc }, quote! { xc }, quote! { *w.add(#at + c) })
+                        }
+                        (true, Target::Neon) => {
+                            t.widen_mac_by_scalar(quote! { #acc }, quote! { xc }, quote! { *w.add(#at + c) })
+                        }
                         (true, _) => {
                             let pair = quote! { (w.add(#at + 2 * c) as *const i32).read_unaligned() };
                             t.pair_dot(quote! { #acc }, quote! { xc }, pair, self.vnni)

@@ -13,7 +13,7 @@ use crate::attn::{self, LaneOps};
 use crate::emit::{Body, Expr, ident, tree};
 use crate::frame::Frame;
 use crate::sample::{exp_fn, sample_fn};
-use crate::target::Target;
+use crate::target::{Shuffle, Target};
 use microgpt_model::numerics::rms_factor;
 use microgpt_model::plan::Arrangement;
 use microgpt_model::{Buffer, Fusion, Op, Param, Program};
@@ -483,18 +483,11 @@ impl<'a> F32Gen<'a> {
                 let first = c < chains;
                 let expr = match (t, first) {
                     (Target::Neon, true) if seeded && slot == 0 => {
-                        let b = bcast(c);
-                        quote! { vfmaq_laneq_f32(seed[#o], #wv, #b) }
+                        t.fma_by_lane(Some(quote! { seed[#o] }), wv, bcast(c))
                     }
                     (_, true) if seeded && slot == 0 => t.fma(bcast(c), wv, quote! { seed[#o] }),
-                    (Target::Neon, true) => {
-                        let b = bcast(c);
-                        quote! { vmulq_laneq_f32(#wv, #b) }
-                    }
-                    (Target::Neon, false) => {
-                        let b = bcast(c);
-                        quote! { vfmaq_laneq_f32(#acc, #wv, #b) }
-                    }
+                    (Target::Neon, true) => t.fma_by_lane(None, wv, bcast(c)),
+                    (Target::Neon, false) => t.fma_by_lane(Some(quote! { #acc }), wv, bcast(c)),
                     (_, true) => t.mul(bcast(c), wv),
                     (_, false) => t.fma(bcast(c), wv, quote! { #acc }),
                 };
@@ -568,11 +561,11 @@ impl<'a> F32Gen<'a> {
                 })
                 .collect();
             let mut level = products;
-            for step in &steps {
+            for step in steps {
                 let mut next = Vec::new();
                 for pair in level.chunks(2) {
                     let (a, b) = (body.bind("ta", pair[0].clone()), body.bind("tb", pair[1].clone()));
-                    let (lo, hi) = step(quote! { #a }, quote! { #b });
+                    let (lo, hi) = t.shuffle(*step, quote! { #a }, quote! { #b });
                     next.push(t.add(lo, hi));
                 }
                 level = next;
@@ -723,125 +716,18 @@ fn reduce_rows(t: Target, rows: usize, cols: usize) -> bool {
     matches!(t, Target::Avx2 | Target::Avx512) && cols >= 4 * rows
 }
 
-type Step = Box<dyn Fn(T, T) -> (T, T)>;
-
 /// The transpose-and-add tree of a target: each step takes pairs of vectors to the two halves
 /// whose sum halves the number of vectors, and the final lane `i` holds the sum of the vector
 /// fed in position `order[i]`. The order is found by following lane contents through the steps.
-fn transpose_plan(t: Target) -> (Vec<Step>, Vec<usize>) {
-    let l = t.lanes();
-    // Lane-content models of the shuffles, on vectors of source ids.
-    let unpack_ps = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
-        let o = if hi { 2 } else { 0 };
-        (0..l)
-            .map(|i| {
-                let g = i / 4 * 4;
-                let k = i % 4;
-                if k % 2 == 0 {
-                    a[g + o + k / 2]
-                } else {
-                    b[g + o + k / 2]
-                }
-            })
-            .collect()
-    };
-    let unpack_pd = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
-        let o = if hi { 2 } else { 0 };
-        (0..l)
-            .map(|i| {
-                let g = i / 4 * 4;
-                let k = i % 4;
-                if k < 2 { a[g + o + k] } else { b[g + o + k - 2] }
-            })
-            .collect()
-    };
-    let groups = |a: &[usize], b: &[usize], sel: [usize; 4]| -> Vec<usize> {
-        (0..l)
-            .map(|i| {
-                let (g, k) = (i / 4, i % 4);
-                let src = if g < 2 { a } else { b };
-                src[sel[g] * 4 + k]
-            })
-            .collect()
-    };
-    let halves = |a: &[usize], b: &[usize], hi: bool| -> Vec<usize> {
-        let o = if hi { 4 } else { 0 };
-        (0..l)
-            .map(|i| if i < 4 { a[o + i] } else { b[o + i - 4] })
-            .collect()
-    };
-    type Model<'a> = Box<dyn Fn(&[usize], &[usize]) -> (Vec<usize>, Vec<usize>) + 'a>;
-    let (models, steps): (Vec<Model<'_>>, Vec<Step>) = match t {
-        Target::Avx512 => (
-            vec![
-                Box::new(move |a, b| (unpack_ps(a, b, false), unpack_ps(a, b, true))),
-                Box::new(move |a, b| (unpack_pd(a, b, false), unpack_pd(a, b, true))),
-                Box::new(move |a, b| (groups(a, b, [0, 2, 0, 2]), groups(a, b, [1, 3, 1, 3]))),
-                Box::new(move |a, b| (groups(a, b, [0, 2, 0, 2]), groups(a, b, [1, 3, 1, 3]))),
-            ],
-            vec![
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm512_unpacklo_ps(#a, #b) },
-                        quote! { _mm512_unpackhi_ps(#a, #b) },
-                    )
-                }),
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
-                        quote! { _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
-                    )
-                }),
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) },
-                        quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) },
-                    )
-                }),
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) },
-                        quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) },
-                    )
-                }),
-            ],
-        ),
-        Target::Avx2 => (
-            vec![
-                Box::new(move |a, b| (unpack_ps(a, b, false), unpack_ps(a, b, true))),
-                Box::new(move |a, b| (unpack_pd(a, b, false), unpack_pd(a, b, true))),
-                Box::new(move |a, b| (halves(a, b, false), halves(a, b, true))),
-            ],
-            vec![
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm256_unpacklo_ps(#a, #b) },
-                        quote! { _mm256_unpackhi_ps(#a, #b) },
-                    )
-                }),
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
-                        quote! { _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
-                    )
-                }),
-                Box::new(|a, b| {
-                    (
-                        quote! { _mm256_permute2f128_ps(#a, #b, 0x20) },
-                        quote! { _mm256_permute2f128_ps(#a, #b, 0x31) },
-                    )
-                }),
-            ],
-        ),
-        _ => unreachable!("row matvecs are generated for x86 only"),
-    };
+fn transpose_plan(t: Target) -> (&'static [Shuffle], Vec<usize>) {
+    let (l, steps) = (t.lanes(), t.transpose_shuffles());
     // Follow the ids: vector k starts with id k in every lane.
     let mut level: Vec<Vec<usize>> = (0..l).map(|k| vec![k; l]).collect();
-    for model in &models {
+    for step in steps {
         level = level
             .chunks(2)
             .map(|pair| {
-                let (lo, hi) = model(&pair[0], &pair[1]);
+                let (lo, hi) = step.lanes(&pair[0], &pair[1]);
                 assert_eq!(lo, hi, "both halves of a step hold the same sums");
                 lo
             })

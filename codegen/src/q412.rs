@@ -303,26 +303,15 @@ impl<'a> Q412Gen<'a> {
                     for p in 0..pairs {
                         let off = placed.offset + (p * rows_pad + o * l) * 2;
                         let acc = &accs[p % chains];
-                        let pair = t.splat_i32(quote! { xp.add(#p).read_unaligned() });
+                        let pair = quote! { xp.add(#p).read_unaligned() };
                         let wv = t.load_i32(quote! { w.add(#off) });
                         let first = p < chains;
                         let prev = if first {
-                            match t {
-                                Target::Avx512 => quote! { _mm512_setzero_si512() },
-                                Target::Sse => quote! { _mm_setzero_si128() },
-                                _ => quote! { _mm256_setzero_si256() },
-                            }
+                            t.zero_bits()
                         } else {
                             quote! { #acc }
                         };
-                        let expr = match (t, self.vnni) {
-                            (Target::Avx512, true) => quote! { _mm512_dpwssd_epi32(#prev, #wv, #pair) },
-                            (Target::Avx512, false) => {
-                                quote! { _mm512_add_epi32(#prev, _mm512_madd_epi16(#wv, #pair)) }
-                            }
-                            (Target::Sse, _) => quote! { _mm_add_epi32(#prev, _mm_madd_epi16(#wv, #pair)) },
-                            _ => quote! { _mm256_add_epi32(#prev, _mm256_madd_epi16(#wv, #pair)) },
-                        };
+                        let expr = t.pair_dot(prev, wv, pair, self.vnni);
                         body.push(if first {
                             quote! { let mut #acc = #expr; }
                         } else {
@@ -335,7 +324,7 @@ impl<'a> Q412Gen<'a> {
             }
             (Target::Neon, Arrangement::Columns { rows_pad }) => {
                 let halves: Vec<T> = (0..self.f.regs(cols))
-                    .map(|i| quote! { vmovn_s32(x[#i]) })
+                    .map(|i| t.narrow_i16(quote! { x[#i] }))
                     .collect();
                 body.push(quote! { let xh = [#(#halves),*]; });
                 let chains = 8usize.div_ceil(out_regs).clamp(1, cols);
@@ -345,10 +334,13 @@ impl<'a> Q412Gen<'a> {
                         let off = placed.offset + c * rows_pad + o * l;
                         let (reg, lane) = (c / 4, (c % 4) as i32);
                         let acc = &accs[c % chains];
+                        let (p, x) = (quote! { w.add(#off) }, quote! { xh[#reg], #lane });
                         body.push(if c < chains {
-                            quote! { let mut #acc = vmull_lane_s16(vld1_s16(w.add(#off)), xh[#reg], #lane); }
+                            let e = t.widen_mac_by_lane(None, p, x);
+                            quote! { let mut #acc = #e; }
                         } else {
-                            quote! { #acc = vmlal_lane_s16(#acc, vld1_s16(w.add(#off)), xh[#reg], #lane); }
+                            let e = t.widen_mac_by_lane(Some(quote! { #acc }), p, x);
+                            quote! { #acc = #e; }
                         });
                     }
                     let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();

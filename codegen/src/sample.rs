@@ -22,24 +22,39 @@ fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
     let (neg_hi, neg_lo) = (-hi, -lo);
     let min = EXP_MIN;
     let (c2, c3) = (0.5f32, 1.0f32 / 6.0);
+    let t = Target::Avx512;
+    let c = |x: f32| t.splat(quote! { #x });
+    let x = t.max(quote! { x }, c(min));
+    let n = t.round(t.mul(quote! { x }, c(k)));
+    let r = t.fma(quote! { n }, c(neg_hi), quote! { x });
+    let r2 = t.fma(quote! { n }, c(neg_lo), quote! { r });
+    let j = t.f32_to_i32_round(quote! { n });
+    let table = t.vector_of(&table);
+    let picked = t.permute(quote! { j }, quote! { table });
+    let e = t.mul(quote! { n }, t.splat(quote! { 0.0625 }));
+    let p = t.fma(c(c3), quote! { r }, c(c2));
+    let one = t.splat(quote! { 1.0 });
+    let p2 = t.fma(quote! { p }, quote! { r }, one.clone());
+    let p3 = t.fma(quote! { p }, quote! { r }, one);
+    let result = t.scalef(t.mul(quote! { t }, quote! { p }), quote! { e });
     quote! {
         /// `e^x` per lane: a 16-entry table of `2^(j/16)` in a register, a cubic for the rest.
         #attrs
         unsafe fn #name(x: __m512) -> __m512 {
-            let x = _mm512_max_ps(x, _mm512_set1_ps(#min));
-            let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(#k)), 0x08);
-            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(#neg_hi), x);
-            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(#neg_lo), r);
-            let j = _mm512_cvtps_epi32(n);
-            let table = _mm512_setr_ps(#(#table),*);
+            let x = #x;
+            let n = #n;
+            let r = #r;
+            let r = #r2;
+            let j = #j;
+            let table = #table;
             // vpermps reads the low four bits of each index: j mod 16.
-            let t = _mm512_permutexvar_ps(j, table);
+            let t = #picked;
             // vscalefps multiplies by 2^floor(e): floor(n / 16) = j >> 4, n / 16 being exact.
-            let e = _mm512_mul_ps(n, _mm512_set1_ps(0.0625));
-            let p = _mm512_fmadd_ps(_mm512_set1_ps(#c3), r, _mm512_set1_ps(#c2));
-            let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            let p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            _mm512_scalef_ps(_mm512_mul_ps(t, p), e)
+            let e = #e;
+            let p = #p;
+            let p = #p2;
+            let p = #p3;
+            #result
         }
     }
 }
@@ -203,7 +218,7 @@ impl ExpOps for Lanes<'_> {
     fn scale_pow2(&mut self, p: T, n: T) -> T {
         match self.t {
             // vscalefps: the whole range (0 below about -150, infinity above 128).
-            Target::Avx512 => quote! { _mm512_scalef_ps(#p, #n) },
+            Target::Avx512 => self.t.scalef(p, n),
             _ => {
                 let s = self.t.exp2_int(n);
                 self.t.mul(p, s)

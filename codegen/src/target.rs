@@ -740,6 +740,7 @@ impl Target {
             (Target::Avx2, _) => {
                 quote! { _mm256_add_epi32(#acc, _mm256_madd_epi16(#pairs, _mm256_set1_epi32(#w))) }
             }
+            (Target::Sse, _) => quote! { _mm_add_epi32(#acc, _mm_madd_epi16(#pairs, _mm_set1_epi32(#w))) },
             _ => unreachable!("pair dot products on x86"),
         }
     }
@@ -761,7 +762,179 @@ impl Target {
         quote! { ::core::arch::asm!(#template, #(inout(#class) #vars,)* options(nostack, preserves_flags)); }
     }
 
+    /// The all-zero integer vector (x86).
+    pub fn zero_bits(self) -> T {
+        match self {
+            Target::Sse => quote! { _mm_setzero_si128() },
+            Target::Avx2 => quote! { _mm256_setzero_si256() },
+            Target::Avx512 => quote! { _mm512_setzero_si512() },
+            _ => unreachable!("integer zero vectors by name on x86"),
+        }
+    }
+
+    /// A vector of the constants `values`, lane 0 first (AVX-512).
+    pub fn vector_of(self, values: &[f32]) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_setr_ps(#(#values),*) },
+            _ => unreachable!("constant vectors by value on AVX-512"),
+        }
+    }
+
+    /// Lane `i` = `table[idx[i] mod lanes]` (AVX-512's `vpermps`).
+    pub fn permute(self, idx: T, table: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_permutexvar_ps(#idx, #table) },
+            _ => unreachable!("lane permutes on AVX-512"),
+        }
+    }
+
+    /// `p · 2^floor(e)` per lane over the whole float range (AVX-512's `vscalefps`).
+    pub fn scalef(self, p: T, e: T) -> T {
+        match self {
+            Target::Avx512 => quote! { _mm512_scalef_ps(#p, #e) },
+            _ => unreachable!("vscalefps on AVX-512"),
+        }
+    }
+
+    /// NEON: `acc + w · x[lane]` for f32 vectors, `x_lane` naming the vector and the lane (`x[r],
+    /// l`); without `acc` the product alone.
+    pub fn fma_by_lane(self, acc: Option<T>, w: T, x_lane: T) -> T {
+        assert_eq!(self, Target::Neon, "by-lane products on NEON");
+        match acc {
+            Some(acc) => quote! { vfmaq_laneq_f32(#acc, #w, #x_lane) },
+            None => quote! { vmulq_laneq_f32(#w, #x_lane) },
+        }
+    }
+
+    /// `acc + x · s`, the scalar `s` multiplying every lane (NEON's `vfmaq_n_f32`; elsewhere an
+    /// FMA with `s` broadcast).
+    pub fn fma_by_scalar(self, acc: T, x: T, s: T) -> T {
+        match self {
+            Target::Neon => quote! { vfmaq_n_f32(#acc, #x, #s) },
+            _ => self.fma(x, self.splat(s), acc),
+        }
+    }
+
+    /// NEON: `acc + x · s` on i16 lanes widened to i32 (`vmlal_n_s16`).
+    pub fn widen_mac_by_scalar(self, acc: T, x: T, s: T) -> T {
+        assert_eq!(self, Target::Neon, "widening products on NEON");
+        quote! { vmlal_n_s16(#acc, #x, #s) }
+    }
+
+    /// NEON: `acc + (the four i16 at p) · x[lane]` widened to i32, `x_lane` naming the vector and
+    /// the lane; without `acc` the product alone (`vmull_lane_s16`, `vmlal_lane_s16`).
+    pub fn widen_mac_by_lane(self, acc: Option<T>, p: T, x_lane: T) -> T {
+        assert_eq!(self, Target::Neon, "widening products on NEON");
+        match acc {
+            Some(acc) => quote! { vmlal_lane_s16(#acc, vld1_s16(#p), #x_lane) },
+            None => quote! { vmull_lane_s16(vld1_s16(#p), #x_lane) },
+        }
+    }
+
+    /// NEON: i32 lanes narrowed to i16 (`vmovn_s32`).
+    pub fn narrow_i16(self, v: T) -> T {
+        assert_eq!(self, Target::Neon, "narrowing on NEON");
+        quote! { vmovn_s32(#v) }
+    }
+
     pub fn zero_i32(self) -> T {
         self.splat_i32(quote! { 0i32 })
+    }
+}
+
+/// A two-input shuffle of the row matvecs' transpose-and-add trees ([`Target::shuffle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shuffle {
+    /// `unpacklo_ps` / `unpackhi_ps`: interleaved floats of each 128-bit group.
+    UnpackPs,
+    /// The same on pairs of floats (`unpacklo_pd` / `unpackhi_pd`).
+    UnpackPd,
+    /// AVX-512's `shuffle_f32x4` 0x88 / 0xDD: the even then the odd 128-bit groups of each input.
+    Quarters,
+    /// AVX2's `permute2f128` 0x20 / 0x31: the low then the high halves of both inputs.
+    Halves,
+}
+
+impl Shuffle {
+    /// What the two outputs' lanes hold, for inputs whose lanes hold `a` and `b`.
+    pub fn lanes(self, a: &[usize], b: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let l = a.len();
+        let both = |f: &dyn Fn(usize, bool) -> usize| -> (Vec<usize>, Vec<usize>) {
+            (
+                (0..l).map(|i| f(i, false)).collect(),
+                (0..l).map(|i| f(i, true)).collect(),
+            )
+        };
+        match self {
+            Shuffle::UnpackPs => both(&|i, hi| {
+                let (g, k, o) = (i / 4 * 4, i % 4, if hi { 2 } else { 0 });
+                if k % 2 == 0 {
+                    a[g + o + k / 2]
+                } else {
+                    b[g + o + k / 2]
+                }
+            }),
+            Shuffle::UnpackPd => both(&|i, hi| {
+                let (g, k, o) = (i / 4 * 4, i % 4, if hi { 2 } else { 0 });
+                if k < 2 { a[g + o + k] } else { b[g + o + k - 2] }
+            }),
+            Shuffle::Quarters => both(&|i, hi| {
+                let sel = if hi { [1, 3, 1, 3] } else { [0, 2, 0, 2] };
+                let (g, k) = (i / 4, i % 4);
+                let src = if g < 2 { a } else { b };
+                src[sel[g] * 4 + k]
+            }),
+            Shuffle::Halves => both(&|i, hi| {
+                let o = if hi { 4 } else { 0 };
+                if i < 4 { a[o + i] } else { b[o + i - 4] }
+            }),
+        }
+    }
+}
+
+impl Target {
+    /// The shuffles of the target's transpose-and-add tree, first to last (x86 only).
+    pub fn transpose_shuffles(self) -> &'static [Shuffle] {
+        match self {
+            Target::Avx512 => &[
+                Shuffle::UnpackPs,
+                Shuffle::UnpackPd,
+                Shuffle::Quarters,
+                Shuffle::Quarters,
+            ],
+            Target::Avx2 => &[Shuffle::UnpackPs, Shuffle::UnpackPd, Shuffle::Halves],
+            _ => unreachable!("row matvecs are generated for x86 only"),
+        }
+    }
+
+    /// Both outputs of `s` on `a` and `b`.
+    pub fn shuffle(self, s: Shuffle, a: T, b: T) -> (T, T) {
+        match (self, s) {
+            (Target::Avx512, Shuffle::UnpackPs) => (
+                quote! { _mm512_unpacklo_ps(#a, #b) },
+                quote! { _mm512_unpackhi_ps(#a, #b) },
+            ),
+            (Target::Avx512, Shuffle::UnpackPd) => (
+                quote! { _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
+                quote! { _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(#a), _mm512_castps_pd(#b))) },
+            ),
+            (Target::Avx512, Shuffle::Quarters) => (
+                quote! { _mm512_shuffle_f32x4(#a, #b, 0x88) },
+                quote! { _mm512_shuffle_f32x4(#a, #b, 0xDD) },
+            ),
+            (Target::Avx2, Shuffle::UnpackPs) => (
+                quote! { _mm256_unpacklo_ps(#a, #b) },
+                quote! { _mm256_unpackhi_ps(#a, #b) },
+            ),
+            (Target::Avx2, Shuffle::UnpackPd) => (
+                quote! { _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
+                quote! { _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(#a), _mm256_castps_pd(#b))) },
+            ),
+            (Target::Avx2, Shuffle::Halves) => (
+                quote! { _mm256_permute2f128_ps(#a, #b, 0x20) },
+                quote! { _mm256_permute2f128_ps(#a, #b, 0x31) },
+            ),
+            _ => unreachable!("{s:?} is not a shuffle of {self:?}'s trees"),
+        }
     }
 }
