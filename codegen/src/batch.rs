@@ -12,8 +12,8 @@ use crate::emit::{Body, Vector, tree};
 use crate::expand::KernelId;
 use crate::sample::{exp_fn, exp2_fn};
 use crate::target::Target;
-use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
-use microgpt_model::{Buffer, Fusion, Layout, Op, Param, Precision, Program, RMS_EPS, Shape};
+use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale, rms_factor};
+use microgpt_model::{Buffer, Fusion, Layout, Op, Param, Precision, Program, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -284,13 +284,7 @@ impl<'a> BatchGen<'a> {
                     .collect(),
                 |a, b| t.add(a, b),
             );
-            let inv_n = 1.0 / e as f32;
-            let eps = RMS_EPS as f32;
-            let scale = t.rsqrt(t.fma(
-                quote! { ss },
-                t.splat(quote! { #inv_n }),
-                t.splat(quote! { #eps }),
-            ));
+            let scale = rms_factor(&mut Vector(t), quote! { ss }, e, None);
             let outs = (0..e)
                 .map(|c| t.mul(quote! { x[#c] }, quote! { scale }))
                 .collect();

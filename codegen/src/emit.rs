@@ -112,4 +112,7 @@ impl F32Ops for Vector {
     fn sqrt(&mut self, a: TokenStream) -> TokenStream {
         self.0.sqrt(a)
     }
+    fn rsqrt(&mut self, a: TokenStream) -> TokenStream {
+        self.0.rsqrt(a)
+    }
 }

@@ -248,10 +248,14 @@ impl<'a> F32Gen<'a> {
         body: &mut Body,
     ) -> Val {
         let (rows, cols) = weight.dims(&self.f.shape);
-        let doc = format!(
-            "{head} A {rows}×{cols} matrix times a vector: each input broadcast in turn and \
-             multiplied by a whole prepared column, several accumulators per output register."
-        );
+        let method = if self.reduces_rows(weight) {
+            "row dot products lane by lane, then a transpose-and-add tree that sums every row's \
+             lanes at once"
+        } else {
+            "each input broadcast in turn and multiplied by a whole prepared column, several \
+             accumulators per output register"
+        };
+        let doc = format!("{head} A {rows}×{cols} matrix times a vector: {method}.");
         self.matvec_fn(&name, &doc, weight, rows, cols);
         let regs = x.regs.clone();
         Val::new(body.bind(out.name(), quote! { #name(w, #regs) }), x.scale.clone())
@@ -574,10 +578,6 @@ impl<'a> F32Gen<'a> {
         }
         let attrs = self.attrs();
         let b = body.into_tokens();
-        let doc = doc.replace(
-            "each input broadcast in turn and multiplied by a whole prepared column, several accumulators per output register",
-            "row dot products lane by lane, then a transpose-and-add tree that sums every row's lanes at once",
-        );
         self.f.items.push(quote! {
             #[doc = #doc]
             #attrs

@@ -10,8 +10,9 @@ use crate::{
     CudaSource, HOIST_WEIGHTS_PER_LANE, MAX_WARPS_PER_SM, NVRTC_OPTIONS, SHARED_PER_SM, SHARED_WEIGHTS_LIMIT,
     STREAM_THREADS, STREAM_WARPS_PER_SM, WARPS_PER_BLOCK,
 };
+use microgpt_model::numerics::{F32Ops, rms_factor};
 use microgpt_model::plan::PrefixRow;
-use microgpt_model::{Buffer, Fusion, Layout, Param, Program, RMS_EPS, Shape};
+use microgpt_model::{Buffer, Fusion, Layout, Param, Program, Shape};
 use std::fmt::Write;
 
 /// Device helpers shared by every kernel.
@@ -194,7 +195,9 @@ fn write_defines(w: &mut String, program: &Program, m: &Memory) {
     for (name, value) in &m.scratch {
         let _ = writeln!(w, "#define {name} {value}");
     }
-    let _ = writeln!(w, "#define MG_RMS_EPS {:?}f", RMS_EPS as f32);
+    // RMSNorm's factor for the sum of squares `ss` of embd values, the model's rule.
+    let factor = rms_factor(&mut CExpr, "(ss)".to_string(), e, None);
+    let _ = writeln!(w, "#define MG_RMS_FACTOR(ss) {factor}");
     w.push('\n');
 }
 
@@ -296,4 +299,30 @@ pub(crate) fn buffer_name(b: Buffer) -> String {
 
 pub(crate) fn param_macro(p: Param) -> String {
     format!("MG_W_{}", p.name().to_uppercase().replace('.', "_"))
+}
+
+/// [`F32Ops`] as CUDA C expressions, so that the model's numerical rules are rendered into the
+/// source; the reciprocal root is `rsqrtf` (its error, at most 2 ulp, within the fp32 checks).
+struct CExpr;
+
+impl F32Ops for CExpr {
+    type V = String;
+    fn constant(&mut self, x: f32) -> String {
+        format!("{x:?}f")
+    }
+    fn mul(&mut self, a: String, b: String) -> String {
+        format!("({a} * {b})")
+    }
+    fn add(&mut self, a: String, b: String) -> String {
+        format!("({a} + {b})")
+    }
+    fn div(&mut self, a: String, b: String) -> String {
+        format!("({a} / {b})")
+    }
+    fn sqrt(&mut self, a: String) -> String {
+        format!("sqrtf({a})")
+    }
+    fn rsqrt(&mut self, a: String) -> String {
+        format!("rsqrtf({a})")
+    }
 }

@@ -16,7 +16,7 @@ pub(crate) fn thread_op(shape: &Shape, op: &Op) -> String {
         ),
         Op::RmsNorm { input, out } => format!(
             "    {{\n        float ss = 0.0f;\n        {unroll}\n        for (int i = 0; i < {e}; i++) ss += {x}[i] * {x}[i];\n        \
-             const float scale = 1.0f / sqrtf(ss / {e}.0f + MG_RMS_EPS);\n        {unroll}\n        \
+             const float scale = MG_RMS_FACTOR(ss);\n        {unroll}\n        \
              for (int i = 0; i < {e}; i++) {o}[i] = {x}[i] * scale;\n    }}",
             x = n(input),
             o = n(out)

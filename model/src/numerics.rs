@@ -77,6 +77,14 @@ pub trait F32Ops {
     fn add(&mut self, a: Self::V, b: Self::V) -> Self::V;
     fn div(&mut self, a: Self::V, b: Self::V) -> Self::V;
     fn sqrt(&mut self, a: Self::V) -> Self::V;
+    /// `1/√a`: by default `1` divided by the root, each rounded once; a renderer whose tolerance
+    /// allows may emit the hardware's approximation instead (the lane-batched AVX-512 kernels'
+    /// `vrsqrt14ps` and a Newton step, CUDA's `rsqrtf`).
+    fn rsqrt(&mut self, a: Self::V) -> Self::V {
+        let one = self.constant(1.0);
+        let root = self.sqrt(a);
+        self.div(one, root)
+    }
 }
 
 /// [`F32Ops`] on plain `f32` values.
@@ -108,18 +116,19 @@ impl F32Ops for Eval {
 pub fn rms_factor<O: F32Ops>(o: &mut O, sum_sq: O::V, n: usize, pending: Option<O::V>) -> O::V {
     let inv_n = o.constant(1.0 / n as f32);
     let mut ms = o.mul(sum_sq, inv_n);
-    let num = match pending {
-        Some(c) => {
-            let c2 = o.mul(c.clone(), c.clone());
-            ms = o.mul(ms, c2);
-            c
-        }
-        None => o.constant(1.0),
-    };
+    if let Some(c) = &pending {
+        let c2 = o.mul(c.clone(), c.clone());
+        ms = o.mul(ms, c2);
+    }
     let eps = o.constant(crate::RMS_EPS as f32);
     let d = o.add(ms, eps);
-    let d = o.sqrt(d);
-    o.div(num, d)
+    match pending {
+        Some(c) => {
+            let root = o.sqrt(d);
+            o.div(c, root)
+        }
+        None => o.rsqrt(d),
+    }
 }
 
 /// 1.0 in Q4.12: the i16 `q` stands for the real `q / Q412_ONE`.

@@ -166,7 +166,8 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
         }
         ss = mg_warp_sum(ss);
     }
-    const float scale = 1.0f / sqrtf(ss / (float)N + MG_RMS_EPS);
+    static_assert(N == MG_EMBD, "RMSNorm normalises embd values");
+    const float scale = MG_RMS_FACTOR(ss);
     #pragma unroll
     for (int k = 0; k < MG_LANE_STEPS(N); k++) {
         const int i = lane + 32 * k;
@@ -434,10 +435,11 @@ __device__ __forceinline__ void mg_l_embed(const float* __restrict__ w, int tok,
 // RMSNorm's factor 1 / sqrt(mean(x^2) + eps) of a vector in the lane's registers.
 template <int N>
 __device__ __forceinline__ float mg_l_rms_scale(const float* x) {
+    static_assert(N == MG_EMBD, "RMSNorm normalises embd values");
     float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     #pragma unroll
     for (int i = 0; i < N; i++) a[i % 4] = fmaf(x[i], x[i], a[i % 4]);
-    return rsqrtf(((a[0] + a[1]) + (a[2] + a[3])) * (1.0f / (float)N) + MG_RMS_EPS);
+    return MG_RMS_FACTOR((a[0] + a[1]) + (a[2] + a[3]));
 }
 
 template <int N>
