@@ -151,7 +151,7 @@ pub(crate) fn lane_step(program: &Program, table: Option<&PrefixRow>, whole_inpu
         synced: true,
         size: 0,
     };
-    let mut i = table.map_or(0, |t| st.from_table(t));
+    let mut i = table.map_or(0, |t| st.start_from_table(t));
     while i < ops.len() {
         let op = ops[i];
         let _ = writeln!(st.text, "    // {op}");
@@ -176,7 +176,7 @@ pub(crate) fn lane_step(program: &Program, table: Option<&PrefixRow>, whole_inpu
 
 impl LaneStep {
     /// Reads the prefix table's row; returns the first op after the prefix.
-    fn from_table(&mut self, t: &PrefixRow) -> usize {
+    fn start_from_table(&mut self, t: &PrefixRow) -> usize {
         let _ = writeln!(
             self.text,
             "    // ops 0..{} from the prefix table: {}\n    \
