@@ -12,7 +12,9 @@ use crate::emit::{Body, Vector, tree};
 use crate::expand::KernelId;
 use crate::sample::{exp_fn, exp2_fn};
 use crate::target::Target;
-use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale, rms_factor};
+use microgpt_model::numerics::{
+    q412_real, q412_rms_scale, q412_rms_value, q412_score, q412_units, rms_factor,
+};
 use microgpt_model::{Buffer, Fusion, Layout, Op, Param, Precision, Program, Shape};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
@@ -94,10 +96,7 @@ impl<'a> BatchGen<'a> {
         let fl: Vec<T> = (0..vocab)
             .map(|i| {
                 if self.q412() {
-                    t.mul(
-                        t.i32_to_f32(quote! { #logits[#i] }),
-                        t.splat(quote! { (1.0f32 / 4096.0) }),
-                    )
+                    q412_real(&mut Vector(t), t.i32_to_f32(quote! { #logits[#i] }))
                 } else {
                     quote! { #logits[#i] }
                 }
@@ -367,89 +366,10 @@ impl<'a> BatchGen<'a> {
         let mut body = Body::default();
         let mut outs = Vec::new();
         let q = self.q412();
-        if q && t == Target::Neon {
-            let halves: Vec<T> = (0..cols).map(|c| t.narrow_i16(quote! { x[#c] })).collect();
-            body.push(quote! { let xh = [#(#halves),*]; });
-        }
-        if q && t != Target::Neon {
-            let pairs: Vec<T> = (0..cols.div_ceil(2))
-                .map(|p| {
-                    let i = 2 * p;
-                    let lo = quote! { x[#i] };
-                    let hi = if 2 * p + 1 < cols {
-                        let i = 2 * p + 1;
-                        quote! { x[#i] }
-                    } else {
-                        t.zero_i32()
-                    };
-                    t.pack_pairs(lo, hi)
-                })
-                .collect();
-            body.push(quote! { let xp = [#(#pairs),*]; });
-        }
-        // The inputs the loop reads, one vector per step: as given, as i16 halves (NEON Q4.12),
-        // or as i16 pairs (x86 Q4.12).
-        let xs = match (q, t) {
-            (true, Target::Neon) => quote! { xh },
-            (true, _) => quote! { xp },
-            _ => quote! { x },
-        };
-        let steps = if q && t != Target::Neon {
-            cols.div_ceil(2)
-        } else {
-            cols
-        };
+        let (xs, steps) = self.matvec_inputs(&mut body, cols);
         for first in (0..rows).step_by(block) {
-            let rs: Vec<usize> = (first..(first + block).min(rows)).collect();
-            let accs: Vec<Ident> = rs.iter().map(|_| body.fresh("acc")).collect();
-            // Accumulators start from zero behind a fence, so a block starts after the one before
-            // it has finished instead of interleaving with it (and spilling).
-            let zero = if q { t.zero_i32() } else { t.zero() };
-            for acc in &accs {
-                body.push(quote! { let mut #acc = #zero; });
-            }
-            body.push(t.pin(&accs));
-            let fmas: Vec<T> = rs
-                .iter()
-                .zip(&accs)
-                .map(|(&r, acc)| {
-                    let at = off + r * cols;
-                    let expr = match (q, t) {
-                        (false, _) => {
-                            t.fma_by_scalar(quote! { #acc }, quote! { xc }, quote! { *w.add(#at + c) })
-                        }
-                        (true, Target::Neon) => {
-                            t.widen_mac_by_scalar(quote! { #acc }, quote! { xc }, quote! { *w.add(#at + c) })
-                        }
-                        (true, _) => {
-                            let pair = quote! { (w.add(#at + 2 * c) as *const i32).read_unaligned() };
-                            t.pair_dot(quote! { #acc }, quote! { xc }, pair, self.vnni)
-                        }
-                    };
-                    quote! { #acc = #expr; }
-                })
-                .collect();
-            // One loop over the columns, kept rolled: the counter goes through an empty `asm!`
-            // so the compiler cannot unroll it (unrolled, every FMA carries a 32-bit weight
-            // offset and a step's code outgrows the instruction cache).
-            body.push(quote! {
-                let mut c = 0usize;
-                while c < #steps {
-                    let xc = *#xs.as_ptr().add(c);
-                    #(#fmas)*
-                    c += 1;
-                    ::core::arch::asm!("/* {0} */", inout(reg) c, options(nomem, nostack, preserves_flags));
-                }
-            });
-            body.push(t.pin(&accs));
-            for acc in accs {
-                outs.push(match (q, relu) {
-                    (true, false) => t.sat16(t.shr12(quote! { #acc })),
-                    (true, true) => t.max0_i32(t.sat16(t.shr12(quote! { #acc }))),
-                    (false, false) => quote! { #acc },
-                    (false, true) => t.max(quote! { #acc }, t.zero()),
-                });
-            }
+            let rows = first..(first + block).min(rows);
+            outs.extend(self.row_block_loop(&mut body, rows, off, cols, (&xs, steps), relu));
         }
         let attrs = self.attrs();
         let (in_ty, out_ty) = (self.arr(cols), self.arr(rows));
@@ -483,6 +403,107 @@ impl<'a> BatchGen<'a> {
         });
     }
 
+    /// The inputs the matvec loop reads, one vector per step, and the step count: as given, as
+    /// i16 halves (NEON Q4.12), or as i16 pairs (x86 Q4.12).
+    fn matvec_inputs(&self, body: &mut Body, cols: usize) -> (T, usize) {
+        let t = self.t;
+        let q = self.q412();
+        if q && t == Target::Neon {
+            let halves: Vec<T> = (0..cols).map(|c| t.narrow_i16(quote! { x[#c] })).collect();
+            body.push(quote! { let xh = [#(#halves),*]; });
+        }
+        if q && t != Target::Neon {
+            let pairs: Vec<T> = (0..cols.div_ceil(2))
+                .map(|p| {
+                    let i = 2 * p;
+                    let lo = quote! { x[#i] };
+                    let hi = if 2 * p + 1 < cols {
+                        let i = 2 * p + 1;
+                        quote! { x[#i] }
+                    } else {
+                        t.zero_i32()
+                    };
+                    t.pack_pairs(lo, hi)
+                })
+                .collect();
+            body.push(quote! { let xp = [#(#pairs),*]; });
+        }
+        let xs = match (q, t) {
+            (true, Target::Neon) => quote! { xh },
+            (true, _) => quote! { xp },
+            _ => quote! { x },
+        };
+        let steps = if q && t != Target::Neon {
+            cols.div_ceil(2)
+        } else {
+            cols
+        };
+        (xs, steps)
+    }
+
+    /// The outputs of `rows` (a block of them, whose sums stay in registers): one loop over the
+    /// columns, each weight broadcast from memory.
+    fn row_block_loop(
+        &self,
+        body: &mut Body,
+        rows: std::ops::Range<usize>,
+        off: usize,
+        cols: usize,
+        (xs, steps): (&T, usize),
+        relu: bool,
+    ) -> Vec<T> {
+        let t = self.t;
+        let q = self.q412();
+        let rs: Vec<usize> = rows.collect();
+        let accs: Vec<Ident> = rs.iter().map(|_| body.fresh("acc")).collect();
+        // Accumulators start from zero behind a fence, so a block starts after the one before
+        // it has finished instead of interleaving with it (and spilling).
+        let zero = if q { t.zero_i32() } else { t.zero() };
+        for acc in &accs {
+            body.push(quote! { let mut #acc = #zero; });
+        }
+        body.push(t.pin(&accs));
+        let fmas: Vec<T> = rs
+            .iter()
+            .zip(&accs)
+            .map(|(&r, acc)| {
+                let at = off + r * cols;
+                let expr = match (q, t) {
+                    (false, _) => t.fma_by_scalar(quote! { #acc }, quote! { xc }, quote! { *w.add(#at + c) }),
+                    (true, Target::Neon) => {
+                        t.widen_mac_by_scalar(quote! { #acc }, quote! { xc }, quote! { *w.add(#at + c) })
+                    }
+                    (true, _) => {
+                        let pair = quote! { (w.add(#at + 2 * c) as *const i32).read_unaligned() };
+                        t.pair_dot(quote! { #acc }, quote! { xc }, pair, self.vnni)
+                    }
+                };
+                quote! { #acc = #expr; }
+            })
+            .collect();
+        // One loop over the columns, kept rolled: the counter goes through an empty `asm!`
+        // so the compiler cannot unroll it (unrolled, every FMA carries a 32-bit weight
+        // offset and a step's code outgrows the instruction cache).
+        body.push(quote! {
+            let mut c = 0usize;
+            while c < #steps {
+                let xc = *#xs.as_ptr().add(c);
+                #(#fmas)*
+                c += 1;
+                ::core::arch::asm!("/* {0} */", inout(reg) c, options(nomem, nostack, preserves_flags));
+            }
+        });
+        body.push(t.pin(&accs));
+        accs.into_iter()
+            .map(|acc| match (q, relu) {
+                (true, false) => t.sat16(t.shr12(quote! { #acc })),
+                (true, true) => t.max0_i32(t.sat16(t.shr12(quote! { #acc }))),
+                (false, false) => quote! { #acc },
+                (false, true) => t.max(quote! { #acc }, t.zero()),
+            })
+            .collect()
+    }
+
     /// Stores this step's keys and values (the registers `k` and `v`) at the ring slot `slot`
     /// of layer `layer`'s caches; the Q4.12 values as real numbers.
     fn kv_stores(&self, layer: usize) -> Vec<T> {
@@ -501,10 +522,7 @@ impl<'a> BatchGen<'a> {
                     t.store(quote! { keys.add(#base + slot * #row + #o) }, quote! { k[#c] })
                 };
                 let vv = if q {
-                    t.mul(
-                        t.i32_to_f32(quote! { v[#c] }),
-                        t.splat(quote! { (1.0f32 / 4096.0) }),
-                    )
+                    q412_real(&mut Vector(t), t.i32_to_f32(quote! { v[#c] }))
                 } else {
                     quote! { v[#c] }
                 };
@@ -549,80 +567,23 @@ impl<'a> BatchGen<'a> {
     fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
         let t = self.t;
         let s = self.shape;
-        let (e, hd, heads, l, block) = (s.embd, s.head_dim(), s.heads, self.l(), s.block);
+        let (e, heads, block) = (s.embd, s.heads, s.block);
         let q = self.q412();
         let ty = self.arr(e);
         let vf = t.vf();
         let vi = t.vi();
-        let inv_sqrt = q412_score_scale(hd);
         let zero = t.zero();
         let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
         let ge_valid = t.ge_i32(quote! { posv }, quote! { age as i32 });
         let stores = self.kv_stores(layer);
         let at = self.ring_offset(layer);
-        // One age's scores, per head.
-        let scores: Vec<T> = (0..heads)
-            .map(|h| {
-                if q {
-                    let mut dot = t.zero_i32();
-                    for j in h * hd..h * hd + hd {
-                        let o = j * l;
-                        let kv = t.load_i32(quote! { kt.add(#o) });
-                        dot = t.add_i32(dot, t.mul_i32(quote! { q[#j] }, kv));
-                    }
-                    let f = t.mul(t.i32_to_f32(dot), t.splat(quote! { (1.0f32 / 16777216.0) }));
-                    t.select(
-                        quote! { valid },
-                        t.mul(f, t.splat(quote! { #inv_sqrt })),
-                        neg_inf.clone(),
-                    )
-                } else {
-                    let dot = self.dot_f32(h, None, |j| {
-                        let o = j * l;
-                        t.load(quote! { kt.add(#o) })
-                    });
-                    t.select(quote! { valid }, dot, neg_inf.clone())
-                }
-            })
-            .collect();
+        let scores = self.age_scores();
         let maxes: Vec<T> = (0..heads)
             .map(|h| t.max(quote! { m[#h] }, quote! { sc[#h] }))
             .collect();
-        let exps: Vec<T> = (0..heads)
-            .map(|h| {
-                let d = t.sub(quote! { sc[#h] }, quote! { m[#h] });
-                let ex = if q {
-                    quote! { exp_v(#d) }
-                } else {
-                    quote! { exp2_v(#d) }
-                };
-                t.select(quote! { valid }, ex, zero.clone())
-            })
-            .collect();
+        let exps = self.age_weights();
         let sums = self.head_sums();
-        let accs: Vec<T> = (0..e)
-            .map(|c| {
-                let h = c / hd;
-                let o = c * l;
-                let vv = t.load(quote! { vt.add(#o) });
-                if q {
-                    let p = t.div(quote! { ex[#h] }, quote! { sum[#h] });
-                    t.add(quote! { acc[#c] }, t.mul(p, vv))
-                } else {
-                    t.fma(quote! { ex[#h] }, vv, quote! { acc[#c] })
-                }
-            })
-            .collect();
-        let outs: Vec<T> = (0..e)
-            .map(|c| {
-                let h = c / hd;
-                if q {
-                    t.sat16(t.f32_to_i32_round(t.mul(quote! { acc[#c] }, t.splat(quote! { 4096.0f32 }))))
-                } else {
-                    t.div(quote! { acc[#c] }, quote! { sum[#h] })
-                }
-            })
-            .collect();
+        let (accs, outs) = self.weighted_values();
         let keys_ty = if q {
             quote! { *mut i32 }
         } else {
@@ -703,6 +664,85 @@ impl<'a> BatchGen<'a> {
     /// `2^(score - own)`. Softmax does not depend on the shift; the maximum only guards against
     /// overflow, so when a lane's sum of weights reaches 2^64 (for one, a base-2 score 64 above
     /// this step's own) the step falls back to `stable`, the max-shifted form.
+    /// Per head, one age's score for every lane (`kt`: the keys of that age; lanes whose
+    /// position is younger than the age get -∞).
+    fn age_scores(&self) -> Vec<T> {
+        let (t, hd, l) = (self.t, self.shape.head_dim(), self.l());
+        let q = self.q412();
+        let neg_inf = t.splat(quote! { f32::NEG_INFINITY });
+        (0..self.shape.heads)
+            .map(|h| {
+                if q {
+                    let mut dot = t.zero_i32();
+                    for j in h * hd..h * hd + hd {
+                        let o = j * l;
+                        let kv = t.load_i32(quote! { kt.add(#o) });
+                        dot = t.add_i32(dot, t.mul_i32(quote! { q[#j] }, kv));
+                    }
+                    let score = q412_score(&mut Vector(t), t.i32_to_f32(dot), hd);
+                    t.select(quote! { valid }, score, neg_inf.clone())
+                } else {
+                    let dot = self.dot_f32(h, None, |j| {
+                        let o = j * l;
+                        t.load(quote! { kt.add(#o) })
+                    });
+                    t.select(quote! { valid }, dot, neg_inf.clone())
+                }
+            })
+            .collect()
+    }
+
+    /// Per head, one age's softmax weight (`exp_v` of the score less the maximum in Q4.12,
+    /// `exp2_v` in fp32, whose scores are in base 2), zero for masked lanes.
+    fn age_weights(&self) -> Vec<T> {
+        let t = self.t;
+        let q = self.q412();
+        let zero = t.zero();
+        (0..self.shape.heads)
+            .map(|h| {
+                let d = t.sub(quote! { sc[#h] }, quote! { m[#h] });
+                let ex = if q {
+                    quote! { exp_v(#d) }
+                } else {
+                    quote! { exp2_v(#d) }
+                };
+                t.select(quote! { valid }, ex, zero.clone())
+            })
+            .collect()
+    }
+
+    /// The weighted sum of one age's values added to the accumulators, and the outputs made of
+    /// the accumulators (Q4.12: weights divided by the sum first and the output rounded back;
+    /// fp32: the sum divides the output).
+    fn weighted_values(&self) -> (Vec<T>, Vec<T>) {
+        let (t, e, hd, l) = (self.t, self.shape.embd, self.shape.head_dim(), self.l());
+        let q = self.q412();
+        let accs: Vec<T> = (0..e)
+            .map(|c| {
+                let h = c / hd;
+                let o = c * l;
+                let vv = t.load(quote! { vt.add(#o) });
+                if q {
+                    let p = t.div(quote! { ex[#h] }, quote! { sum[#h] });
+                    t.add(quote! { acc[#c] }, t.mul(p, vv))
+                } else {
+                    t.fma(quote! { ex[#h] }, vv, quote! { acc[#c] })
+                }
+            })
+            .collect();
+        let outs: Vec<T> = (0..e)
+            .map(|c| {
+                let h = c / hd;
+                if q {
+                    t.sat16(t.f32_to_i32_round(q412_units(&mut Vector(t), quote! { acc[#c] })))
+                } else {
+                    t.div(quote! { acc[#c] }, quote! { sum[#h] })
+                }
+            })
+            .collect();
+        (accs, outs)
+    }
+
     fn shifted_fn(&mut self, name: &Ident, stable: &Ident, doc_head: &str, layer: usize) {
         let t = self.t;
         let s = self.shape;

@@ -95,26 +95,7 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
             slot: 0,
             inv_temperature: 1.0 / settings.temperature,
         },
-        methods: quote! {
-            fn step(&mut self, toks: &[u32], pos: &[u32], rs: &[f32], next: &mut [u32]) {
-                let toks: &[u32; #l] = toks.try_into().expect("one token per lane");
-                let pos: &[u32; #l] = pos.try_into().expect("one position per lane");
-                let r: &[f32; #l] = rs.try_into().expect("one draw per lane");
-                let next: &mut [u32; #l] = next.try_into().expect("one output per lane");
-                // Folds without branches, so that they vectorise.
-                let maxtok = toks.iter().fold(0, |a, &b| a.max(b)) as usize;
-                let maxpos = pos.iter().fold(0, |a, &b| a.max(b)) as usize;
-                assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
-                // SAFETY: `prepare` checked the CPU features and sized every buffer for the
-                // generated offsets; tokens and positions were just checked.
-                unsafe { batch_step(self, toks, pos, r, maxpos, next) };
-                self.slot = (self.slot + 1) % BLOCK;
-            }
-
-            fn logits(&self, lane: usize) -> ::std::vec::Vec<f32> {
-                (0..VOCAB).map(|i| self.logits.as_slice()[i * #l + lane] * #logits_scale).collect()
-            }
-        },
+        methods: trait_methods(l, &logits_scale),
         step_doc,
         step_signature: quote! {
             batch_step(k: &mut Kernel, toks: &[u32; #l], pos: &[u32; #l], rs: &[f32; #l], maxpos: usize, next: &mut [u32; #l])
@@ -127,4 +108,28 @@ pub fn batch_module(program: &Program, id: KernelId) -> T {
         items,
     }
     .into_tokens()
+}
+
+/// `BatchKernel`'s `step` (the lanes' inputs checked, then the generated step) and `logits`.
+fn trait_methods(l: usize, logits_scale: &T) -> T {
+    quote! {
+        fn step(&mut self, toks: &[u32], pos: &[u32], rs: &[f32], next: &mut [u32]) {
+            let toks: &[u32; #l] = toks.try_into().expect("one token per lane");
+            let pos: &[u32; #l] = pos.try_into().expect("one position per lane");
+            let r: &[f32; #l] = rs.try_into().expect("one draw per lane");
+            let next: &mut [u32; #l] = next.try_into().expect("one output per lane");
+            // Folds without branches, so that they vectorise.
+            let maxtok = toks.iter().fold(0, |a, &b| a.max(b)) as usize;
+            let maxpos = pos.iter().fold(0, |a, &b| a.max(b)) as usize;
+            assert!(maxtok < VOCAB && maxpos < BLOCK, "token {maxtok} or position {maxpos} out of range");
+            // SAFETY: `prepare` checked the CPU features and sized every buffer for the
+            // generated offsets; tokens and positions were just checked.
+            unsafe { batch_step(self, toks, pos, r, maxpos, next) };
+            self.slot = (self.slot + 1) % BLOCK;
+        }
+
+        fn logits(&self, lane: usize) -> ::std::vec::Vec<f32> {
+            (0..VOCAB).map(|i| self.logits.as_slice()[i * #l + lane] * #logits_scale).collect()
+        }
+    }
 }

@@ -645,7 +645,19 @@ impl<'a> F32Gen<'a> {
                 #dispatch
             }
         });
+        self.attention_positions_fns(name, layer);
+    }
 
+    /// The attention functions the entry dispatches to, one per count of cached positions.
+    fn attention_positions_fns(&mut self, name: &Ident, layer: usize) {
+        let t = self.f.t;
+        let s = self.f.shape;
+        let l = self.f.lanes();
+        let (e, hd) = (s.embd, s.head_dim());
+        let r = self.f.regs(e);
+        let epad = self.f.padded(e);
+        let ty = self.vec_ty(e);
+        let attrs = self.attrs();
         let ops = LaneOps {
             add: &|a, b| t.add(a, b),
             swap: &|v, d| t.swap(v, d),

@@ -12,7 +12,7 @@ use crate::emit::{Body, Expr, Vector, ident, tree};
 use crate::frame::Frame;
 use crate::sample::{exp_fn, sample_fn};
 use crate::target::Target;
-use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
+use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score, q412_units};
 use microgpt_model::plan::Arrangement;
 use microgpt_model::{Buffer, Op, Param, Program};
 use proc_macro2::{Ident, TokenStream};
@@ -75,12 +75,7 @@ impl<'a> Q412Gen<'a> {
         let l = self.f.lanes();
         let vocab = self.f.shape.vocab;
         let fl: Vec<T> = (0..self.f.regs(vocab))
-            .map(|i| {
-                t.mul(
-                    t.i32_to_f32(quote! { #logits[#i] }),
-                    t.splat(quote! { (1.0f32 / 4096.0) }),
-                )
-            })
+            .map(|i| q412_real(&mut Vector(t), t.i32_to_f32(quote! { #logits[#i] })))
             .collect();
         let lf = body.bind("logits_f", quote! { [#(#fl),*] });
         let stores: Vec<T> = (0..self.f.regs(vocab))
@@ -273,97 +268,24 @@ impl<'a> Q412Gen<'a> {
 
     fn matvec_fn(&mut self, name: &Ident, doc: &str, weight: Param, rows: usize, cols: usize) {
         let t = self.f.t;
-        let l = self.f.lanes();
         let placed = self.f.plan.get(weight).clone();
         let in_ty = self.ity(cols);
         let out_ty = self.ity(rows);
-        let rows_pad = rows.next_multiple_of(l);
-        let out_regs = rows_pad / l;
+        let out_regs = rows.div_ceil(self.f.lanes());
         let mut body = Body::default();
-        let mut outs = Vec::new();
-        match (t, placed.arrangement) {
+        let at = placed.offset;
+        let outs = match (t, placed.arrangement) {
             (Target::Sse | Target::Avx2 | Target::Avx512, Arrangement::ColumnPairs { rows_pad }) => {
-                // The input as i16 pairs in memory: each pair is broadcast as one i32.
-                let n = self.f.padded(cols).max(2);
-                let stores: Vec<T> = (0..self.f.regs(cols))
-                    .map(|i| {
-                        let o = i * l;
-                        t.store_as_i16(quote! { xs.as_mut_ptr().add(#o) }, quote! { x[#i] })
-                    })
-                    .collect();
-                body.push(quote! {
-                    let mut xs = [0i16; #n];
-                    #(#stores)*
-                    let xp = xs.as_ptr() as *const i32;
-                });
-                let pairs = cols.div_ceil(2);
-                let chains = 8usize.div_ceil(out_regs).clamp(1, pairs);
-                for o in 0..out_regs {
-                    let accs: Vec<Ident> = (0..chains).map(|_| body.fresh("acc")).collect();
-                    for p in 0..pairs {
-                        let off = placed.offset + (p * rows_pad + o * l) * 2;
-                        let acc = &accs[p % chains];
-                        let pair = quote! { xp.add(#p).read_unaligned() };
-                        let wv = t.load_i32(quote! { w.add(#off) });
-                        let first = p < chains;
-                        let prev = if first {
-                            t.zero_bits()
-                        } else {
-                            quote! { #acc }
-                        };
-                        let expr = t.pair_dot(prev, wv, pair, self.vnni);
-                        body.push(if first {
-                            quote! { let mut #acc = #expr; }
-                        } else {
-                            quote! { #acc = #expr; }
-                        });
-                    }
-                    let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
-                    outs.push(t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b)))));
-                }
+                self.pair_columns(&mut body, at, rows_pad, cols, out_regs)
             }
             (Target::Neon, Arrangement::Columns { rows_pad }) => {
-                let halves: Vec<T> = (0..self.f.regs(cols))
-                    .map(|i| t.narrow_i16(quote! { x[#i] }))
-                    .collect();
-                body.push(quote! { let xh = [#(#halves),*]; });
-                let chains = 8usize.div_ceil(out_regs).clamp(1, cols);
-                for o in 0..out_regs {
-                    let accs: Vec<Ident> = (0..chains).map(|_| body.fresh("acc")).collect();
-                    for c in 0..cols {
-                        let off = placed.offset + c * rows_pad + o * l;
-                        let (reg, lane) = (c / 4, (c % 4) as i32);
-                        let acc = &accs[c % chains];
-                        let (p, x) = (quote! { w.add(#off) }, quote! { xh[#reg], #lane });
-                        body.push(if c < chains {
-                            let e = t.widen_mac_by_lane(None, p, x);
-                            quote! { let mut #acc = #e; }
-                        } else {
-                            let e = t.widen_mac_by_lane(Some(quote! { #acc }), p, x);
-                            quote! { #acc = #e; }
-                        });
-                    }
-                    let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
-                    outs.push(t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b)))));
-                }
+                self.lane_columns(&mut body, at, rows_pad, cols, out_regs)
             }
             (Target::Scalar, Arrangement::Columns { rows_pad }) => {
-                for o in 0..rows {
-                    let acc = body.fresh("acc");
-                    for c in 0..cols {
-                        let off = placed.offset + c * rows_pad + o;
-                        let prod = quote! { (*w.add(#off) as i32).wrapping_mul(x[#c]) };
-                        body.push(if c == 0 {
-                            quote! { let mut #acc = #prod; }
-                        } else {
-                            quote! { #acc = #acc.wrapping_add(#prod); }
-                        });
-                    }
-                    outs.push(t.sat16(t.shr12(quote! { #acc })));
-                }
+                self.scalar_columns(&mut body, at, rows_pad, rows, cols)
             }
             _ => unreachable!("arrangement for {t:?}"),
-        }
+        };
         let attrs = self.attrs();
         let b = body.into_tokens();
         self.f.items.push(quote! {
@@ -376,25 +298,139 @@ impl<'a> Q412Gen<'a> {
         });
     }
 
+    /// x86: the input as i16 pairs, each pair broadcast as one i32 and multiplied by a register of
+    /// interleaved column pairs (`pair_dot`), several accumulators per output register.
+    fn pair_columns(
+        &self,
+        body: &mut Body,
+        at: usize,
+        rows_pad: usize,
+        cols: usize,
+        out_regs: usize,
+    ) -> Vec<T> {
+        let (t, l) = (self.f.t, self.f.lanes());
+        let mut outs = Vec::new();
+        // The input as i16 pairs in memory: each pair is broadcast as one i32.
+        let n = self.f.padded(cols).max(2);
+        let stores: Vec<T> = (0..self.f.regs(cols))
+            .map(|i| {
+                let o = i * l;
+                t.store_as_i16(quote! { xs.as_mut_ptr().add(#o) }, quote! { x[#i] })
+            })
+            .collect();
+        body.push(quote! {
+            let mut xs = [0i16; #n];
+            #(#stores)*
+            let xp = xs.as_ptr() as *const i32;
+        });
+        let pairs = cols.div_ceil(2);
+        let chains = 8usize.div_ceil(out_regs).clamp(1, pairs);
+        for o in 0..out_regs {
+            let accs: Vec<Ident> = (0..chains).map(|_| body.fresh("acc")).collect();
+            for p in 0..pairs {
+                let off = at + (p * rows_pad + o * l) * 2;
+                let acc = &accs[p % chains];
+                let pair = quote! { xp.add(#p).read_unaligned() };
+                let wv = t.load_i32(quote! { w.add(#off) });
+                let first = p < chains;
+                let prev = if first {
+                    t.zero_bits()
+                } else {
+                    quote! { #acc }
+                };
+                let expr = t.pair_dot(prev, wv, pair, self.vnni);
+                body.push(if first {
+                    quote! { let mut #acc = #expr; }
+                } else {
+                    quote! { #acc = #expr; }
+                });
+            }
+            let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
+            outs.push(t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b)))));
+        }
+        outs
+    }
+
+    /// NEON: the input narrowed to i16, each column times one input lane, widened into i32
+    /// accumulators.
+    fn lane_columns(
+        &self,
+        body: &mut Body,
+        at: usize,
+        rows_pad: usize,
+        cols: usize,
+        out_regs: usize,
+    ) -> Vec<T> {
+        let (t, l) = (self.f.t, self.f.lanes());
+        let mut outs = Vec::new();
+        let halves: Vec<T> = (0..self.f.regs(cols))
+            .map(|i| t.narrow_i16(quote! { x[#i] }))
+            .collect();
+        body.push(quote! { let xh = [#(#halves),*]; });
+        let chains = 8usize.div_ceil(out_regs).clamp(1, cols);
+        for o in 0..out_regs {
+            let accs: Vec<Ident> = (0..chains).map(|_| body.fresh("acc")).collect();
+            for c in 0..cols {
+                let off = at + c * rows_pad + o * l;
+                let (reg, lane) = (c / 4, (c % 4) as i32);
+                let acc = &accs[c % chains];
+                let (p, x) = (quote! { w.add(#off) }, quote! { xh[#reg], #lane });
+                body.push(if c < chains {
+                    let e = t.widen_mac_by_lane(None, p, x);
+                    quote! { let mut #acc = #e; }
+                } else {
+                    let e = t.widen_mac_by_lane(Some(quote! { #acc }), p, x);
+                    quote! { #acc = #e; }
+                });
+            }
+            let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
+            outs.push(t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b)))));
+        }
+        outs
+    }
+
+    /// Scalar: each output a wrapping i32 sum over the columns.
+    fn scalar_columns(
+        &self,
+        body: &mut Body,
+        at: usize,
+        rows_pad: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Vec<T> {
+        let t = self.f.t;
+        let mut outs = Vec::new();
+        for o in 0..rows {
+            let acc = body.fresh("acc");
+            for c in 0..cols {
+                let off = at + c * rows_pad + o;
+                let prod = quote! { (*w.add(#off) as i32).wrapping_mul(x[#c]) };
+                body.push(if c == 0 {
+                    quote! { let mut #acc = #prod; }
+                } else {
+                    quote! { #acc = #acc.wrapping_add(#prod); }
+                });
+            }
+            outs.push(t.sat16(t.shr12(quote! { #acc })));
+        }
+        outs
+    }
+
     fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
         let t = self.f.t;
         let s = self.f.shape;
         let l = self.f.lanes();
-        let (e, hd) = (s.embd, s.head_dim());
+        let e = s.embd;
         let r = self.f.regs(e);
         let epad = self.f.padded(e);
         let ty = self.ity(e);
         let cache = layer * s.block * epad;
-        let inv_sqrt = q412_score_scale(hd);
         let attrs = self.attrs();
         let mut pre = Body::default();
         for i in 0..r {
             let o = i * l;
             pre.push(t.store_i32(quote! { keys.add(#cache + pos * #epad + #o) }, quote! { k[#i] }));
-            let vf = t.mul(
-                t.i32_to_f32(quote! { v[#i] }),
-                t.splat(quote! { (1.0f32 / 4096.0) }),
-            );
+            let vf = q412_real(&mut Vector(t), t.i32_to_f32(quote! { v[#i] }));
             pre.push(t.store(quote! { values.add(#cache + pos * #epad + #o) }, vf));
         }
         let dispatch = attn::dispatch(
@@ -416,7 +452,19 @@ impl<'a> Q412Gen<'a> {
                 #dispatch
             }
         });
+        self.attention_positions_fns(name, layer);
+    }
 
+    /// The attention functions the entry dispatches to, one per count of cached positions.
+    fn attention_positions_fns(&mut self, name: &Ident, layer: usize) {
+        let t = self.f.t;
+        let s = self.f.shape;
+        let l = self.f.lanes();
+        let (e, hd) = (s.embd, s.head_dim());
+        let r = self.f.regs(e);
+        let epad = self.f.padded(e);
+        let ty = self.ity(e);
+        let attrs = self.attrs();
         let ops = LaneOps {
             add: &|a, b| t.add_i32(a, b),
             swap: &|v, d| t.swap_i32(v, d),
@@ -440,10 +488,7 @@ impl<'a> Q412Gen<'a> {
                 .collect();
             attn::reduce_heads(t, &s, body, &prods, &ops)
                 .into_iter()
-                .map(|d| {
-                    let f = t.mul(t.i32_to_f32(d), t.splat(quote! { (1.0f32 / 16777216.0) }));
-                    t.mul(f, t.splat(quote! { #inv_sqrt }))
-                })
+                .map(|d| q412_score(&mut Vector(t), t.i32_to_f32(d), hd))
                 .collect()
         };
         let weigh = |body: &mut Body, i: usize, exps: &[Ident]| -> T {
@@ -460,7 +505,7 @@ impl<'a> Q412Gen<'a> {
                 acc = t.add(acc, t.mul(p, t.load(quote! { vc.add(#o) })));
             }
             let acc = body.bind("acc", acc);
-            t.sat16(t.f32_to_i32_round(t.mul(quote! { #acc }, t.splat(quote! { 4096.0f32 }))))
+            t.sat16(t.f32_to_i32_round(q412_units(&mut Vector(t), quote! { #acc })))
         };
         let doc = |pos: usize| {
             let n = pos + 1;

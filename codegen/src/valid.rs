@@ -5,14 +5,13 @@ use microgpt_model::{FIELDS, Shape, ShapeError};
 use proc_macro2::Span;
 use syn::{Error, Ident};
 
-/// Largest size, in [`unrolled_size`]'s units, the fully unrolled generator accepts: about
-/// 110 MB of generated Rust for every target and precision (the shipped `embd=32,layers=2,mlp=128`
-/// shape is 58,613 units and 53 MB; `embd=48,layers=2,mlp=192`, 106,149 units, took about 8
-/// minutes and 7 GB to compile in release on the development machine).
+/// Largest size, in [`unrolled_size`]'s units, the fully unrolled generator accepts (the shipped
+/// `embd=32,layers=2,mlp=128` shape is 58,613 units; the build times and sizes of larger ones are
+/// in docs/results.md).
 pub const MAX_UNROLLED_SIZE: usize = 1 << 17;
 
-/// How much code the fully unrolled kernels of `shape` take, in weight-MAC equivalents (measured
-/// on the generated text: about 0.84 KB a MAC over all the kernels): one a weight MAC (the scalar
+/// How much code the fully unrolled kernels of `shape` take, in weight-MAC equivalents (fitted to
+/// the generated text): one a weight MAC (the scalar
 /// kernel has one statement each), two per unit of layers × block² × embd (the attention: every
 /// position's step is unrolled over the positions before it, in every layer), fifteen a
 /// vocabulary entry (the sampler and the logits).

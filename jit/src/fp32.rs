@@ -38,86 +38,24 @@ pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params)
     let mut squares: HashMap<Vec<Value>, Value> = HashMap::new();
     for (index, op) in program.ops().iter().enumerate() {
         cl.b.set_srcloc(SourceLoc::new(index as u32));
-        match *op {
-            Op::Embed { out } => {
-                let row = padded(s.embd) * 4;
-                let wte = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wte) as i64);
-                let wte = cl.index(wte, p.tok, row);
-                let wpe = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wpe) as i64);
-                let wpe = cl.index(wpe, p.pos, row);
-                let regs = (0..row / 16)
-                    .map(|i| {
-                        let a = cl.load(F32X4, wte, 16 * i);
-                        let b = cl.load(F32X4, wpe, 16 * i);
-                        cl.fadd(a, b)
-                    })
-                    .collect();
-                vals.insert(out, Val { regs, scale: None });
-            }
-            Op::RmsNorm { input, out } => {
-                let x = vals[&input].clone();
-                let ss = match squares.get(&x.regs) {
-                    Some(&ss) => ss,
-                    None => {
-                        let sq: Vec<Value> = x.regs.iter().map(|&v| cl.fmul(v, v)).collect();
-                        let sq = tree(cl, sq, |cl, a, b| cl.fadd(a, b));
-                        let ss = cl.hsum(sq);
-                        squares.insert(x.regs.clone(), ss);
-                        ss
-                    }
-                };
-                let scale = rms_factor(cl, ss, s.embd, x.scale);
-                vals.insert(
-                    out,
-                    Val {
-                        regs: x.regs,
-                        scale: Some(scale),
-                    },
-                );
-            }
+        let (made, val) = match *op {
+            Op::Embed { out } => (out, embed(cl, lay, p)),
+            Op::RmsNorm { input, out } => (out, rmsnorm(cl, &vals[&input], s.embd, &mut squares)),
             Op::MatVec { weight, input, out } => {
-                let x = vals[&input].clone();
+                let x = &vals[&input];
                 let regs = matvec(cl, lay, p.base, weight, &x.regs);
-                vals.insert(out, Val { regs, scale: x.scale });
+                (out, Val { regs, scale: x.scale })
             }
-            Op::Logits { input } => {
-                let x = vals[&input].clone();
-                let mut regs = matvec(cl, lay, p.base, Param::LmHead, &x.regs);
-                if let Some(c) = x.scale {
-                    let c = cl.b.ins().splat(F32X4, c);
-                    regs = regs.into_iter().map(|v| cl.fmul(v, c)).collect();
-                }
-                vals.insert(Buffer::Logits, Val { regs, scale: None });
-            }
-            Op::Relu { buf } => {
-                let x = vals[&buf].clone();
-                let zero = cl.splat_f(0.0);
-                let regs = x.regs.iter().map(|&v| cl.fmax(v, zero)).collect();
-                vals.insert(buf, Val { regs, scale: x.scale });
-            }
-            Op::Add { input, into } => {
-                let a = vals[&input].clone();
-                let b = vals[&into].clone();
-                let base = materialise(cl, &b);
-                let regs = match a.scale {
-                    Some(c) => {
-                        let c = cl.b.ins().splat(F32X4, c);
-                        a.regs.iter().zip(base).map(|(&x, y)| cl.fma(x, c, y)).collect()
-                    }
-                    None => a.regs.iter().zip(base).map(|(&x, y)| cl.fadd(x, y)).collect(),
-                };
-                vals.insert(into, Val { regs, scale: None });
-            }
+            Op::Logits { input } => (Buffer::Logits, logits(cl, lay, p.base, &vals[&input])),
+            Op::Relu { buf } => (buf, relu(cl, &vals[&buf])),
+            Op::Add { input, into } => (into, add(cl, &vals[&input], &vals[&into])),
             Op::Attention { layer, q, k, v, out } => {
-                let (q, k, v) = (
-                    materialise(cl, &vals[&q].clone()),
-                    materialise(cl, &vals[&k].clone()),
-                    materialise(cl, &vals[&v].clone()),
-                );
+                let [q, k, v] = [q, k, v].map(|b| materialise(cl, &vals[&b]));
                 let regs = attention(cl, lay, p, layer, &q, &k, &v);
-                vals.insert(out, Val { regs, scale: None });
+                (out, Val { regs, scale: None })
             }
-        }
+        };
+        vals.insert(made, val);
     }
     cl.b.set_srcloc(SourceLoc::new(program.ops().len() as u32));
     let logits = vals[&Buffer::Logits].regs.clone();
@@ -125,6 +63,72 @@ pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params)
         cl.store(v, p.base, lay.logits + 16 * i);
     }
     sample(cl, s.vocab, &logits, p.r)
+}
+
+/// `x = wte[tok] + wpe[pos]`.
+fn embed(cl: &mut Cl<'_>, lay: &StateLayout, p: &Params) -> Val {
+    let row = padded(lay.shape.embd) * 4;
+    let wte = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wte) as i64);
+    let wte = cl.index(wte, p.tok, row);
+    let wpe = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wpe) as i64);
+    let wpe = cl.index(wpe, p.pos, row);
+    let regs = (0..row / 16)
+        .map(|i| {
+            let a = cl.load(F32X4, wte, 16 * i);
+            let b = cl.load(F32X4, wpe, 16 * i);
+            cl.fadd(a, b)
+        })
+        .collect();
+    Val { regs, scale: None }
+}
+
+/// RMSNorm as a deferred factor on `x`'s registers (`squares`: sums of squares already made).
+fn rmsnorm(cl: &mut Cl<'_>, x: &Val, n: usize, squares: &mut HashMap<Vec<Value>, Value>) -> Val {
+    let ss = match squares.get(&x.regs) {
+        Some(&ss) => ss,
+        None => {
+            let sq: Vec<Value> = x.regs.iter().map(|&v| cl.fmul(v, v)).collect();
+            let sq = tree(cl, sq, |cl, a, b| cl.fadd(a, b));
+            let ss = cl.hsum(sq);
+            squares.insert(x.regs.clone(), ss);
+            ss
+        }
+    };
+    let scale = rms_factor(cl, ss, n, x.scale);
+    Val {
+        regs: x.regs.clone(),
+        scale: Some(scale),
+    }
+}
+
+/// `logits = lm_head · x`, the pending factor applied.
+fn logits(cl: &mut Cl<'_>, lay: &StateLayout, base: Value, x: &Val) -> Val {
+    let mut regs = matvec(cl, lay, base, Param::LmHead, &x.regs);
+    if let Some(c) = x.scale {
+        let c = cl.b.ins().splat(F32X4, c);
+        regs = regs.into_iter().map(|v| cl.fmul(v, c)).collect();
+    }
+    Val { regs, scale: None }
+}
+
+/// `relu(x)`; a pending factor is positive, so it stays pending.
+fn relu(cl: &mut Cl<'_>, x: &Val) -> Val {
+    let zero = cl.splat_f(0.0);
+    let regs = x.regs.iter().map(|&v| cl.fmax(v, zero)).collect();
+    Val { regs, scale: x.scale }
+}
+
+/// `into + input`, both pending factors applied.
+fn add(cl: &mut Cl<'_>, a: &Val, b: &Val) -> Val {
+    let base = materialise(cl, b);
+    let regs = match a.scale {
+        Some(c) => {
+            let c = cl.b.ins().splat(F32X4, c);
+            a.regs.iter().zip(base).map(|(&x, y)| cl.fma(x, c, y)).collect()
+        }
+        None => a.regs.iter().zip(base).map(|(&x, y)| cl.fadd(x, y)).collect(),
+    };
+    Val { regs, scale: None }
 }
 
 fn materialise(cl: &mut Cl<'_>, v: &Val) -> Vec<Value> {

@@ -50,8 +50,8 @@ pub enum JitError {
     Precision(Precision),
 }
 
-/// The most weight MACs per token the JIT compiles: it unrolls every matvec (0.79 million MACs,
-/// `embd=256,mlp=1024`, took 3.4 s and 240 MB to compile on a Zen 4 core).
+/// The most weight MACs per token the JIT compiles: it unrolls every matvec, so compile time and
+/// memory grow with the MACs.
 pub const MAX_MACS: usize = 1 << 22;
 
 impl fmt::Display for JitError {
@@ -147,28 +147,7 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
     let program = Program::forward(*weights.shape());
     let layout = StateLayout::new(&program, options.precision);
 
-    let mut flags = settings::builder();
-    let set = |flags: &mut settings::Builder, k: &str, v: &str| {
-        flags
-            .set(k, v)
-            .map_err(|e| JitError::Settings(format!("{k}={v}: {e}")))
-    };
-    set(&mut flags, "opt_level", "none")?;
-    set(
-        &mut flags,
-        "enable_verifier",
-        if options.verify { "true" } else { "false" },
-    )?;
-    set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
-    let mut isa = cranelift_native::builder().map_err(|e| JitError::Host(e.to_string()))?;
-    if options.without_fma && cfg!(target_arch = "x86_64") {
-        isa.set("has_fma", "false")
-            .map_err(|e| JitError::Settings(e.to_string()))?;
-    }
-    let isa = isa
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| JitError::Host(e.to_string()))?;
+    let isa = host_isa(options)?;
     let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
     builder.symbol("fmaf", fmaf as *const u8);
     let mut module = JITModule::new(builder);
@@ -185,29 +164,14 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
     let id = module
         .declare_function("microgpt_step", Linkage::Local, &ctx.func.signature)
         .map_err(|e| JitError::Module(e.to_string()))?;
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let params = b.block_params(entry).to_vec();
-        let p = fp32::Params {
-            base: params[0],
-            tok: params[1],
-            pos: params[2],
-            r: params[3],
-        };
-        let mut cl = Cl::new(b);
-        let next = if options.precision == Precision::Q412 {
-            q412::render(&mut cl, &program, &layout, &p, 1.0 / settings.temperature)
-        } else {
-            fp32::render(&mut cl, &program, &layout, &p)
-        };
-        cl.b.ins().return_(&[next]);
-        cl.b.seal_all_blocks();
-        cl.b.finalize(module.isa().frontend_config());
-    }
+    render_step(
+        &mut ctx.func,
+        &module,
+        &program,
+        &layout,
+        options.precision,
+        settings.temperature,
+    );
     let clif = options.clif.then(|| ctx.func.display().to_string());
     ctx.set_disasm(options.disassemble);
     module
@@ -234,6 +198,66 @@ pub fn compile(weights: &Weights, settings: &Settings, options: &JitOptions) -> 
         asm,
         compile_ms: start.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The compiler for this CPU: Cranelift without its optimiser (the rendered code is already what
+/// should run), FMA off when `options.without_fma` asks for it.
+fn host_isa(options: &JitOptions) -> Result<cranelift_codegen::isa::OwnedTargetIsa, JitError> {
+    let mut flags = settings::builder();
+    let set = |flags: &mut settings::Builder, k: &str, v: &str| {
+        flags
+            .set(k, v)
+            .map_err(|e| JitError::Settings(format!("{k}={v}: {e}")))
+    };
+    set(&mut flags, "opt_level", "none")?;
+    set(
+        &mut flags,
+        "enable_verifier",
+        if options.verify { "true" } else { "false" },
+    )?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let mut isa = cranelift_native::builder().map_err(|e| JitError::Host(e.to_string()))?;
+    if options.without_fma && cfg!(target_arch = "x86_64") {
+        isa.set("has_fma", "false")
+            .map_err(|e| JitError::Settings(e.to_string()))?;
+    }
+    let isa = isa
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| JitError::Host(e.to_string()))?;
+    Ok(isa)
+}
+
+/// Renders the step into `func`: `(state, tok, pos, r) -> next`, the op list then the draw.
+fn render_step(
+    func: &mut cranelift_codegen::ir::Function,
+    module: &JITModule,
+    program: &Program,
+    layout: &StateLayout,
+    precision: Precision,
+    temperature: f32,
+) {
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(func, &mut fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let p = fp32::Params {
+        base: params[0],
+        tok: params[1],
+        pos: params[2],
+        r: params[3],
+    };
+    let mut cl = Cl::new(b);
+    let next = if precision == Precision::Q412 {
+        q412::render(&mut cl, program, layout, &p, 1.0 / temperature)
+    } else {
+        fp32::render(&mut cl, program, layout, &p)
+    };
+    cl.b.ins().return_(&[next]);
+    cl.b.seal_all_blocks();
+    cl.b.finalize(module.isa().frontend_config());
 }
 
 /// The state block: prepared weights (fp32: the output head divided by the temperature), zeros

@@ -9,7 +9,7 @@ use crate::fp32::{ACCUMULATORS, Params, reduce_heads, sample};
 use crate::state::{StateLayout, padded};
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, SourceLoc, Value};
-use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
+use microgpt_model::numerics::{Q412_ONE, q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
 use microgpt_model::{Buffer, Op, Param, Program};
 use std::collections::HashMap;
 
@@ -86,7 +86,7 @@ pub fn render(
         }
     }
     cl.b.set_srcloc(SourceLoc::new(program.ops().len() as u32));
-    let quarter = cl.splat_f(1.0 / 4096.0);
+    let quarter = cl.splat_f(1.0 / Q412_ONE);
     let inv_t = cl.splat_f(inv_temperature);
     let mut z = Vec::new();
     for (i, &l) in vals[&Buffer::Logits].iter().enumerate() {
@@ -193,8 +193,8 @@ fn attention(
 ) -> Vec<Value> {
     let s = lay.shape;
     let hd = s.head_dim();
-    // Values are cached as floats (v / 4096), keys as the integers.
-    let quarter = cl.splat_f(1.0 / 4096.0);
+    // Values are cached as reals (`q412_real`), keys as the integers.
+    let quarter = cl.splat_f(1.0 / Q412_ONE);
     let v: Vec<Value> = v
         .iter()
         .map(|&x| {
@@ -204,8 +204,8 @@ fn attention(
         .collect();
     let cache = Cache::store(cl, lay, p, layer, k, &v);
     let r = cache.regs;
-    // As the reference: dot / 4096 / 4096 (exact) times 1/sqrt(hd) computed in f32.
-    let unit = cl.splat_f(1.0 / 16_777_216.0);
+    // `q412_score`, its constants made once, outside the loop over positions.
+    let unit = cl.splat_f(1.0 / (Q412_ONE * Q412_ONE));
     let inv_sqrt = cl.splat_f(q412_score_scale(hd));
 
     // Pass 1: exact dots per head, scaled scores (stored), their max.
@@ -264,7 +264,8 @@ fn attention(
             cl.b.def_var(accs[i], acc);
         }
     });
-    let full = cl.splat_f(4096.0);
+    // `q412_units`.
+    let full = cl.splat_f(Q412_ONE);
     accs.iter()
         .map(|&a| {
             let acc = cl.b.use_var(a);

@@ -1,7 +1,8 @@
-//! Numerical definitions shared by the renderers: the Q4.12 datapath's `exp`, the power of two
-//! of the fp32 lane-batched kernels, and the deferred RMSNorm factor (see [`rms_factor`]).
+//! Numerical definitions shared by the renderers (docs/spec.md#shared-numerical-rules): the
+//! Q4.12 datapath's `exp`, the power of two of the fp32 lane-batched kernels, RMSNorm's factor
+//! (see [`rms_factor`]) and the Q4.12 RMSNorm and attention scale.
 //!
-//! model's Q4.12 arithmetic computes its softmax in f32. For every Q4.12 kernel to reproduce the
+//! The Q4.12 arithmetic (docs/spec.md#q412-operations) computes its softmax in f32. For every Q4.12 kernel to reproduce the
 //! scalar reference's integers bit for bit, all of them must evaluate `exp` with the same
 //! sequence of IEEE operations; this is that sequence (Cody-Waite range reduction and a
 //! degree-6 polynomial, every multiply and add rounded separately, no fused multiply-add). It is
@@ -153,19 +154,31 @@ pub fn q412_rms_scale<O: F32Ops>(o: &mut O, ms: O::V, n: usize) -> O::V {
     o.div(one, root)
 }
 
-/// One output of a Q4.12 RMSNorm before it is rounded half to even and saturated to i16: the
-/// input as a real times the [`q412_rms_scale`], back in Q4.12 units (`· 4096`).
-pub fn q412_rms_value<O: F32Ops>(o: &mut O, real: O::V, scale: O::V) -> O::V {
-    let y = o.mul(real, scale);
+/// A real in Q4.12 units (`· 4096`), before it is rounded half to even and saturated to i16.
+pub fn q412_units<O: F32Ops>(o: &mut O, real: O::V) -> O::V {
     let one = o.constant(Q412_ONE);
-    o.mul(y, one)
+    o.mul(real, one)
 }
 
-/// The Q4.12 attention's score scale, `1/√head_dim` in f32: a score is
-/// `dot / 4096 / 4096 · q412_score_scale(head_dim)` (the dot product of two Q4.12 vectors, in
-/// i32).
+/// One output of a Q4.12 RMSNorm before it is rounded and saturated: the input as a real times
+/// the [`q412_rms_scale`], in Q4.12 units ([`q412_units`]).
+pub fn q412_rms_value<O: F32Ops>(o: &mut O, real: O::V, scale: O::V) -> O::V {
+    let y = o.mul(real, scale);
+    q412_units(o, y)
+}
+
+/// The Q4.12 attention's score scale, `1/√head_dim` in f32 (see [`q412_score`]).
 pub fn q412_score_scale(head_dim: usize) -> f32 {
     1.0 / (head_dim as f32).sqrt()
+}
+
+/// A Q4.12 attention score: the i32 dot product of two Q4.12 vectors (as an f32) as a real,
+/// `dot / 4096 / 4096` (exact: a power of two), times [`q412_score_scale`], rounded.
+pub fn q412_score<O: F32Ops>(o: &mut O, dot: O::V, head_dim: usize) -> O::V {
+    let units = o.constant(1.0 / (Q412_ONE * Q412_ONE));
+    let real = o.mul(dot, units);
+    let scale = o.constant(q412_score_scale(head_dim));
+    o.mul(real, scale)
 }
 
 /// The operations of [`exp_rule`] beyond [`F32Ops`]'s (on values that are never NaN).

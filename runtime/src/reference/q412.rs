@@ -1,10 +1,12 @@
-//! The scalar Q4.12 reference: the op list in model.md's fixed-point arithmetic (the seed's
-//! `bench_c_q412`). Its integer results are what every Q4.12 kernel must reproduce bit for bit.
+//! The scalar Q4.12 reference: the op list in fixed-point arithmetic (docs/spec.md#q412-operations).
+//! Its integer results are what every Q4.12 kernel must reproduce bit for bit.
 
 use super::Buffers;
-use microgpt_model::numerics::{Eval, exp_q412, q412_real, q412_rms_scale, q412_rms_value, q412_score_scale};
+use microgpt_model::numerics::{
+    Eval, exp_q412, q412_real, q412_rms_scale, q412_rms_value, q412_score, q412_units,
+};
 use microgpt_model::{Buffer, Layout, Op, Param, Program, Shape};
-use microgpt_weights::{Q412_ONE, Weights};
+use microgpt_weights::Weights;
 
 /// Saturates a wide integer to i16.
 #[inline]
@@ -28,7 +30,7 @@ pub fn q412_dot(w: &[i16], x: &[i16]) -> i16 {
     sat16(acc >> 12)
 }
 
-/// RMSNorm in f32 on Q4.12 input, back to Q4.12 (model.md).
+/// RMSNorm in f32 on Q4.12 input, back to Q4.12.
 pub fn q412_rmsnorm(x: &[i16], out: &mut [i16]) {
     let mut ms = 0.0f32;
     for &v in x {
@@ -152,7 +154,7 @@ impl Q412Reference {
     pub fn logits_f32(&self) -> Vec<f32> {
         self.buffer(Buffer::Logits)
             .iter()
-            .map(|&l| l as f32 / Q412_ONE)
+            .map(|&l| q412_real(&mut Eval, l as f32))
             .collect()
     }
 }
@@ -173,7 +175,7 @@ pub fn q412_softmax(v: &mut [f32]) {
     }
 }
 
-/// Attention in f32 on Q4.12 inputs (model.md): an i32 dot per cached position, scaled to a
+/// Attention in f32 on Q4.12 inputs: an i32 dot per cached position, scaled to a
 /// real score, an f32 softmax, the weighted sum of `V / 4096`, rounded back to Q4.12.
 #[allow(clippy::too_many_arguments)]
 pub fn q412_attention(
@@ -187,7 +189,6 @@ pub fn q412_attention(
     out: &mut [i16],
 ) {
     let e = heads * hd;
-    let inv_sqrt = q412_score_scale(hd);
     for h in 0..heads {
         let ch = h * hd..h * hd + hd;
         let scores = &mut scores[..=pos];
@@ -196,15 +197,15 @@ pub fn q412_attention(
             for (&a, &b) in q[ch.clone()].iter().zip(&keys[t * e..][ch.clone()]) {
                 dot = dot.wrapping_add(a as i32 * b as i32);
             }
-            *s = (dot as f32 / Q412_ONE / Q412_ONE) * inv_sqrt;
+            *s = q412_score(&mut Eval, dot as f32, hd);
         }
         q412_softmax(scores);
         for j in ch {
             let mut o = 0.0f32;
             for (t, &p) in scores.iter().enumerate() {
-                o += p * (values[t * e + j] as f32 / Q412_ONE);
+                o += p * q412_real(&mut Eval, values[t * e + j] as f32);
             }
-            out[j] = round_sat16(o * Q412_ONE);
+            out[j] = round_sat16(q412_units(&mut Eval, o));
         }
     }
 }
@@ -224,7 +225,7 @@ mod tests {
         assert_eq!(q412_dot(&[-1], &[1]), -1);
         assert_eq!(q412_dot(&[4096, 4096], &[4096, -8192]), -4096);
         assert_eq!(q412_dot(&[32767; 2], &[32767; 2]), 32767);
-        // The i32 accumulator wraps (exact in any order, as model.md says).
+        // The i32 accumulator wraps (so the sum is exact in any order).
         assert_eq!(
             q412_dot(&[32767; 3], &[32767; 3]),
             sat16(3i32.wrapping_mul(32767 * 32767) >> 12)
