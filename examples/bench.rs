@@ -33,7 +33,7 @@ struct Args {
     /// Also generate 20 names with each variant.
     #[arg(long)]
     names: bool,
-    /// Weights file (safetensors, the seed's raw f32/Q4.12 blob) or TALOS-V2 ROM folder.
+    /// Weights file (safetensors, a raw f32/Q4.12 blob) or TALOS-V2 ROM folder.
     /// Default: the embedded trained weights.
     #[arg(long)]
     weights: Option<PathBuf>,

@@ -15,14 +15,9 @@ fallback to a running maximum (the code inlined from the line calling `mg_l_soft
 true>`). Loops inside the token loop (the lane attention's loop over older positions) count
 once.
 
-One warp alone on an SM hides no latency, so its token loop is this chain. Against the four
-one-warp kernels measured on an H200 at 1,980 MHz (results/cuda-h200.txt, two of them since
-dropped) the estimate came within 9 % at the default shape, short but for one (mg_persistent
-1,916 cycles a token against 1,914 measured, mg_persistent_table 1,241 against 1,368), and
-19-25 % short for the lane kernels at embd=32,layers=2,mlp=128 (5,876 against 7,261, 5,399
-against 7,189; why is not established: candidates are the attention's loops over older
-positions, taken once here, and the throughput of the wider loads, not modelled). An estimate,
-to compare kernels before a GPU measures them, not a figure to report as one.
+One warp alone on an SM hides no latency, so its token loop is this chain. How close the
+estimate came to the GPU's measured cycles is in docs/results.md ("Estimated before measured").
+An estimate, to compare kernels before a GPU measures them, not a figure to report as one.
 
 Tools: NVRTC (libnvrtc.so* in $NVRTC_LIB, else the loader's path), ptxas ($MICROGPT_PTXAS, else
 PATH) and nvdisasm ($MICROGPT_NVDISASM, else PATH). The pip wheels nvidia-cuda-nvrtc-cu12,
@@ -199,7 +194,7 @@ def main():
     names = sorted(k for k in found if k.startswith("mg_persistent"))
     if not names:
         sys.exit("sass-cycles: no mg_persistent* kernel in the listing")
-    print(f"{args.source or 'shape ' + (args.shape or 'default')}; sm_90; token loop taken once, cold paths skipped; within 9 % of the H200's figures at the default shape, 19-25 % short at embd=32,layers=2,mlp=128")
+    print(f"{args.source or 'shape ' + (args.shape or 'default')}; sm_90; token loop taken once, cold paths skipped; an estimate (against measured figures: docs/results.md)")
     print(f"{'kernel':22} {'SASS in loop':>12} {'cycles/token':>13} {'tok/s at ' + str(CLOCK_MHZ) + ' MHz':>18}")
     for name in names:
         loop = token_loop(*found[name])

@@ -276,7 +276,7 @@ impl Report<'_> {
         out
     }
 
-    /// The JSON document (schema documented in the README).
+    /// The JSON document (its schema: docs/bench.md#json).
     pub fn json(&self) -> Value {
         let reference = self.reference_rate();
         let results: Vec<Value> = self

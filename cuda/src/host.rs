@@ -120,8 +120,8 @@ pub fn is_compiled(source: &CudaSource, arch: &str) -> bool {
 }
 
 /// Compiles `source` to PTX for `arch` (e.g. `compute_90`). NVRTC runs once per source and
-/// architecture in a process: it takes seconds at larger shapes (about 30 s for embd 32 and two
-/// layers on one Zen 5 core), and every CUDA variant of a shape loads the same source.
+/// architecture in a process: it takes seconds, more at larger shapes, and every CUDA variant of
+/// a shape loads the same source.
 pub fn compile(source: &CudaSource, arch: &str) -> Result<Ptx, String> {
     nvrtc_present()?;
     if let Some(ptx) = compiled_before(source, arch, Ptx::clone) {

@@ -100,10 +100,8 @@ pub const WARPS_PER_BLOCK: usize = 8;
 /// weight unconditionally (`MG_HOIST`), a lane past the last row reading the last row again,
 /// which lets the compiler load the weights of a token loop that reads them from global memory
 /// once, before the loop, into registers (`mg_persistent_table`). Past it the loads are made
-/// only for rows in range, which keeps them in the loop: at `embd=48,layers=2,mlp=192` (1,833 a
-/// lane, in global memory for every kernel) unconditional loads made `mg_persistent` and a
-/// one-warp kernel reading its weights from global memory spill 204 bytes, conditional ones
-/// nothing.
+/// only for rows in range, which keeps them in the loop: unconditional loads of that many
+/// weights spill registers.
 pub const HOIST_WEIGHTS_PER_LANE: usize = 160;
 
 /// Threads per block of `mg_streams`; the KV caches of a block interleave with this stride, so
@@ -112,9 +110,8 @@ pub const STREAM_THREADS: usize = 128;
 
 /// Warps per SM that `mg_streams`'s shared memory is planned for: each block keeps the first
 /// positions of its streams' KV caches in shared memory, as many as fit beside the weights when
-/// this many warps share an SM. Measured on an H100 at the default shape: 12 warps with 3
-/// positions each gave 1.89 G tok/s, 16 warps with 2 positions 1.23 G, 8 warps with 4 or 5
-/// positions 1.87-1.89 G.
+/// this many warps share an SM: fewer warps with more of their caches in shared memory beat more
+/// warps (the measurements are in docs/results.md).
 pub const STREAM_WARPS_PER_SM: usize = 12;
 
 /// The rendered source of one shape and the facts its host needs.

@@ -134,7 +134,7 @@ impl Tensor {
     }
 }
 
-/// The canonical order of every tensor of a shape (the seed's raw blobs use this order, flat):
+/// The canonical order of every tensor of a shape (the raw blobs use this order, flat):
 /// `wte`, `wpe`, each layer's `attn_wq, attn_wk, attn_wv, attn_wo, mlp_fc1, mlp_fc2`, `lm_head`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {

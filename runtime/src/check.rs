@@ -9,7 +9,7 @@ use microgpt_model::numerics::max_error;
 use microgpt_weights::Weights;
 
 /// A draw that differs from the oracle's is excused only when `r` lies this close to a
-/// boundary of the oracle's CDF (model.md).
+/// boundary of the oracle's CDF (docs/spec.md#agreement).
 pub const BOUNDARY_TOLERANCE: f32 = 1e-6;
 
 /// What a check compares: the benchmark stream's seed, the sampling temperature and the

@@ -1,4 +1,4 @@
-//! The canonical sampler of model.md: xorshift32, a 24-bit uniform draw, and an inverse-CDF scan
+//! The canonical sampler (docs/spec.md#sampler): xorshift32, a 24-bit uniform draw, and an inverse-CDF scan
 //! of `softmax(logits / T)` computed in f32, left to right.
 
 use rand_core::{RngCore, SeedableRng, impls};
@@ -34,7 +34,7 @@ impl XorShift32 {
         self.state
     }
 
-    /// One draw of model.md: `r = (x >> 8) · 2^-24`, uniform in [0, 1) with 24 bits.
+    /// One draw: `r = (x >> 8) · 2^-24`, uniform in [0, 1) with 24 bits.
     #[inline(always)]
     pub fn uniform(&mut self) -> f32 {
         uniform24(self.step())
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn xorshift_matches_the_talos_vector() {
-        // XS(2) = 0x00084042 (talos-rtl-arithmetic.md §7.4).
+        // XS(2) = 0x00084042, the value TALOS-V2's RTL simulation gives.
         let mut r = XorShift32::new(2);
         assert_eq!(r.step(), 0x0008_4042);
         let mut z = XorShift32::new(0);

@@ -1,4 +1,4 @@
-//! The generation loops of model.md, shared by every variant: the benchmark stream and names
+//! The generation loops (docs/spec.md#generation-loops), shared by every variant: the benchmark stream and names
 //! mode. A variant supplies one step: `(tok, pos, r) -> next`, the forward pass at `(tok, pos)`
 //! followed by a draw with the uniform `r`.
 

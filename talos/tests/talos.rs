@@ -22,7 +22,7 @@ fn buffer_after(trace: &Trace, op: usize) -> &[i16] {
 
 const BOS: usize = 26;
 
-/// §11.3: every intermediate of step 0 of the seed-2 run.
+/// Every intermediate of step 0 of the seed-2 run.
 #[test]
 fn seed_2_step_0_intermediates() {
     let Some(mut t) = talos("seed_2_step_0_intermediates") else {
@@ -98,7 +98,7 @@ fn seed_2_step_0_intermediates() {
     assert_eq!(o.cycles, 868);
 }
 
-/// §11.3, later steps of the same run: logits, top, argmax, RNG, weight sum, cut, next.
+/// Later steps of the same run: logits, top, argmax, RNG, weight sum, cut, next.
 #[test]
 fn seed_2_later_steps() {
     let Some(mut t) = talos("seed_2_later_steps") else {
@@ -196,7 +196,7 @@ fn seed_2_later_steps() {
     }
 }
 
-/// §11.1 and §11.2: whole samples under the board's loop, with the cycle count and tok/s.
+/// Whole samples under the board's loop, with the cycle count and tok/s.
 #[test]
 fn seeds_1_to_3_at_half_temperature() {
     let Some(mut t) = talos("seeds_1_to_3_at_half_temperature") else {
@@ -232,7 +232,7 @@ fn seed_0_is_a_fixed_point_and_greedy_is_anan() {
     assert_eq!(g.rng, 0, "direct mode leaves the RNG alone");
 }
 
-/// §9: the RMS clamp path is 25 cycles shorter (seed 2 at θ = 1024 takes it once, at p14).
+/// The RMS clamp path is 25 cycles shorter (seed 2 at θ = 1024 takes it once, at p14).
 #[test]
 fn cycle_count_includes_the_rms_shortcut() {
     let Some(mut t) = talos("cycle_count_includes_the_rms_shortcut") else {

@@ -240,7 +240,7 @@ impl Worker {
     }
 }
 
-/// model.md's NLL: mean nats per predicted token over every name, each scored as BOS + chars +
+/// The NLL (docs/spec.md#nll): mean nats per predicted token over every name, each scored as BOS + chars +
 /// BOS, cut to `block` predictions (computed in f64, summed in a fixed order).
 pub fn nll(weights: &Weights, data: &Dataset) -> f64 {
     let indices: Vec<usize> = (0..data.len()).collect();

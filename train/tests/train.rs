@@ -1,4 +1,4 @@
-//! The trainer: gradients against finite differences, learning, determinism, model.md's NLL.
+//! The trainer: gradients against finite differences, learning, determinism, the NLL of docs/spec.md.
 
 use microgpt_model::Shape;
 use microgpt_model::numerics::max_error;
@@ -123,7 +123,7 @@ fn dataset_wraps_names_in_bos_and_cuts_at_block() {
     );
 }
 
-/// model.md: the TALOS weights score 2.3656 on names.txt.
+/// The TALOS weights score 2.3656 on names.txt (docs/spec.md#nll).
 #[test]
 fn talos_weights_score_the_documented_nll() {
     let test = "talos_weights_score_the_documented_nll";

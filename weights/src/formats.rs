@@ -14,9 +14,9 @@ pub enum Format {
     /// safetensors, one tensor per canonical name (F32, or I16 holding Q4.12), the head count
     /// in the metadata: the project's own format.
     Safetensors,
-    /// The seed's raw f32 blob: every parameter in canonical order, little-endian, no header.
+    /// A raw f32 blob: every parameter in canonical order, little-endian, no header.
     RawF32,
-    /// The seed's raw Q4.12 blob: every parameter as i16 (value · 4096), little-endian.
+    /// A raw Q4.12 blob: every parameter as i16 (value · 4096), little-endian.
     RawQ412,
     /// A TALOS-V2 ROM folder: `wte_q12.hex`, `layer0_attn_wq_q12.hex`, …, one 16-bit
     /// two's-complement hex word per line.

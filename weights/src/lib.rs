@@ -1,9 +1,9 @@
 //! microGPT weights: the in-memory form, the file formats, Q4.12 and the embedded defaults.
 //!
 //! - [`Weights`]: a shape plus the flat f32 parameter vector in canonical order;
-//! - [`load`]: safetensors (the project's own format), the seed's raw blobs (flat f32 or Q4.12
+//! - [`load`]: safetensors (the project's own format), raw blobs (flat f32 or Q4.12
 //!   i16) and TALOS-V2 ROM folders (`*_q12.hex`), detected from the file or forced;
-//! - [`q412`]: model.md's quantisation to Q4.12;
+//! - [`q412`]: the quantisation to Q4.12 (docs/spec.md#q412-quantisation);
 //! - [`default_weights`]: the trained default weights, embedded in the binary.
 
 mod error;
@@ -19,8 +19,8 @@ pub use q412::{Q412_ONE, dequantize, q412, quantize};
 
 use microgpt_model::{Layout, Param, Shape};
 
-/// The default weights: trained by this project's trainer on makemore's names (see the README
-/// for the exact command), stored as safetensors.
+/// The default weights: trained by this project's trainer on makemore's names (the command is in
+/// docs/training.md), stored as safetensors.
 pub const DEFAULT_SAFETENSORS: &[u8] = include_bytes!("../default/microgpt-default.safetensors");
 
 /// A shape and its parameters, flat, in canonical order ([`Layout`]).
@@ -119,12 +119,12 @@ impl Weights {
         formats::safetensors_bytes(self, extra_metadata)
     }
 
-    /// The seed's raw f32 blob: every parameter, little-endian, canonical order, no header.
+    /// The raw f32 blob: every parameter, little-endian, canonical order, no header.
     pub fn to_raw_f32(&self) -> Vec<u8> {
         self.data.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
-    /// The seed's raw Q4.12 blob: every parameter quantised to i16, little-endian.
+    /// The raw Q4.12 blob: every parameter quantised to i16, little-endian.
     pub fn to_raw_q412(&self) -> Vec<u8> {
         self.quantized().iter().flat_map(|v| v.to_le_bytes()).collect()
     }

@@ -259,7 +259,7 @@ fn the_three_reference_weight_files_agree() {
     assert_eq!(
         fp.quantized(),
         hex.quantized(),
-        "model.md's rounding reproduces the ROMs"
+        "the specified rounding reproduces the ROMs"
     );
     // Spot values from the TALOS spec: wte word 0 is 0x0216.
     assert_eq!(hex.quantized()[0], 0x0216);
