@@ -11,7 +11,7 @@
 
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, Expr, ident, tree};
-use crate::frame::Frame;
+use crate::frame::{AttentionDims, Frame};
 use crate::sample::{exp_fn, sample_fn};
 use crate::target::{Shuffle, Target};
 use microgpt_model::numerics::rms_factor;
@@ -599,10 +599,7 @@ impl<'a> F32Gen<'a> {
     ) {
         let t = self.f.t;
         let s = self.f.shape;
-        let l = self.f.lanes();
-        let (e, hd) = (s.embd, s.head_dim());
-        let r = self.f.regs(e);
-        let epad = self.f.padded(e);
+        let AttentionDims { l, e, hd, r, epad } = self.f.attention_dims();
         let ty = self.vec_ty(e);
         let cache = layer * s.block * epad;
         let inv_sqrt = 1.0f32 / (hd as f32).sqrt();
@@ -652,10 +649,7 @@ impl<'a> F32Gen<'a> {
     fn attention_positions_fns(&mut self, name: &Ident, layer: usize) {
         let t = self.f.t;
         let s = self.f.shape;
-        let l = self.f.lanes();
-        let (e, hd) = (s.embd, s.head_dim());
-        let r = self.f.regs(e);
-        let epad = self.f.padded(e);
+        let AttentionDims { l, e, hd, r, epad } = self.f.attention_dims();
         let ty = self.vec_ty(e);
         let attrs = self.attrs();
         let ops = LaneOps {

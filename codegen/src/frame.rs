@@ -58,6 +58,19 @@ impl<'a> Frame<'a> {
         self.t.lanes()
     }
 
+    /// The sizes the attention renderers work with: lanes, `embd`, head size, registers holding
+    /// `embd` values, and `embd` rounded up to whole registers.
+    pub fn attention_dims(&self) -> AttentionDims {
+        let e = self.shape.embd;
+        AttentionDims {
+            l: self.lanes(),
+            e,
+            hd: self.shape.head_dim(),
+            r: self.regs(e),
+            epad: self.padded(e),
+        }
+    }
+
     /// Registers holding `n` values.
     pub fn regs(&self, n: usize) -> usize {
         n.div_ceil(self.lanes())
@@ -135,4 +148,14 @@ impl<'a> Frame<'a> {
         body.push(quote! { let (#(#ids),*) = op_prefix_table(k.table.as_ptr(), tok, pos); });
         outs
     }
+}
+
+/// See [`Frame::attention_dims`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    pub l: usize,
+    pub e: usize,
+    pub hd: usize,
+    pub r: usize,
+    pub epad: usize,
 }

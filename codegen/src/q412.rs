@@ -9,7 +9,7 @@
 
 use crate::attn::{self, LaneOps};
 use crate::emit::{Body, Expr, Vector, ident, tree};
-use crate::frame::Frame;
+use crate::frame::{AttentionDims, Frame};
 use crate::sample::{exp_fn, sample_fn};
 use crate::target::Target;
 use microgpt_model::numerics::{q412_real, q412_rms_scale, q412_rms_value, q412_score, q412_units};
@@ -298,6 +298,13 @@ impl<'a> Q412Gen<'a> {
         });
     }
 
+    /// The sum of a matvec output's accumulator chains, `>> 12` and saturated to i16.
+    fn shifted_sum(&self, accs: &[Ident]) -> T {
+        let t = self.f.t;
+        let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
+        t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b))))
+    }
+
     /// x86: the input as i16 pairs, each pair broadcast as one i32 and multiplied by a register of
     /// interleaved column pairs (`pair_dot`), several accumulators per output register.
     fn pair_columns(
@@ -345,8 +352,7 @@ impl<'a> Q412Gen<'a> {
                     quote! { #acc = #expr; }
                 });
             }
-            let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
-            outs.push(t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b)))));
+            outs.push(self.shifted_sum(&accs));
         }
         outs
     }
@@ -383,8 +389,7 @@ impl<'a> Q412Gen<'a> {
                     quote! { #acc = #e; }
                 });
             }
-            let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
-            outs.push(t.sat16(t.shr12(tree(terms, |a, b| t.add_i32(a, b)))));
+            outs.push(self.shifted_sum(&accs));
         }
         outs
     }
@@ -419,10 +424,7 @@ impl<'a> Q412Gen<'a> {
     fn attention_fn(&mut self, name: &Ident, doc_head: &str, layer: usize) {
         let t = self.f.t;
         let s = self.f.shape;
-        let l = self.f.lanes();
-        let e = s.embd;
-        let r = self.f.regs(e);
-        let epad = self.f.padded(e);
+        let AttentionDims { l, e, r, epad, .. } = self.f.attention_dims();
         let ty = self.ity(e);
         let cache = layer * s.block * epad;
         let attrs = self.attrs();
@@ -459,10 +461,7 @@ impl<'a> Q412Gen<'a> {
     fn attention_positions_fns(&mut self, name: &Ident, layer: usize) {
         let t = self.f.t;
         let s = self.f.shape;
-        let l = self.f.lanes();
-        let (e, hd) = (s.embd, s.head_dim());
-        let r = self.f.regs(e);
-        let epad = self.f.padded(e);
+        let AttentionDims { l, e, hd, r, epad } = self.f.attention_dims();
         let ty = self.ity(e);
         let attrs = self.attrs();
         let ops = LaneOps {

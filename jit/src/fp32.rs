@@ -68,10 +68,7 @@ pub fn render(cl: &mut Cl<'_>, program: &Program, lay: &StateLayout, p: &Params)
 /// `x = wte[tok] + wpe[pos]`.
 fn embed(cl: &mut Cl<'_>, lay: &StateLayout, p: &Params) -> Val {
     let row = padded(lay.shape.embd) * 4;
-    let wte = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wte) as i64);
-    let wte = cl.index(wte, p.tok, row);
-    let wpe = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wpe) as i64);
-    let wpe = cl.index(wpe, p.pos, row);
+    let (wte, wpe) = embedding_rows(cl, lay, p, row);
     let regs = (0..row / 16)
         .map(|i| {
             let a = cl.load(F32X4, wte, 16 * i);
@@ -80,6 +77,15 @@ fn embed(cl: &mut Cl<'_>, lay: &StateLayout, p: &Params) -> Val {
         })
         .collect();
     Val { regs, scale: None }
+}
+
+/// The addresses of row `tok` of `wte` and row `pos` of `wpe`, rows of `row` bytes.
+pub fn embedding_rows(cl: &mut Cl<'_>, lay: &StateLayout, p: &Params, row: usize) -> (Value, Value) {
+    let wte = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wte) as i64);
+    let wte = cl.index(wte, p.tok, row);
+    let wpe = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wpe) as i64);
+    let wpe = cl.index(wpe, p.pos, row);
+    (wte, wpe)
 }
 
 /// RMSNorm as a deferred factor on `x`'s registers (`squares`: sums of squares already made).

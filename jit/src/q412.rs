@@ -5,7 +5,7 @@
 
 use crate::attn::{Cache, for_positions};
 use crate::cl::{Cl, LANES, Lanes};
-use crate::fp32::{ACCUMULATORS, Params, reduce_heads, sample};
+use crate::fp32::{ACCUMULATORS, Params, embedding_rows, reduce_heads, sample};
 use crate::state::{StateLayout, padded};
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, SourceLoc, Value};
@@ -28,10 +28,7 @@ pub fn render(
         match *op {
             Op::Embed { out } => {
                 let row = padded(s.embd) * 2;
-                let wte = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wte) as i64);
-                let wte = cl.index(wte, p.tok, row);
-                let wpe = cl.b.ins().iadd_imm_s(p.base, lay.weight(Param::Wpe) as i64);
-                let wpe = cl.index(wpe, p.pos, row);
+                let (wte, wpe) = embedding_rows(cl, lay, p, row);
                 let regs = (0..row / 8)
                     .map(|i| {
                         let a = cl.load_i16x4(wte, 8 * i);
