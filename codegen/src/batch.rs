@@ -81,7 +81,8 @@ impl<'a> BatchGen<'a> {
             let pos = t.load_i32(quote! { pos.as_ptr() as *const i32 });
             quote! { let tokv = #tok; let posv = #pos; }
         });
-        let ops = self.program.ops().to_vec();
+        let program = self.program;
+        let ops = program.ops();
         let mut index = 0;
         while index < ops.len() {
             // A matvec whose output the next op rectifies takes the rectifier into its last
@@ -152,15 +153,14 @@ impl<'a> BatchGen<'a> {
                     weight.name().replace('.', "_"),
                     if relu { "_relu" } else { "" }
                 ));
-                self.matvec_fn(&name, &head, weight, relu);
-                let x = &vals[&input];
-                (out, quote! { #name(w, #x) })
+                (out, self.matvec(name, &head, weight, relu, &vals[&input]))
             }
             Op::Logits { input } => {
-                let name = name("logits");
-                self.matvec_fn(&name, &head, Param::LmHead, false);
                 let x = &vals[&input];
-                (Buffer::Logits, quote! { #name(w, #x) })
+                (
+                    Buffer::Logits,
+                    self.matvec(name("logits"), &head, Param::LmHead, false, x),
+                )
             }
             Op::Relu { buf } => (buf, self.relu(name("relu"), &head, buf, &vals[&buf])),
             Op::Add { input, into } => (
@@ -168,21 +168,23 @@ impl<'a> BatchGen<'a> {
                 self.add(name("residual_add"), &head, &vals[&input], &vals[&into]),
             ),
             Op::Attention { layer, q, k, v, out } => {
-                let name = name("attention");
-                self.attention_fn(&name, &head, layer);
-                let (q, k, v) = (&vals[&q], &vals[&k], &vals[&v]);
-                (
-                    out,
-                    quote! { #name(keys, values, slot, maxpos, posv, #q, #k, #v) },
-                )
+                let qkv = [q, k, v].map(|b| &vals[&b]);
+                (out, self.attention(name("attention"), &head, layer, qkv))
             }
         };
-        let bound = if made == Buffer::Logits {
-            "logits"
-        } else {
-            made.name()
-        };
-        vals.insert(made, body.bind(bound, call));
+        vals.insert(made, body.bind(made.name(), call));
+    }
+
+    /// `W · x` (with `relu`, rectified); returns the call.
+    fn matvec(&mut self, name: Ident, head: &str, weight: Param, relu: bool, x: &Ident) -> T {
+        self.matvec_fn(&name, head, weight, relu);
+        quote! { #name(w, #x) }
+    }
+
+    /// Attention over the ring cache of `layer`; returns the call.
+    fn attention(&mut self, name: Ident, head: &str, layer: usize, [q, k, v]: [&Ident; 3]) -> T {
+        self.attention_fn(&name, head, layer);
+        quote! { #name(keys, values, slot, maxpos, posv, #q, #k, #v) }
     }
 
     /// `x = wte[tok] + wpe[pos]` for every lane; returns the call.

@@ -121,35 +121,45 @@ impl<'a> Q412Gen<'a> {
             Op::RmsNorm { input, out } => (out, self.rmsnorm(name("rmsnorm"), &head, &vals[&input])),
             Op::MatVec { weight, input, out } => {
                 let name = name(&format!("matvec_{}", weight.name().replace('.', "_")));
-                let (rows, cols) = weight.dims(&s);
-                let doc = format!(
-                    "{head} A {rows}×{cols} Q4.12 matvec: i32 sums of i16 products (exact in any \
-                     order), then `>> 12` and saturation to i16."
-                );
-                self.matvec_fn(&name, &doc, weight, rows, cols);
-                let x = &vals[&input];
-                (out, quote! { #name(w, #x) })
+                (out, self.matvec(name, &head, weight, &vals[&input]))
             }
-            Op::Logits { input } => {
-                let name = name("logits");
-                let doc = format!("{head} The output head: a Q4.12 matvec.");
-                self.matvec_fn(&name, &doc, Param::LmHead, s.vocab, s.embd);
-                let x = &vals[&input];
-                (Buffer::Logits, quote! { #name(w, #x) })
-            }
+            Op::Logits { input } => (Buffer::Logits, self.logits(name("logits"), &head, &vals[&input])),
             Op::Relu { buf } => (buf, self.relu(name("relu"), &head, buf, &vals[&buf])),
             Op::Add { input, into } => (
                 into,
                 self.add(name("residual_add"), &head, into, &vals[&input], &vals[&into]),
             ),
             Op::Attention { layer, q, k, v, out } => {
-                let name = name("attention");
-                self.attention_fn(&name, &head, layer);
-                let (q, k, v) = (&vals[&q], &vals[&k], &vals[&v]);
-                (out, quote! { #name(keys, values, pos, #q, #k, #v) })
+                let qkv = [q, k, v].map(|b| &vals[&b]);
+                (out, self.attention(name("attention"), &head, layer, qkv))
             }
         };
         vals.insert(made, body.bind(made.name(), call));
+    }
+
+    /// `out = W · x`; returns the call.
+    fn matvec(&mut self, name: Ident, head: &str, weight: Param, x: &Ident) -> T {
+        let (rows, cols) = weight.dims(&self.f.shape);
+        let doc = format!(
+            "{head} A {rows}×{cols} Q4.12 matvec: i32 sums of i16 products (exact in any order), \
+             then `>> 12` and saturation to i16."
+        );
+        self.matvec_fn(&name, &doc, weight, rows, cols);
+        quote! { #name(w, #x) }
+    }
+
+    /// `logits = lm_head · x`; returns the call.
+    fn logits(&mut self, name: Ident, head: &str, x: &Ident) -> T {
+        let s = self.f.shape;
+        let doc = format!("{head} The output head: a Q4.12 matvec.");
+        self.matvec_fn(&name, &doc, Param::LmHead, s.vocab, s.embd);
+        quote! { #name(w, #x) }
+    }
+
+    /// Attention over the cache of `layer`; returns the call.
+    fn attention(&mut self, name: Ident, head: &str, layer: usize, [q, k, v]: [&Ident; 3]) -> T {
+        self.attention_fn(&name, head, layer);
+        quote! { #name(keys, values, pos, #q, #k, #v) }
     }
 
     /// `x = wte[tok] + wpe[pos]`, i16 wrapping; returns the call.

@@ -23,6 +23,7 @@ fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
     let min = EXP_MIN;
     let (c2, c3) = (0.5f32, 1.0f32 / 6.0);
     let t = Target::Avx512;
+    let v = t.vf();
     let c = |x: f32| t.splat(quote! { #x });
     let x = t.max(quote! { x }, c(min));
     let n = t.round(t.mul(quote! { x }, c(k)));
@@ -40,7 +41,7 @@ fn exp_table_avx512(attrs: &T, name: &Ident) -> T {
     quote! {
         /// `e^x` per lane: a 16-entry table of `2^(j/16)` in a register, a cubic for the rest.
         #attrs
-        unsafe fn #name(x: __m512) -> __m512 {
+        unsafe fn #name(x: #v) -> #v {
             let x = #x;
             let n = #n;
             let r = #r;

@@ -83,12 +83,12 @@ pub fn render(
         }
     }
     cl.b.set_srcloc(SourceLoc::new(program.ops().len() as u32));
-    let quarter = cl.splat_f(1.0 / Q412_ONE);
+    let inv_one = cl.splat_f(1.0 / Q412_ONE);
     let inv_t = cl.splat_f(inv_temperature);
     let mut z = Vec::new();
     for (i, &l) in vals[&Buffer::Logits].iter().enumerate() {
         let f = cl.i32_to_f32(l);
-        let f = cl.fmul(f, quarter);
+        let f = cl.fmul(f, inv_one);
         cl.store(f, p.base, lay.logits + 16 * i);
         z.push(cl.fmul(f, inv_t));
     }
@@ -191,12 +191,12 @@ fn attention(
     let s = lay.shape;
     let hd = s.head_dim();
     // Values are cached as reals (`q412_real`), keys as the integers.
-    let quarter = cl.splat_f(1.0 / Q412_ONE);
+    let inv_one = cl.splat_f(1.0 / Q412_ONE);
     let v: Vec<Value> = v
         .iter()
         .map(|&x| {
             let f = cl.i32_to_f32(x);
-            cl.fmul(f, quarter)
+            cl.fmul(f, inv_one)
         })
         .collect();
     let cache = Cache::store(cl, lay, p, layer, k, &v);

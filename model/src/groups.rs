@@ -2,7 +2,7 @@
 //! op list ([`Program::groups`]). Each renderer picks the kinds it fuses (and may add conditions
 //! of its own, such as a register layout); none searches the op list for patterns itself.
 
-use crate::{Layout, Op, Program};
+use crate::{Buffer, Layout, Op, Program};
 use std::ops::Range;
 
 /// What a [`Group`] fuses.
@@ -30,7 +30,7 @@ pub struct Group {
 
 /// Every group of `ops`, by first op then kind: groups of different kinds overlap (an MLP holds a
 /// matvec and its rectifier, and its down-projection with the next op is a matvec and its residual
-/// add), groups of one kind do not (the longest is taken).
+/// add), groups of one kind do not (found from the left, a group's later ops start none).
 pub(crate) fn find(layout: &Layout, ops: &[Op]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for at in 0..ops.len() {
@@ -43,7 +43,7 @@ pub(crate) fn find(layout: &Layout, ops: &[Op]) -> Vec<Group> {
             let len = match fusion {
                 Fusion::MatVecAdd => matvec_add(&ops[at..]),
                 Fusion::MatVecRelu => matvec_relu(&ops[at..]),
-                Fusion::Mlp => mlp(&ops[at..]),
+                Fusion::Mlp => mlp(layout, &ops[at..]),
                 Fusion::SameInput => same_input(layout, &ops[at..]),
             };
             let inside = |g: &Group| g.fusion == fusion && g.ops.contains(&at);
@@ -72,18 +72,45 @@ fn matvec_relu(ops: &[Op]) -> usize {
     }
 }
 
-fn mlp(ops: &[Op]) -> usize {
+fn mlp(layout: &Layout, ops: &[Op]) -> usize {
     match *ops {
         [
             Op::MatVec {
-                input, out: hidden, ..
+                weight: up,
+                input,
+                out: hidden,
             },
             Op::Relu { buf },
-            Op::MatVec { input: h2, out, .. },
+            Op::MatVec {
+                weight: down,
+                input: h2,
+                out,
+            },
             ..,
-        ] if buf == hidden && h2 == hidden && input != hidden && out != hidden => 3,
+        ] if buf == hidden
+            && h2 == hidden
+            && input != hidden
+            && out != hidden
+            && layout.tensor(up).rows == layout.tensor(down).cols
+            && !read_before_written(&ops[3..], hidden) =>
+        {
+            3
+        }
         _ => 0,
     }
+}
+
+/// Whether an op of `ops` reads `b` before one writes it.
+fn read_before_written(ops: &[Op], b: Buffer) -> bool {
+    for op in ops {
+        if op.inputs().contains(&b) {
+            return true;
+        }
+        if op.output() == b {
+            return false;
+        }
+    }
+    false
 }
 
 fn same_input(layout: &Layout, ops: &[Op]) -> usize {
@@ -179,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn matvecs_of_one_input_group_only_while_their_matrices_are_adjacent() {
+    fn groups_are_found_only_where_their_conditions_hold() {
         let shape = Shape::DEFAULT;
         let layout = Layout::new(shape);
         let mv = |weight, out| Op::MatVec {
@@ -205,6 +232,20 @@ mod tests {
             same_input(&layout, &[mv(Wq(0), Buffer::Q), mv(Wk(0), Buffer::Q)]),
             0
         );
+        // An MLP whose hidden vector is read after it is no MLP group.
+        let up = Op::MatVec {
+            weight: Fc1(0),
+            input: Buffer::Xn,
+            out: Buffer::Hidden,
+        };
+        let down = Op::MatVec {
+            weight: Fc2(0),
+            input: Buffer::Hidden,
+            out: Buffer::Proj,
+        };
+        let relu = Op::Relu { buf: Buffer::Hidden };
+        assert_eq!(mlp(&layout, &[up, relu, down]), 3);
+        assert_eq!(mlp(&layout, &[up, relu, down, relu]), 0);
         // fc1 has other dimensions than v.
         assert_eq!(
             same_input(&layout, &[mv(Wv(0), Buffer::V), mv(Fc1(0), Buffer::Hidden)]),

@@ -2,8 +2,8 @@
 //! Q4.12 datapath's `exp`, the power of two of the fp32 lane-batched kernels, RMSNorm's factor
 //! (see [`rms_factor`]) and the Q4.12 RMSNorm and attention scale.
 //!
-//! The Q4.12 arithmetic (docs/spec.md#q412-operations) computes its softmax in f32. For every Q4.12 kernel to reproduce the
-//! scalar reference's integers bit for bit, all of them must evaluate `exp` with the same
+//! The Q4.12 arithmetic (docs/spec.md#q412-operations) computes its softmax in f32. For every
+//! Q4.12 kernel to reproduce the scalar reference's integers bit for bit, all of them must evaluate `exp` with the same
 //! sequence of IEEE operations; this is that sequence (Cody-Waite range reduction and a
 //! degree-6 polynomial, every multiply and add rounded separately, no fused multiply-add). It is
 //! within 2 ulp of the correctly rounded `e^x` on [-87, 0].
@@ -80,7 +80,8 @@ pub trait F32Ops {
     fn sqrt(&mut self, a: Self::V) -> Self::V;
     /// `1/√a`: by default `1` divided by the root, each rounded once; a renderer whose tolerance
     /// allows may emit the hardware's approximation instead (the lane-batched AVX-512 kernels'
-    /// `vrsqrt14ps` and a Newton step, CUDA's `rsqrtf`).
+    /// `vrsqrt14ps` and a Newton step, CUDA's `rsqrtf`). Only fp32 rules call it: a Q4.12 rule
+    /// must stay exact, so it divides by a root itself.
     fn rsqrt(&mut self, a: Self::V) -> Self::V {
         let one = self.constant(1.0);
         let root = self.sqrt(a);
@@ -110,8 +111,8 @@ impl F32Ops for Eval {
     }
 }
 
-/// RMSNorm's factor for `n` values whose squares sum to `sum_sq`, in the renderers that defer
-/// the factor to where a value is used. Without a `pending` factor: `1 / √(sum_sq · (1/n) + ε)`.
+/// RMSNorm's factor for `n` values whose squares sum to `sum_sq` (applied at once, or deferred to
+/// where a value is used). Without a `pending` factor: `1 / √(sum_sq · (1/n) + ε)`.
 /// With one (the values stand for `c · x` and `x` is what was squared): the factor that
 /// normalises `c · x` and also applies `c`, `c / √(sum_sq · (1/n) · c² + ε)`.
 pub fn rms_factor<O: F32Ops>(o: &mut O, sum_sq: O::V, n: usize, pending: Option<O::V>) -> O::V {

@@ -1,5 +1,5 @@
-//! The generation loops (docs/spec.md#generation-loops), shared by every variant: the benchmark stream and names
-//! mode. A variant supplies one step: `(tok, pos, r) -> next`, the forward pass at `(tok, pos)`
+//! The generation loops (docs/spec.md#generation-loops), shared by every variant: the benchmark
+//! stream and names mode. A variant supplies one step: `(tok, pos, r) -> next`, the forward pass at `(tok, pos)`
 //! followed by a draw with the uniform `r`.
 
 use crate::sampler::XorShift32;

@@ -2,7 +2,8 @@
 
 pub use microgpt_model::numerics::Q412_ONE;
 
-/// The weight quantisation (docs/spec.md#q412-quantisation): `clamp(round_ties_even(w · 4096), -32768, 32767)`.
+/// The weight quantisation (docs/spec.md#q412-quantisation):
+/// `clamp(round_ties_even(w · 4096), -32768, 32767)`.
 pub fn q412(w: f32) -> i16 {
     // `as` saturates out-of-range floats (and maps NaN to 0), which is the clamp.
     (w * Q412_ONE).round_ties_even() as i16

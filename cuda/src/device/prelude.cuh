@@ -143,6 +143,7 @@ __device__ __forceinline__ void mg_w_embed(const float* __restrict__ w, int tok,
 // sums) where that is shorter than a warp reduction; longer vectors are reduced across lanes.
 template <int N>
 __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
+    static_assert(N == MG_EMBD, "RMSNorm normalises embd values");
     const int lane = threadIdx.x & 31;
     float ss;
     if constexpr (N <= 64 && N % 4 == 0) {
@@ -166,7 +167,6 @@ __device__ __forceinline__ void mg_w_rmsnorm(const float* x, float* out) {
         }
         ss = mg_warp_sum(ss);
     }
-    static_assert(N == MG_EMBD, "RMSNorm normalises embd values");
     const float scale = MG_RMS_FACTOR(ss);
     #pragma unroll
     for (int k = 0; k < MG_LANE_STEPS(N); k++) {
