@@ -27,6 +27,16 @@ impl Body {
     }
 
     /// A statement as is.
+    /// One term of an accumulator chain: `let mut acc = expr;` for the first, `acc = expr;` after
+    /// (reassigned, not rebound: a long chain of `let`s nests scopes, which costs the compiler).
+    pub fn accumulate(&mut self, acc: &Ident, first: bool, expr: TokenStream) {
+        self.push(if first {
+            quote! { let mut #acc = #expr; }
+        } else {
+            quote! { #acc = #expr; }
+        });
+    }
+
     pub fn push(&mut self, stmt: TokenStream) {
         self.stmts.push(stmt);
     }

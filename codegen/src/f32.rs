@@ -495,11 +495,7 @@ impl<'a> F32Gen<'a> {
                     (_, true) => t.mul(bcast(c), wv),
                     (_, false) => t.fma(bcast(c), wv, quote! { #acc }),
                 };
-                body.push(if first {
-                    quote! { let mut #acc = #expr; }
-                } else {
-                    quote! { #acc = #expr; }
-                });
+                body.accumulate(acc, first, expr);
             }
             let terms: Vec<T> = accs.iter().map(|a| quote! { #a }).collect();
             outs.push(tree(terms, |a, b| t.add(a, b)));

@@ -355,12 +355,7 @@ impl<'a> Q412Gen<'a> {
                 } else {
                     quote! { #acc }
                 };
-                let expr = t.pair_dot(prev, wv, pair, self.vnni);
-                body.push(if first {
-                    quote! { let mut #acc = #expr; }
-                } else {
-                    quote! { #acc = #expr; }
-                });
+                body.accumulate(acc, first, t.pair_dot(prev, wv, pair, self.vnni));
             }
             outs.push(self.shifted_sum(&accs));
         }
@@ -391,13 +386,9 @@ impl<'a> Q412Gen<'a> {
                 let (reg, lane) = (c / 4, (c % 4) as i32);
                 let acc = &accs[c % chains];
                 let (p, x) = (quote! { w.add(#off) }, quote! { xh[#reg], #lane });
-                body.push(if c < chains {
-                    let e = t.widen_mac_by_lane(None, p, x);
-                    quote! { let mut #acc = #e; }
-                } else {
-                    let e = t.widen_mac_by_lane(Some(quote! { #acc }), p, x);
-                    quote! { #acc = #e; }
-                });
+                let first = c < chains;
+                let prev = (!first).then(|| quote! { #acc });
+                body.accumulate(acc, first, t.widen_mac_by_lane(prev, p, x));
             }
             outs.push(self.shifted_sum(&accs));
         }
