@@ -6,13 +6,17 @@
 //! cargo run --release --example bench -- --weights path/to/weights_fp32.bin --json out.json
 //! cargo run --release --example bench -- --sweep --chart results/charts
 //! cargo run --release --example bench -- --variant x16 --soak 60
+//! cargo run --release --example bench -- --json new.json --baseline old.json
 //! ```
 
 mod common;
 
 use clap::Parser;
-use microgpt::bench::charts::{self, Bar, Point};
-use microgpt::bench::harness::{BenchOptions, Event, Outcome, run_all};
+use indicatif::{ProgressBar, ProgressStyle};
+use microgpt::bench::baseline::Baseline;
+use microgpt::bench::charts::{self, Bar, Percentiles, Point};
+use microgpt::bench::harness::{BenchOptions, Event, Outcome, Row, run_all};
+use microgpt::bench::latency;
 use microgpt::bench::machine::Machine;
 use microgpt::bench::report::{Report, human_rate};
 use microgpt::bench::roof::Roof;
@@ -54,9 +58,21 @@ struct Args {
     /// Minimum seconds per timed window (0 to 3600).
     #[arg(long, default_value_t = 0.2)]
     min_window: f64,
-    /// Timed windows per variant, 1 to 1000 (the median is reported).
+    /// Timed windows per variant, 1 to 1000 (the median is reported, with its 95% bootstrap
+    /// interval).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Single steps timed one by one for the latency percentiles of each single-stream row
+    /// (0: none; at most 10^8).
+    #[arg(long, default_value_t = microgpt::bench::latency::MAX_SAMPLES)]
+    latency_samples: u64,
+    /// Compare every row with the same row of a saved `--json` run (same shape): the change of
+    /// the median, its 95% interval and a verdict (faster, slower, same).
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// Print every column (the JSON always has them all); by default the table fits 120 columns.
+    #[arg(long)]
+    wide: bool,
     /// Teacher-forced steps compared with each variant's oracle (1 to 10^8).
     #[arg(long, default_value_t = 4096)]
     check_tokens: usize,
@@ -134,6 +150,11 @@ fn run(args: Args) -> Result<(), String> {
         check_filter(&specs, f)?;
     }
     let weights = load_weights(&args)?;
+    let machine = Machine::detect();
+    let baseline = match &args.baseline {
+        Some(path) => Some(load_baseline(path, weights.shape(), &machine)?),
+        None => None,
+    };
     microgpt::runtime::check::check_fp32_range(
         &weights,
         &microgpt::runtime::check::CheckOptions {
@@ -142,7 +163,6 @@ fn run(args: Args) -> Result<(), String> {
         },
     )?;
 
-    let machine = Machine::detect();
     let roof = Roof::measure(0.5);
     let report_header = Report {
         machine: &machine,
@@ -151,14 +171,20 @@ fn run(args: Args) -> Result<(), String> {
         options: &options,
         outcomes: &[],
         roof: Some(&roof),
+        roof_after: None,
+        baseline: baseline.as_ref(),
+        wide: args.wide,
     };
     print!("{}", report_header.header());
     let _ = std::io::stdout().flush();
 
     let live = std::io::stderr().is_terminal();
     let outcomes = run_rows(&args, &specs, &weights, &options, live);
+    // Measured again: a roof that moved says the machine was disturbed while the rows ran.
+    let roof_after = Roof::measure(0.5);
     let report = Report {
         outcomes: &outcomes,
+        roof_after: Some(&roof_after),
         ..report_header
     };
     println!();
@@ -206,6 +232,7 @@ fn bench_options(args: &Args) -> Result<BenchOptions, String> {
         min_tokens: args.tokens.max(1),
         min_window_s: args.min_window,
         repeats: args.repeats,
+        latency_samples: args.latency_samples,
         check_tokens: args.check_tokens,
         names: if args.names { 20 } else { 0 },
         watts_per_core: args.watts_per_core,
@@ -237,6 +264,30 @@ fn bench_options(args: &Args) -> Result<BenchOptions, String> {
         }
     }
     Ok(options)
+}
+
+/// `--baseline`: the saved run, refused when it was run at another shape (its rows would not be
+/// the same computation); a warning when it came from another CPU or other weights.
+fn load_baseline(path: &std::path::Path, shape: &Shape, machine: &Machine) -> Result<Baseline, String> {
+    let mut b = Baseline::load(path)?;
+    let saved = Shape::parse(&b.shape)
+        .map_err(|e| format!("--baseline {}: its shape {}: {e}", path.display(), b.shape))?;
+    if saved != *shape {
+        return Err(format!(
+            "--baseline {} was run at shape {saved}, this run is at {shape} (run with --shape {saved})",
+            path.display()
+        ));
+    }
+    b.shape = saved.to_string();
+    if b.cpu != machine.cpu {
+        eprintln!(
+            "warning: --baseline {} was run on {}, this machine is {}: each change mixes the two machines",
+            path.display(),
+            b.cpu,
+            machine.cpu
+        );
+    }
+    Ok(b)
 }
 
 /// `--list`: every registered variant, its backend, precision and shape.
@@ -304,6 +355,7 @@ fn run_rows(
         .filter(|s| keep(s))
         .filter(|s| s.shape.is_none_or(|sh| sh == shape))
         .count();
+    let progress = Progress::new(selected as u64, live);
     let mut done = 0;
     let outcomes = run_all(specs, weights, options, &keep, &mut |event| {
         let (name, what) = match event {
@@ -314,16 +366,50 @@ fn run_rows(
             Event::Checking(name) => (name, "checking against its oracle"),
             Event::Timing(name) => (name, "timing"),
         };
-        if live {
-            eprint!("\r\x1b[2K[{done}/{selected}] {name}: {what}");
-        } else if matches!(event, Event::Preparing(_)) {
-            eprintln!("[{done}/{selected}] {name}");
+        if live || matches!(event, Event::Preparing(_)) {
+            progress.show(done - 1, &format!("[{done}/{selected}] {name}"), what);
         }
     });
-    if live {
-        eprint!("\r\x1b[2K");
-    }
+    progress.finish();
     outcomes
+}
+
+/// Progress of long work on standard error: a bar on a terminal, a plain line per item
+/// otherwise (a log keeps every line, without control characters).
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(len: u64, live: bool) -> Progress {
+        let bar = live.then(|| {
+            let bar = ProgressBar::new(len.max(1));
+            bar.set_style(
+                ProgressStyle::with_template("{bar:24.cyan/blue} {pos}/{len} {elapsed:>4} {msg}")
+                    .expect("the template is valid")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress { bar }
+    }
+
+    /// `done` items finished; `item` is the one under way, `what` its stage (terminal only).
+    fn show(&self, done: u64, item: &str, what: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done);
+                bar.set_message(format!("{item}: {what}"));
+            }
+            None => eprintln!("{item}"),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// `--sweep`: the shape sweep printed (and drawn into `chart`), as the JSON's `sweep` list.
@@ -334,15 +420,14 @@ fn run_sweep(
     machine: &Machine,
     live: bool,
 ) -> Result<Vec<serde_json::Value>, String> {
+    let mut progress: Option<Progress> = None;
     let rows = microgpt::bench::sweep::run(specs, options, &mut |i, n, shape| {
-        if live {
-            eprint!("\r\x1b[2K[sweep {}/{n}] {shape}", i + 1);
-        } else {
-            eprintln!("[sweep {}/{n}] {shape}", i + 1);
-        }
+        progress
+            .get_or_insert_with(|| Progress::new(n as u64, live))
+            .show(i as u64, &format!("[sweep {}/{n}] {shape}", i + 1), "timing");
     });
-    if live {
-        eprint!("\r\x1b[2K");
+    if let Some(p) = progress {
+        p.finish();
     }
     println!("\nshape sweep (random weights; the fastest variant of each series per shape):");
     print!("{}", microgpt::bench::sweep::table(&rows));
@@ -407,11 +492,11 @@ fn write_json(path: Option<&std::path::Path>, doc: &serde_json::Value) -> Result
 
 /// Throughput (log axis, TALOS-V2's line) and tokens per joule of every row that ran.
 fn write_charts(dir: &std::path::Path, report: &Report) -> Result<(), String> {
-    let rows: Vec<_> = report
+    let rows: Vec<&Row> = report
         .outcomes
         .iter()
         .filter_map(|o| match o {
-            Outcome::Ran(row) => Some(row),
+            Outcome::Ran(row) => Some(row.as_ref()),
             Outcome::Skipped { .. } => None,
         })
         .collect();
@@ -443,6 +528,7 @@ fn write_charts(dir: &std::path::Path, report: &Report) -> Result<(), String> {
     )
     .map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
+    write_latency_chart(dir, &rows, cpu)?;
     let measured = rows.iter().all(|r| r.timing.power.is_measured());
     let unmeasured = rows.len() - rows.iter().filter(|r| r.timing.power.watts().is_some()).count();
     let energy: Vec<Bar> = rows
@@ -473,6 +559,39 @@ fn write_charts(dir: &std::path::Path, report: &Report) -> Result<(), String> {
     let path = dir.join("perf-per-watt.svg");
     charts::bars(&path, &title, "tokens / joule (log)", &energy, None)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Per-token latency against percentile: every single-stream row, and the FPGA's modelled one.
+fn write_latency_chart(dir: &std::path::Path, rows: &[&Row], cpu: &str) -> Result<(), String> {
+    let mut series: Vec<Percentiles> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(Percentiles {
+                series: r.info.name.clone(),
+                points: r.timing.latency.as_ref()?.curve.clone(),
+            })
+        })
+        .collect();
+    series.extend(rows.iter().filter_map(|r| {
+        let m = r.info.modelled.as_ref()?;
+        Some(Percentiles {
+            series: format!("{} (modelled)", m.name),
+            points: latency::exact(&m.step_latency_ns)?.curve,
+        })
+    }));
+    if series.is_empty() {
+        println!("no latency chart: no single-stream row ran (or --latency-samples 0)");
+        return Ok(());
+    }
+    let path = dir.join("latency.svg");
+    charts::latency(
+        &path,
+        &format!("Per-token latency by percentile ({cpu})"),
+        &series,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -517,6 +636,9 @@ fn run_soaks(
             spec.name,
             oracle.info().name
         );
+        // The bar counts tenths of a second of the soak.
+        let progress = Progress::new((seconds * 10.0).ceil() as u64, live);
+        let mut last_line = 0.0;
         let report = soak::soak(variant.as_mut(), oracle.as_mut(), seconds, options, &mut |s| {
             let line = format!(
                 "soak {}: {} tokens, {} checks, {} divergences, {} tok/s",
@@ -526,13 +648,13 @@ fn run_soaks(
                 s.divergences,
                 human_rate(s.tok_per_s())
             );
-            if live {
-                eprint!("\r\x1b[2K{line}");
+            // Without a terminal, a line every ten seconds.
+            if live || s.seconds - last_line >= 10.0 {
+                last_line = s.seconds;
+                progress.show((s.seconds * 10.0) as u64, &line, "running");
             }
         });
-        if live {
-            eprint!("\r\x1b[2K");
-        }
+        progress.finish();
         println!(
             "soak {}: {} tokens in {:.1} s ({} tok/s); {} spot checks ({} teacher-forced steps), {} divergences",
             report.variant,

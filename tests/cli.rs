@@ -144,6 +144,73 @@ fn a_short_run_writes_the_documented_json() {
     assert_eq!(reference["token_agreement"], 1.0);
 }
 
+/// A short run of the two references with `extra` flags: its stdout and JSON.
+fn short_run(json: &std::path::Path, extra: &[&str]) -> (Output, serde_json::Value) {
+    let out = example("bench")
+        .args(["--variant", "reference", "--tokens", "200", "--min-window", "0"])
+        .args([
+            "--repeats",
+            "3",
+            "--check-tokens",
+            "64",
+            "--latency-samples",
+            "500",
+        ])
+        .args(extra)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (out, doc)
+}
+
+#[test]
+fn a_saved_run_is_compared_row_by_row_and_latency_reported() {
+    let saved = tmp("saved.json");
+    let now = tmp("now.json");
+    let (_, first) = short_run(&saved, &[]);
+    for r in first["results"].as_array().unwrap() {
+        let l = &r["latency_ns"];
+        assert_eq!(l["samples"], 500, "{l}");
+        assert!(l["p50"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
+        let ci = r["tok_per_s_ci"].as_array().unwrap();
+        assert!(ci[0].as_f64() <= r["tok_per_s"].as_f64() && r["tok_per_s"].as_f64() <= ci[1].as_f64());
+    }
+    let (out, doc) = short_run(&now, &["--baseline", saved.to_str().unwrap(), "--wide"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("vs baseline") && stdout.contains("change CI") && stdout.contains("p99.9"));
+    for r in doc["results"].as_array().unwrap() {
+        let v = &r["vs_baseline"];
+        assert!(
+            ["faster", "slower", "same"].contains(&v["verdict"].as_str().unwrap()),
+            "{v}"
+        );
+    }
+
+    // A saved run of another shape is refused before anything runs.
+    let out = example("bench")
+        .args([
+            "--shape",
+            "embd=8,heads=2",
+            "--variant",
+            "reference",
+            "--baseline",
+        ])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    one_line_error(&out, "was run at shape vocab=27,block=16,embd=16");
+    assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out.stdout));
+    // So is a file that is not a saved run.
+    std::fs::write(&now, "[1, 2]").unwrap();
+    let out = example("bench").arg("--baseline").arg(&now).output().unwrap();
+    one_line_error(&out, "no \"results\" list");
+    std::fs::remove_file(&saved).unwrap();
+    std::fs::remove_file(&now).unwrap();
+}
+
 #[test]
 fn another_shape_runs_with_random_weights() {
     let out = example("bench")
@@ -213,6 +280,11 @@ fn options_out_of_range_are_refused_before_anything_runs() {
         ),
         (&["--tokens", "18446744073709551615"], "--tokens must be at most"),
         (&["--check-tokens", "0"], "--check-tokens must be 1 to"),
+        (
+            &["--latency-samples", "1000000000"],
+            "--latency-samples must be 0 to",
+        ),
+        (&["--baseline", "/nonexistent/saved.json"], "cannot read"),
         (&["--format", "q412"], "--format applies to the file of --weights"),
     ] {
         one_line_error(&example("bench").args(args).output().unwrap(), needle);

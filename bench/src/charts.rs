@@ -1,7 +1,10 @@
 //! The bench's charts, as SVG: throughput per variant on a log axis with TALOS-V2's line,
-//! tokens per joule, and the shape sweep (tok/s against MACs per token).
+//! tokens per joule, the shape sweep (tok/s against MACs per token), and per-token latency
+//! against percentile.
 
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::Shift;
+use plotters::coord::combinators::LogCoord;
+use plotters::coord::ranged1d::{AsRangedCoord, SegmentValue};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
@@ -94,9 +97,30 @@ fn decades(lo: f64, hi: f64) -> (f64, f64) {
 
 type Err = Box<dyn std::error::Error>;
 
+/// A chart on an SVG drawing area, with a log y axis.
+type LogYChart<'a, 'b, X> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, LogCoord<f64>>>;
+
+/// A line chart's frame on a white `root`: the title, the margins, `x` and a log y axis over
+/// `y0..y1`.
+fn line_chart<'a, 'b, X: AsRangedCoord<Value = f64>>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    x: X,
+    (y0, y1): (f64, f64),
+) -> Result<LogYChart<'a, 'b, X::CoordDescType>, Err> {
+    root.fill(&WHITE)?;
+    Ok(ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, (y0..y1).log_scale())?)
+}
+
 /// Every chart's legend: the series' labels in a framed box at `at`.
-fn legend<'a, X: Ranged, Y: Ranged>(
-    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+fn legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
     at: SeriesLabelPosition,
 ) -> Result<(), Err> {
     chart
@@ -228,14 +252,7 @@ pub fn sweep(path: &Path, title: &str, points: &[Point]) -> Result<(), Err> {
         points.iter().map(|p| p.tok_per_s).fold(0.0, f64::max),
     );
     let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(14)
-        .margin_right(30)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d((mx0..mx1).log_scale(), (y0..y1).log_scale())?;
+    let mut chart = line_chart(&root, title, (mx0..mx1).log_scale(), (y0, y1))?;
     chart
         .configure_mesh()
         .x_desc("weight MACs per token (log)")
@@ -260,6 +277,59 @@ pub fn sweep(path: &Path, title: &str, points: &[Point]) -> Result<(), Err> {
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One row's latency distribution: (quantile, ns) points in increasing quantile.
+#[derive(Clone, Debug)]
+pub struct Percentiles {
+    pub series: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// "Nines" of a quantile: 0.9 → 1, 0.99 → 2, 0.999 → 3.
+fn nines(q: f64) -> f64 {
+    -(1.0 - q).max(1e-9).log10()
+}
+
+/// Latency against percentile: x in nines (50, 90, 99, 99.9, …), y in ns on a log axis; a flat
+/// line is a deterministic latency.
+pub fn latency(path: &Path, title: &str, rows: &[Percentiles]) -> Result<(), Err> {
+    let all = || rows.iter().flat_map(|r| r.points.iter().copied());
+    if all().next().is_none() {
+        return Err("nothing to chart".into());
+    }
+    // Whole nines, not one more for a rounding error (1 − 10⁻⁵ is 5.000000001 nines).
+    let x1 = (all().map(|(q, _)| nines(q)).fold(1.0, f64::max) - 1e-6).ceil();
+    let (y0, y1) = decades(
+        all().map(|p| p.1).fold(f64::INFINITY, f64::min),
+        all().map(|p| p.1).fold(0.0, f64::max),
+    );
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    let mut chart = line_chart(&root, title, 0f64..x1, (y0, y1))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency per token, ns (log)")
+        .x_labels(x1 as usize + 1)
+        .x_label_formatter(&|v| {
+            let p = 100.0 * (1.0 - 10f64.powf(-v));
+            format!("{}", (p * 1e4).round() / 1e4)
+        })
+        .y_label_formatter(&|v| short(*v))
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    let names: Vec<String> = rows.iter().map(|r| r.series.clone()).collect();
+    for r in rows {
+        let c = series_colour(&names, &r.series);
+        let pts: Vec<(f64, f64)> = r.points.iter().map(|&(q, ns)| (nines(q), ns)).collect();
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
+            .label(r.series.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }
@@ -315,6 +385,14 @@ mod tests {
             tok_per_s: 3e6,
         }];
         sweep(&dir.join("s.svg"), "Sweep", &p).unwrap();
+        let l = [Percentiles {
+            series: "avx512-f32-table".into(),
+            points: vec![(0.0, 120.0), (0.5, 140.0), (0.99, 300.0), (0.999, 2000.0)],
+        }];
+        latency(&dir.join("l.svg"), "Latency", &l).unwrap();
+        let svg = std::fs::read_to_string(dir.join("l.svg")).unwrap();
+        assert!(svg.contains("avx512-f32-table") && svg.contains("99.9"), "{svg}");
+        assert!(latency(&path, "x", &[]).is_err());
         assert!(bars(&path, "x", "y", &[], None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

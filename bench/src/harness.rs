@@ -1,6 +1,8 @@
 //! The bench harness: every variant timed the same way and checked against its oracle.
 
 use crate::energy::{DEFAULT_WATTS_PER_CORE, Power, Rapl};
+use crate::latency::{self, Latency};
+use crate::stats;
 use microgpt_runtime::check::{Agreement, CheckOptions, check_agreement};
 use microgpt_runtime::sampler::{DEFAULT_SEED, DEFAULT_TEMPERATURE};
 use microgpt_runtime::variant::{Settings, Variant, VariantInfo, VariantSpec};
@@ -17,8 +19,10 @@ pub struct BenchOptions {
     pub min_tokens: u64,
     /// Minimum duration of a timed window, seconds.
     pub min_window_s: f64,
-    /// Timed windows; the median is reported.
+    /// Timed windows; the median is reported, with its confidence interval.
     pub repeats: usize,
+    /// Single steps timed for the latency percentiles of single-stream rows (0: none).
+    pub latency_samples: u64,
     /// Warm-up before timing, seconds.
     pub warmup_s: f64,
     /// Teacher-forced steps compared with the oracle (and free-running steps compared too).
@@ -39,6 +43,7 @@ impl Default for BenchOptions {
             min_tokens: 10_000,
             min_window_s: 0.2,
             repeats: 5,
+            latency_samples: latency::MAX_SAMPLES,
             warmup_s: 0.1,
             check_tokens: 4096,
             names: 0,
@@ -56,6 +61,8 @@ pub const MIN_TEMPERATURE: f32 = 1e-3;
 /// The most timed windows per variant, and tokens per window, the bench accepts.
 pub const MAX_REPEATS: usize = 1000;
 pub const MAX_WINDOW_TOKENS: u64 = 1_000_000_000_000;
+/// The most single steps a latency pass records.
+pub const MAX_LATENCY_SAMPLES: u64 = 100_000_000;
 /// The most teacher-forced steps per check.
 pub const MAX_CHECK_TOKENS: usize = 100_000_000;
 
@@ -75,6 +82,12 @@ impl BenchOptions {
             return Err(format!(
                 "--repeats must be 1 to {MAX_REPEATS}, got {}",
                 self.repeats
+            ));
+        }
+        if self.latency_samples > MAX_LATENCY_SAMPLES {
+            return Err(format!(
+                "--latency-samples must be 0 to {MAX_LATENCY_SAMPLES}, got {}",
+                self.latency_samples
             ));
         }
         if self.min_tokens > MAX_WINDOW_TOKENS {
@@ -125,16 +138,24 @@ impl BenchOptions {
 pub struct Timing {
     /// Median over the windows.
     pub tok_per_s: f64,
+    /// The median's confidence interval ([`stats::median_interval`]).
+    pub interval: (f64, f64),
     pub ns_per_token: f64,
     pub window_tokens: u64,
     /// Each window's rate, in the order run.
     pub windows: Vec<f64>,
+    /// The windows that stand out from the rest ([`stats::outliers`]).
+    pub outliers: Vec<usize>,
+    /// Per-token latency (single-stream rows).
+    pub latency: Option<Latency>,
     /// Power over the timed windows, measured or estimated.
     pub power: Power,
 }
 
 /// Times `variant`: a warm-up, then `repeats` windows of at least `min_tokens` tokens and
-/// `min_window_s` seconds each; the median rate is reported.
+/// `min_window_s` seconds each; the median rate is reported, with its interval. Then, for a
+/// single-stream row, single steps are timed for the latency percentiles (up to
+/// `latency_samples`, for at most twice `min_window_s` plus 50 ms).
 pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
     variant.reset(o.seed);
     // Windows are whole steps of every stream, so every token asked for is run exactly.
@@ -194,15 +215,17 @@ pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
             watts_per_core: o.watts_per_core,
         })
     };
-    let mut sorted = windows.clone();
-    sorted.sort_by(f64::total_cmp);
-    let tok_per_s = sorted[sorted.len() / 2];
+    let tok_per_s = stats::median(&windows);
+    let latency = latency::measure(variant, o.latency_samples, 2.0 * o.min_window_s + 0.05);
     Timing {
         tok_per_s,
+        interval: stats::median_interval(&windows),
         ns_per_token: 1e9 / tok_per_s,
         window_tokens: window,
+        outliers: stats::outliers(&windows),
         windows,
         power,
+        latency,
     }
 }
 
@@ -331,6 +354,13 @@ mod tests {
                 "--temperature",
             ),
             (BenchOptions { seed: 0, ..options() }, "--seed"),
+            (
+                BenchOptions {
+                    latency_samples: u64::MAX,
+                    ..options()
+                },
+                "--latency-samples",
+            ),
             (
                 BenchOptions {
                     repeats: 0,

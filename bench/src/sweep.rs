@@ -76,6 +76,7 @@ pub fn run(
         warmup_s: 0.02,
         check_tokens: 256,
         names: 0,
+        latency_samples: 0,
         ..o.clone()
     };
     let grid = shapes(specs);

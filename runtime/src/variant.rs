@@ -63,6 +63,9 @@ pub struct Modelled {
     pub tok_per_s: f64,
     /// How the figure was obtained.
     pub note: String,
+    /// The modelled latency of the steps behind the figure, as `(nanoseconds, steps)` pairs
+    /// (one pair per distinct latency); empty where the model gives none.
+    pub step_latency_ns: Vec<(f64, u64)>,
 }
 
 /// Describes a prepared variant (shown in the bench table and JSON).

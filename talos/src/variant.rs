@@ -5,6 +5,7 @@ use super::{CLOCK_HZ, StepInput, Talos, arith::theta_of};
 use microgpt_model::{Shape, detokenize};
 use microgpt_runtime::variant::{Modelled, Oracle, Precision, Settings, Variant, VariantInfo};
 use microgpt_weights::{Q412_ONE, Weights};
+use std::collections::BTreeMap;
 
 /// TALOS-V2 emulated: the benchmark runs the board's generate loop back to back (samples of at
 /// most 15 tokens, the RNG chained from one to the next), every core step counting as a token.
@@ -16,10 +17,12 @@ pub struct TalosVariant {
     token: usize,
     pos: usize,
     emitted_in_sample: usize,
-    /// Since the last reset: core steps, emitted tokens, modelled cycles.
+    /// Since the last reset: core steps, emitted tokens, modelled cycles, and steps by their
+    /// modelled cycles.
     steps: u64,
     emitted: u64,
     cycles: u64,
+    step_cycles: BTreeMap<u32, u64>,
 }
 
 impl TalosVariant {
@@ -43,6 +46,7 @@ impl TalosVariant {
             steps: 0,
             emitted: 0,
             cycles: 0,
+            step_cycles: BTreeMap::new(),
         })
     }
 
@@ -64,6 +68,11 @@ impl TalosVariant {
                 self.cycles,
                 self.steps as f64 / seconds
             ),
+            step_latency_ns: self
+                .step_cycles
+                .iter()
+                .map(|(&cycles, &steps)| (cycles as f64 * 1e9 / CLOCK_HZ, steps))
+                .collect(),
         });
     }
 }
@@ -102,6 +111,7 @@ impl Variant for TalosVariant {
         self.pos = 0;
         self.emitted_in_sample = 0;
         (self.steps, self.emitted, self.cycles) = (0, 0, 0);
+        self.step_cycles.clear();
         self.info.modelled = None;
     }
 
@@ -125,6 +135,7 @@ impl Variant for TalosVariant {
             self.rng = o.rng;
             self.steps += 1;
             self.cycles += o.cycles as u64;
+            *self.step_cycles.entry(o.cycles).or_default() += 1;
             sum = sum.wrapping_mul(31).wrapping_add(o.next as u64);
             if o.next == bos || self.pos == last {
                 (self.token, self.pos, self.emitted_in_sample) = (bos, 0, 0);
