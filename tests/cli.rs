@@ -239,6 +239,14 @@ fn another_shape_runs_with_random_weights() {
 }
 
 #[test]
+fn a_missing_flag_or_a_bad_value_is_named_in_the_one_line() {
+    let out = example("train").output().unwrap();
+    one_line_error(&out, "--data");
+    let out = example("bench").args(["--variants", "x"]).output().unwrap();
+    one_line_error(&out, "tip: a similar argument exists: '--variant'");
+}
+
+#[test]
 fn train_writes_loadable_weights_and_rejects_bad_data() {
     let data = tmp("names.txt");
     std::fs::write(&data, "anna\nbob\ncarla\ndave\n").unwrap();

@@ -9,6 +9,7 @@
 use microgpt_cuda::{CudaSource, STREAM_THREADS, device_floats, render};
 use microgpt_model::numerics::base2_query_scale;
 use microgpt_model::{Buffer, Param, Shape};
+use microgpt_runtime::check::fp32_logit_tolerance;
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
 use microgpt_weights::{Weights, default_weights};
@@ -90,7 +91,13 @@ fn harness(weights: &Weights) -> Option<(Harness, CudaSource)> {
 
 impl Harness {
     fn run(&self, args: &[String], input: &str) -> String {
+        self.run_at(args, input, TEMPERATURE)
+    }
+
+    /// Runs the harness with the kernels' temperature set to `temperature`.
+    fn run_at(&self, args: &[String], input: &str, temperature: f32) -> String {
         let mut child = Command::new(self.dir.join("harness"))
+            .env("MG_TEMPERATURE", temperature.to_string())
             .arg(&self.weights_file)
             .args(args)
             .stdin(Stdio::piped())
@@ -125,25 +132,40 @@ fn steps(weights: &Weights, count: usize) -> Vec<(usize, usize, f32)> {
 }
 
 fn check_steps(h: &Harness, weights: &Weights, mode: &str) {
-    let steps = steps(weights, 40);
+    check_steps_at(h, weights, mode, &steps(weights, 40), TEMPERATURE);
+}
+
+/// Teacher-forced `steps` (token, position, uniform) in `mode` at `temperature`: logits within
+/// `fp32_logit_tolerance` of the reference's, draws the reference's unless within 1e-5 of a
+/// boundary of its CDF.
+fn check_steps_at(
+    h: &Harness,
+    weights: &Weights,
+    mode: &str,
+    steps: &[(usize, usize, f32)],
+    temperature: f32,
+) {
     let input: String = steps
         .iter()
         .map(|(t, p, r)| format!("{t} {p} {}\n", r.to_bits()))
         .collect();
-    let out = h.run(&[mode.to_string()], &input);
+    let out = h.run_at(&[mode.to_string()], &input, temperature);
     let mut reference = Reference::<f32>::new(weights);
-    let mut sampler = Sampler::new(TEMPERATURE);
+    let mut exact = Reference::<f64>::new(weights);
+    let mut sampler = Sampler::new(temperature);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), steps.len(), "{mode}: one line per step");
-    for (line, &(tok, pos, r)) in lines.iter().zip(&steps) {
+    for (line, &(tok, pos, r)) in lines.iter().zip(steps) {
         let mut fields = line.split(' ');
         let next: i64 = fields.next().unwrap().parse().unwrap();
         let logits: Vec<f32> = fields.map(|f| f.parse().unwrap()).collect();
         let want = reference.forward(tok, pos).to_vec();
+        let tolerance = fp32_logit_tolerance(&want, exact.forward(tok, pos));
         for (a, b) in logits.iter().zip(&want) {
             assert!(
-                (a - b).abs() < 1e-4,
-                "{mode}: tok {tok} pos {pos}: logit {a} vs reference {b}"
+                ((a - b).abs() as f64) <= tolerance,
+                "{mode}: {}: tok {tok} pos {pos}: logit {a} vs reference {b} (tolerance {tolerance:.2e})",
+                weights.shape()
             );
         }
         assert_eq!(logits.len(), want.len());
@@ -194,11 +216,14 @@ fn check_loop(h: &Harness, weights: &Weights, mode: &str, per_block: usize, stre
     }
 }
 
+/// Every single-step kernel: the per-op kernels and the warp, lane, lane-table and thread steps.
+const STEP_MODES: [&str; 5] = ["naive", "warp", "lanes", "lanes-table", "thread"];
+
 fn check_all(weights: &Weights) {
     let Some((h, _source)) = harness(weights) else {
         return;
     };
-    for mode in ["naive", "warp", "lanes", "lanes-table", "thread"] {
+    for mode in STEP_MODES {
         check_steps(&h, weights, mode);
     }
     // One warp (mg_persistent, then mg_persistent_table, two one-warp blocks); two blocks of two
@@ -268,6 +293,15 @@ fn a_small_shape_off_the_fast_paths_matches_the_reference() {
     check_all(&Weights::random(shape, 17, 0.3));
 }
 
+#[test]
+fn two_tokens_eight_heads_three_layers_match_the_reference() {
+    // Found by the property test below: at these weights the per-op kernels' logits differ from
+    // the reference's by 2.6e-4 at a logit of -1.3, more than a fixed 1e-4 but within four times
+    // the fp32 reference's own error against f64 at that step, which the check allows.
+    let shape = Shape::parse("vocab=2,block=18,embd=64,heads=8,layers=3,mlp=247").unwrap();
+    check_all(&Weights::random(shape, 17481431091504137410, 1.0));
+}
+
 /// The most any older position's score exceeds the step's own, over the steps of [`check_all`]
 /// (in base 2, as the kernels take the scores; the first layer).
 fn largest_score_above_the_own(weights: &Weights) -> f32 {
@@ -308,4 +342,61 @@ fn attention_scores_far_above_the_own_one_match_the_reference() {
     let most = largest_score_above_the_own(&weights);
     assert!(most > 128.0, "scores only {most} above the own");
     check_all(&weights);
+}
+
+/// The sampler's edges in every kernel that draws: `r` at 0, 2^-24, 1/2 and 1 - 2^-24 (where the
+/// last CDF entry can fall below `r`: the last token, never token 0), for logits all equal, of
+/// the trained weights' spread and four times it, at temperatures 0.001, 0.5 and 100.
+#[test]
+fn sampler_edges_match_the_reference() {
+    let trained = default_weights();
+    let Some((h, _source)) = harness(&trained) else {
+        return;
+    };
+    let zeros = Weights::new(Shape::DEFAULT, vec![0.0; Shape::DEFAULT.param_count()], "zeros").unwrap();
+    let mut far = trained.clone();
+    for w in far.data_mut() {
+        *w *= 4.0;
+    }
+    for weights in [&zeros, &trained, &far] {
+        // The same shape: only the weights file changes.
+        let bytes: Vec<u8> = device_floats(weights)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        std::fs::write(&h.weights_file, bytes).unwrap();
+        // Every position with each uniform, in one run per mode and temperature.
+        let steps: Vec<(usize, usize, f32)> = [0.0, 1.0 / 16_777_216.0, 0.5, 1.0 - 1.0 / 16_777_216.0]
+            .into_iter()
+            .flat_map(|r| {
+                (0..Shape::DEFAULT.block).map(move |pos| ((pos * 5 + 26) % Shape::DEFAULT.vocab, pos, r))
+            })
+            .collect();
+        for temperature in [1e-3, 0.5, 100.0] {
+            for mode in ["warp", "lanes", "lanes-table", "thread"] {
+                check_steps_at(&h, weights, mode, &steps, temperature);
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(microgpt_testdata::props::config(4, 8))]
+
+    /// Random valid shapes and weights at several scales: every single-step kernel teacher-forced
+    /// against the reference (each case compiles the generated C++ once).
+    #[test]
+    fn random_shapes_match_the_reference(
+        shape in microgpt_testdata::props::shapes(),
+        scale in microgpt_testdata::props::scales(),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let weights = Weights::random(shape, seed, scale);
+        let Some((h, _source)) = harness(&weights) else {
+            return Ok(());
+        };
+        for mode in STEP_MODES {
+            check_steps(&h, &weights, mode);
+        }
+    }
 }

@@ -4,7 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 /// The parsed arguments, or the exit code after `--help`/`--version` (success) or a usage error
-/// (2, its first line on stderr). First, a closed stdout (`inspect rust | head`) ends the
+/// (2, one line on stderr). First, a closed stdout (`inspect rust | head`) ends the
 /// program quietly, as it does other command-line tools, instead of making `print!` panic.
 pub fn parse<A: Parser>() -> Result<A, ExitCode> {
     #[cfg(unix)]
@@ -26,12 +26,23 @@ pub fn parse<A: Parser>() -> Result<A, ExitCode> {
             Err(ExitCode::from(2))
         }
         Err(e) => {
-            let text = e.render().to_string();
-            eprintln!(
-                "{} (see --help)",
-                text.lines().next().unwrap_or("error: bad arguments")
-            );
+            eprintln!("{} (see --help)", one_line(&e.render().to_string()));
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// clap's error as one line: its first paragraph (the error, with what it lists on the lines
+/// after it: the missing flags, the possible values) and its tip, without the usage.
+fn one_line(text: &str) -> String {
+    let mut parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    parts.extend(text.lines().map(str::trim).filter(|l| l.starts_with("tip:")));
+    if parts.is_empty() {
+        return "error: bad arguments".into();
+    }
+    parts.join(" ")
 }

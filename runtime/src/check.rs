@@ -105,6 +105,20 @@ pub fn check_agreement(variant: &mut dyn Variant, oracle: &mut dyn Variant, o: &
     a
 }
 
+/// How far an fp32 engine's logits may lie from the fp32 reference's at one step, given the
+/// reference's logits in fp32 (`single`) and in f64 (`double`): 1e-4 relative to their size,
+/// plus four times fp32's own error at that step (where large weights make fp32 inexact, two
+/// orders of summation differ by as much as either differs from the exact value).
+pub fn fp32_logit_tolerance(single: &[f32], double: &[f64]) -> f64 {
+    let largest = single.iter().map(|l| (*l as f64).abs()).fold(1.0, f64::max);
+    let error = single
+        .iter()
+        .zip(double)
+        .map(|(&s, &d)| (s as f64 - d).abs())
+        .fold(0.0, f64::max);
+    1e-4 * largest + 4.0 * error
+}
+
 /// Compares `variant` with `oracle` teacher-forced on given sequences (each fed from position
 /// 0), drawing with uniforms from xorshift32 seeded with `seed`. No free run.
 pub fn teacher_forced(
@@ -114,14 +128,26 @@ pub fn teacher_forced(
     temperature: f32,
     seed: u32,
 ) -> Agreement {
+    let mut rng = XorShift32::new(seed);
+    teacher_forced_with(variant, oracle, sequences, temperature, &mut || rng.uniform())
+}
+
+/// [`teacher_forced`] with the uniforms from `uniform`, one a step (to try chosen draws, such as
+/// the sampler's edges).
+pub fn teacher_forced_with(
+    variant: &mut dyn Variant,
+    oracle: &mut dyn Variant,
+    sequences: &[Vec<usize>],
+    temperature: f32,
+    uniform: &mut dyn FnMut() -> f32,
+) -> Agreement {
     let steps = sequences.iter().map(Vec::len).sum();
     let mut a = Agreement::new(oracle, steps);
     a.free_run_tokens = 0;
     let mut sampler = Sampler::new(temperature);
-    let mut rng = XorShift32::new(seed);
     for seq in sequences {
         for (pos, &tok) in seq.iter().enumerate() {
-            a.compare_step(oracle, variant, &mut sampler, tok, pos, rng.uniform());
+            a.compare_step(oracle, variant, &mut sampler, tok, pos, uniform());
         }
     }
     a

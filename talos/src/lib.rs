@@ -166,6 +166,13 @@ impl Talos {
         })
     }
 
+    /// The same emulator, running the portable build of the step even where the CPU has AVX2
+    /// (the two builds must give the same integers; the property tests compare them).
+    pub fn portable(mut self) -> Talos {
+        self.avx2 = false;
+        self
+    }
+
     /// The logits of the last step (Q4.12).
     pub fn logits(&self) -> &[i16] {
         &self.buffers[Buffer::Logits.index()]

@@ -1,9 +1,12 @@
-//! Test support: the reference data in `../shared/data` beside the repository.
+//! Test support: the reference data in `../shared/data` beside the repository, and the space
+//! the property tests draw from ([`props`]).
 //!
 //! That data (names.txt, the TALOS-V2 weights, golden logits) belongs to other projects and is
 //! never copied into this one. Tests that need it call [`shared_data`]: when the folder is absent
 //! they print why and skip, unless `MICROGPT_REQUIRE_SHARED=1` (set by `.ci/run` whenever the
 //! folder exists), in which case a missing file fails the test instead of skipping it.
+
+pub mod props;
 
 use std::path::PathBuf;
 

@@ -221,7 +221,8 @@ fn read_safetensors(
         .keys()
         .filter_map(|p| p.layer())
         .max()
-        .map_or(0, |l| l + 1);
+        // Saturating: a layer number as large as usize::MAX is refused as too many layers.
+        .map_or(0, |l| l.saturating_add(1));
     let (mlp, _) = dims(Param::Fc1(0))?;
     let heads = match metadata.metadata().as_ref().and_then(|m| m.get("heads")) {
         Some(text) => text.trim().parse().map_err(|_| {
@@ -333,23 +334,7 @@ fn load_talos_dir(dir: &Path, options: &LoadOptions) -> Result<Weights, WeightsE
         let label = path.display();
         let text = std::fs::read_to_string(&path).map_err(|e| WeightsError::new(&label, Problem::Io(e)))?;
         let before = words.len();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let ok = line.len() <= 4 && line.bytes().all(|b| b.is_ascii_hexdigit());
-            let word = u16::from_str_radix(line, 16).ok().filter(|_| ok).ok_or_else(|| {
-                WeightsError::new(
-                    &label,
-                    Problem::BadHex {
-                        line: i + 1,
-                        text: line.chars().take(40).collect(),
-                    },
-                )
-            })?;
-            words.push(word as i16);
-        }
+        words.extend(parse_talos_hex(&text, &label.to_string())?);
         let count = words.len() - before;
         if count != t.len() {
             return Err(WeightsError::new(
@@ -366,6 +351,30 @@ fn load_talos_dir(dir: &Path, options: &LoadOptions) -> Result<Weights, WeightsE
         dequantize(&words),
         format!("{} (talos-hex)", dir.display()),
     )
+}
+
+/// The words of one TALOS-V2 ROM file: one 16-bit two's-complement hex word (1 to 4 hex digits)
+/// per line, blank lines skipped; `label` names the file in errors.
+pub fn parse_talos_hex(text: &str, label: &str) -> Result<Vec<i16>, WeightsError> {
+    let mut words = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let ok = line.len() <= 4 && line.bytes().all(|b| b.is_ascii_hexdigit());
+        let word = u16::from_str_radix(line, 16).ok().filter(|_| ok).ok_or_else(|| {
+            WeightsError::new(
+                label,
+                Problem::BadHex {
+                    line: i + 1,
+                    text: line.chars().take(40).collect(),
+                },
+            )
+        })?;
+        words.push(word as i16);
+    }
+    Ok(words)
 }
 
 pub(crate) fn write_talos_hex(weights: &Weights, dir: &Path) -> Result<(), WeightsError> {

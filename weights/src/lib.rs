@@ -14,7 +14,9 @@ mod q412;
 
 pub use error::{Problem, WeightsError};
 pub use fold::folded_f32;
-pub use formats::{Format, LoadOptions, load, load_bytes, safetensors_metadata, talos_hex_file_name};
+pub use formats::{
+    Format, LoadOptions, load, load_bytes, parse_talos_hex, safetensors_metadata, talos_hex_file_name,
+};
 pub use q412::{Q412_ONE, dequantize, q412, quantize};
 
 use microgpt_model::{Layout, Param, Shape};

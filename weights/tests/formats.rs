@@ -199,6 +199,12 @@ fn inconsistent_or_missing_tensors_are_errors() {
     t.push(("layer1.attn_wq", 16, 16));
     let e = err_of(&custom_safetensors(&t, Some("4")), &d);
     assert!(e.contains("tensor `layer1.attn_wk` is missing"), "{e}");
+
+    // The largest layer number a name can hold: too many layers, not an overflow.
+    let mut t = default_tensors();
+    t.push(("layer18446744073709551615.attn_wq", 16, 16));
+    let e = err_of(&custom_safetensors(&t, Some("4")), &d);
+    assert!(e.contains("`layers`"), "{e}");
 }
 
 fn write_hex(dir: &Path, name: &str, text: &str) {

@@ -52,6 +52,11 @@ int main(int argc, char** argv) {
     }
     const std::vector<float> w = read_weights(argv[1]);
     const std::string mode = argv[2];
+    // The sampling temperature, when not the kernels' default (as the host sets it).
+    if (const char* t = std::getenv("MG_TEMPERATURE")) {
+        const float temperature = std::strtof(t, nullptr);
+        launch(1, 1, [&] { mg_set_temperature(temperature); });
+    }
     if (mode == "naive" || mode == "warp" || mode == "lanes" || mode == "lanes-table" || mode == "thread") {
         std::vector<float> scratch(MG_LANE_SCRATCH, 0.0f), kv(MG_KV, 0.0f), logits(MG_VOCAB);
         int tok, pos;
