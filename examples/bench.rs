@@ -64,7 +64,7 @@ struct Args {
     repeats: usize,
     /// Single steps timed one by one for the latency percentiles of each single-stream row
     /// (0: none; at most 10^8).
-    #[arg(long, default_value_t = microgpt::bench::latency::MAX_SAMPLES)]
+    #[arg(long, default_value_t = microgpt::bench::latency::DEFAULT_SAMPLES)]
     latency_samples: u64,
     /// Compare every row with the same row of a saved `--json` run (same shape): the change of
     /// the median, its 95% interval and a verdict (faster, slower, same).
@@ -152,7 +152,7 @@ fn run(args: Args) -> Result<(), String> {
     let weights = load_weights(&args)?;
     let machine = Machine::detect();
     let baseline = match &args.baseline {
-        Some(path) => Some(load_baseline(path, weights.shape(), &machine)?),
+        Some(path) => Some(load_baseline(path, &weights, &machine)?),
         None => None,
     };
     microgpt::runtime::check::check_fp32_range(
@@ -268,23 +268,29 @@ fn bench_options(args: &Args) -> Result<BenchOptions, String> {
 
 /// `--baseline`: the saved run, refused when it was run at another shape (its rows would not be
 /// the same computation); a warning when it came from another CPU or other weights.
-fn load_baseline(path: &std::path::Path, shape: &Shape, machine: &Machine) -> Result<Baseline, String> {
-    let mut b = Baseline::load(path)?;
-    let saved = Shape::parse(&b.shape)
-        .map_err(|e| format!("--baseline {}: its shape {}: {e}", path.display(), b.shape))?;
-    if saved != *shape {
+fn load_baseline(path: &std::path::Path, weights: &Weights, machine: &Machine) -> Result<Baseline, String> {
+    let b = Baseline::load(path)?;
+    let shape = *weights.shape();
+    if b.shape != shape {
         return Err(format!(
-            "--baseline {} was run at shape {saved}, this run is at {shape} (run with --shape {saved})",
-            path.display()
+            "--baseline {} was run at shape {}, this run is at {shape} (run with --shape {})",
+            path.display(),
+            b.shape,
+            b.shape
         ));
     }
-    b.shape = saved.to_string();
+    let mut differ = Vec::new();
     if b.cpu != machine.cpu {
+        differ.push(format!("on {}, this machine is {}", b.cpu, machine.cpu));
+    }
+    if b.weights != weights.source() {
+        differ.push(format!("with {}, this run has {}", b.weights, weights.source()));
+    }
+    if !differ.is_empty() {
         eprintln!(
-            "warning: --baseline {} was run on {}, this machine is {}: each change mixes the two machines",
+            "warning: --baseline {} was run {}: each change mixes the two",
             path.display(),
-            b.cpu,
-            machine.cpu
+            differ.join("; and ")
         );
     }
     Ok(b)

@@ -4,6 +4,7 @@
 #
 #   scripts/ab.sh BENCH_A BENCH_B PAIRS OUTDIR [bench flags...]
 #
+# Both builds must have --baseline (the bench of 2026-12-07 on).
 # Runs A, B, A, B, ... (PAIRS runs of each, then one more A), each run with --json into OUTDIR
 # and with --baseline set to the run just before it. Every B run is thus compared with the A
 # before it and with the A after it; the summary gives, for each row, every such change of B
@@ -20,8 +21,10 @@ for bin in "$a" "$b"; do
   [ -x "$bin" ] || { echo "ab: $bin is not an executable (build it, then copy it aside)" >&2; exit 2; }
 done
 case "$pairs" in
-  '' | *[!0-9]* | 0) echo "ab: PAIRS must be a positive integer, got '$pairs'" >&2; exit 2 ;;
+  '' | *[!0-9]*) echo "ab: PAIRS must be a positive integer, got '$pairs'" >&2; exit 2 ;;
 esac
+pairs=$((10#$pairs))  # base 10: 08 is eight
+[ "$pairs" -ge 1 ] || { echo "ab: PAIRS must be at least 1" >&2; exit 2; }
 mkdir -p "$out"
 
 prev=""
@@ -39,7 +42,7 @@ for i in $(seq 1 "$pairs"); do
 done
 run "a$((pairs + 1))" "$a" "$@"
 
-python3 - "$out" "$pairs" <<'PY'
+python3 - "$out" "$pairs" <<'PY' | tee "$out/summary.txt"
 import json, statistics, sys
 out, pairs = sys.argv[1], int(sys.argv[2])
 changes, verdicts = {}, {}

@@ -1,6 +1,7 @@
 //! `--baseline FILE`: a saved `--json` run, whose rows this run's rows are compared with.
 
 use crate::stats::{self, Change};
+use microgpt_model::Shape;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ pub struct Baseline {
     /// The file, as given.
     pub path: String,
     pub cpu: String,
-    pub shape: String,
+    pub shape: Shape,
     pub weights: String,
     /// Variant name → its windows' rates (tok/s).
     rows: HashMap<String, Vec<f64>>,
@@ -47,13 +48,23 @@ impl Baseline {
                 .ok_or_else(|| format!("results[{i}] ({variant}): a window's rate is not a number"))?;
             rows.insert(variant.to_string(), windows);
         }
-        let shape = doc["shape"]
-            .as_object()
-            .ok_or("no \"shape\" object")?
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let fields = doc["shape"].as_object().ok_or("no \"shape\" object")?;
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| format!("its shape has no whole number \"{name}\""))
+        };
+        let shape = Shape::new(
+            field("vocab")?,
+            field("block")?,
+            field("embd")?,
+            field("heads")?,
+            field("layers")?,
+            field("mlp")?,
+        )
+        .map_err(|e| format!("its shape: {e}"))?;
         Ok(Baseline {
             path: path.to_string(),
             cpu: doc["machine"]["cpu"]
@@ -91,7 +102,7 @@ mod tests {
     fn doc() -> Value {
         json!({
             "machine": {"cpu": "Example CPU"},
-            "shape": {"vocab": 27, "embd": 16},
+            "shape": {"vocab": 27, "block": 16, "embd": 16, "heads": 4, "layers": 1, "mlp": 64},
             "weights": "example weights",
             "results": [
                 {"variant": "reference", "windows_tok_per_s": [100.0, 101.0, 99.0, 100.0, 100.5]},
@@ -102,10 +113,7 @@ mod tests {
     #[test]
     fn rows_compare_by_name() {
         let b = Baseline::from_json("base.json", &doc()).unwrap();
-        assert_eq!(
-            (b.cpu.as_str(), b.shape.as_str()),
-            ("Example CPU", "embd=16,vocab=27")
-        );
+        assert_eq!((b.cpu.as_str(), b.shape), ("Example CPU", Shape::DEFAULT));
         let c = b
             .compare("reference", &[150.0, 151.0, 149.0, 150.0, 150.5])
             .unwrap();
@@ -127,6 +135,11 @@ mod tests {
                 "not a number",
             ),
             (json!({"results": []}), "no \"shape\""),
+            (json!({"results": [], "shape": {}}), "no whole number \"vocab\""),
+            (
+                json!({"results": [], "shape": {"vocab": 27, "block": 16, "embd": 16, "heads": 5, "layers": 1, "mlp": 64}}),
+                "its shape: `embd` must be divisible by `heads`",
+            ),
         ];
         for (d, want) in cases {
             let e = Baseline::from_json("b.json", &d).unwrap_err();

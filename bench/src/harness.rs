@@ -43,7 +43,7 @@ impl Default for BenchOptions {
             min_tokens: 10_000,
             min_window_s: 0.2,
             repeats: 5,
-            latency_samples: latency::MAX_SAMPLES,
+            latency_samples: latency::DEFAULT_SAMPLES,
             warmup_s: 0.1,
             check_tokens: 4096,
             names: 0,
@@ -53,10 +53,7 @@ impl Default for BenchOptions {
     }
 }
 
-/// The smallest sampling temperature the bench accepts: below it, logits / T leave the range
-/// where the variants' orders of rounding agree on the draw (at 1e-10 the lane-batched rows,
-/// which fold 1/T into their weights, draw differently; near 1e-38 it overflows).
-pub const MIN_TEMPERATURE: f32 = 1e-3;
+pub use microgpt_runtime::sampler::MIN_TEMPERATURE;
 
 /// The most timed windows per variant, and tokens per window, the bench accepts.
 pub const MAX_REPEATS: usize = 1000;
@@ -126,6 +123,11 @@ impl BenchOptions {
         }
     }
 
+    /// The most seconds a row's latency pass runs: twice a window, and 50 ms more.
+    pub fn latency_budget_s(&self) -> f64 {
+        2.0 * self.min_window_s + 0.05
+    }
+
     pub fn settings(&self) -> Settings {
         Settings {
             temperature: self.temperature,
@@ -155,7 +157,7 @@ pub struct Timing {
 /// Times `variant`: a warm-up, then `repeats` windows of at least `min_tokens` tokens and
 /// `min_window_s` seconds each; the median rate is reported, with its interval. Then, for a
 /// single-stream row, single steps are timed for the latency percentiles (up to
-/// `latency_samples`, for at most twice `min_window_s` plus 50 ms).
+/// `latency_samples`, for at most [`BenchOptions::latency_budget_s`]).
 pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
     variant.reset(o.seed);
     // Windows are whole steps of every stream, so every token asked for is run exactly.
@@ -216,7 +218,7 @@ pub fn time_variant(variant: &mut dyn Variant, o: &BenchOptions) -> Timing {
         })
     };
     let tok_per_s = stats::median(&windows);
-    let latency = latency::measure(variant, o.latency_samples, 2.0 * o.min_window_s + 0.05);
+    let latency = latency::measure(variant, o.latency_samples, o.latency_budget_s());
     Timing {
         tok_per_s,
         interval: stats::median_interval(&windows),
@@ -313,6 +315,7 @@ pub fn run_all(
             .map(|mut oracle| check_agreement(variant.as_mut(), oracle.as_mut(), &o.check()));
         progress(Event::Timing(&spec.name));
         let timing = time_variant(variant.as_mut(), o);
+        variant.settle();
         let names = (o.names > 0).then(|| variant.names(o.names, o.seed));
         out.push(Outcome::Ran(Box::new(Row {
             info: variant.info().clone(),

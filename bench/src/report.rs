@@ -160,7 +160,7 @@ impl Report<'_> {
                     "latency:  single-stream rows: up to {} single steps timed one by one (for at most \
                      {:.2} s), into an HdrHistogram (3 significant digits)",
                     o.latency_samples,
-                    2.0 * o.min_window_s + 0.05
+                    o.latency_budget_s()
                 )
             } else {
                 "latency:  not measured (--latency-samples 0)".into()
@@ -425,7 +425,7 @@ impl Report<'_> {
             "x FPGA" => times(m.tok_per_s / TALOS_CLAIMED_TOK_PER_S),
             "x ref" => self
                 .reference_rate()
-                .map_or("-".into(), |r| format!("{:.3}", m.tok_per_s / r)),
+                .map_or("-".into(), |r| times(m.tok_per_s / r)),
             "oracle" | "check" => "modelled".into(),
             _ => "-".into(),
         }
@@ -593,7 +593,8 @@ impl Report<'_> {
             "warnings": self.warnings(),
         });
         if let Some(b) = self.baseline {
-            doc["baseline"] = json!({"path": b.path, "cpu": b.cpu, "shape": b.shape, "weights": b.weights});
+            doc["baseline"] =
+                json!({"path": b.path, "cpu": b.cpu, "shape": b.shape.to_string(), "weights": b.weights});
         }
         doc
     }
@@ -641,14 +642,19 @@ pub fn wrap(text: &str, width: usize, indent: usize) -> String {
     out
 }
 
+/// The unit a rate is shown in: its divisor, its suffix and its decimals (1.23 M, 53.0 K).
+fn rate_unit(v: f64) -> (f64, &'static str, usize) {
+    match v {
+        v if v >= 1e9 => (1e9, " G", 2),
+        v if v >= 1e6 => (1e6, " M", 2),
+        v if v >= 1e3 => (1e3, " K", 1),
+        _ => (1.0, "", 0),
+    }
+}
+
 /// An interval of rates in the unit of `like`: (14_912_000, 15_620_000) → "14.91-15.62".
 fn rate_range((lo, hi): (f64, f64), like: f64) -> String {
-    let (scale, decimals) = match like {
-        v if v >= 1e9 => (1e9, 2),
-        v if v >= 1e6 => (1e6, 2),
-        v if v >= 1e3 => (1e3, 1),
-        _ => (1.0, 0),
-    };
+    let (scale, _, decimals) = rate_unit(like);
     format!("{:.*}-{:.*}", decimals, lo / scale, decimals, hi / scale)
 }
 
@@ -662,12 +668,14 @@ pub fn human_ns(ns: f64) -> String {
     }
 }
 
-/// A ratio, with fewer decimals as it grows: 0.72 → "0.72", 396.2 → "396", 17.04 → "17.0".
+/// A ratio, with fewer decimals as it grows: 0.042 → "0.042", 0.72 → "0.72", 17.04 → "17.0",
+/// 396.2 → "396".
 fn times(x: f64) -> String {
     match x {
         x if x >= 100.0 => format!("{x:.0}"),
         x if x >= 10.0 => format!("{x:.1}"),
-        x => format!("{x:.2}"),
+        x if x >= 0.1 => format!("{x:.2}"),
+        x => format!("{x:.3}"),
     }
 }
 
@@ -683,12 +691,8 @@ fn percent(f: f64) -> String {
 
 /// 1234567.0 → "1.23 M".
 pub fn human_rate(v: f64) -> String {
-    match v {
-        v if v >= 1e9 => format!("{:.2} G", v / 1e9),
-        v if v >= 1e6 => format!("{:.2} M", v / 1e6),
-        v if v >= 1e3 => format!("{:.1} K", v / 1e3),
-        v => format!("{v:.0}"),
-    }
+    let (scale, unit, decimals) = rate_unit(v);
+    format!("{:.*}{unit}", decimals, v / scale)
 }
 
 #[cfg(test)]

@@ -57,10 +57,17 @@ fn bootstrap_medians(values: &[f64], rng: &mut SplitMix) -> Vec<f64> {
         .collect()
 }
 
+/// The nearest rank of quantile `q` among `n` sorted values, 1-based: the smallest rank with at
+/// least `q · n` values at or below it (at least 1). The one quantile rule of the bench.
+pub fn nearest_rank(q: f64, n: u64) -> u64 {
+    // Less a rounding error, so that 0.025 · 10000 (250.00000000000003) is rank 250.
+    ((q * n as f64 - 1e-9).ceil() as u64).clamp(1, n.max(1))
+}
+
 /// The `(1 - CONFIDENCE) / 2` and `(1 + CONFIDENCE) / 2` quantiles of `estimates`.
 fn percentile_interval(mut estimates: Vec<f64>) -> (f64, f64) {
     estimates.sort_by(f64::total_cmp);
-    let at = |q: f64| estimates[((q * estimates.len() as f64) as usize).min(estimates.len() - 1)];
+    let at = |q: f64| estimates[nearest_rank(q, estimates.len() as u64) as usize - 1];
     (at((1.0 - CONFIDENCE) / 2.0), at((1.0 + CONFIDENCE) / 2.0))
 }
 
@@ -159,6 +166,22 @@ pub fn compare(now: &[f64], baseline: &[f64]) -> Option<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_ranks() {
+        assert_eq!(nearest_rank(0.025, 10_000), 250);
+        assert_eq!(nearest_rank(0.975, 10_000), 9750);
+        assert_eq!(nearest_rank(0.5, 5), 3);
+        assert_eq!(nearest_rank(0.0, 5), 1);
+        assert_eq!(nearest_rank(1.0, 5), 5);
+        assert_eq!(nearest_rank(0.999, 1000), 999);
+    }
+
+    #[test]
+    fn five_windows_give_the_slowest_to_the_fastest() {
+        let w = [10.0, 11.0, 9.5, 10.4, 10.1];
+        assert_eq!(median_interval(&w), (9.5, 11.0));
+    }
 
     #[test]
     fn medians_of_odd_even_and_no_counts() {

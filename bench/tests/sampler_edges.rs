@@ -7,15 +7,12 @@
 //! row's oracle; a draw within 1e-6 of a boundary of the oracle's CDF is excused, as in the
 //! bench's check. (TALOS-V2 draws with its own sampler by design; its edges are in its tests.)
 
-use microgpt_bench::harness::MIN_TEMPERATURE;
 use microgpt_model::Shape;
 use microgpt_runtime::check::teacher_forced_with;
 use microgpt_runtime::{Settings, Variant};
 use microgpt_testdata::full_length_sequences;
+use microgpt_testdata::props::{EDGE_TEMPERATURES, SAMPLER_EDGES};
 use microgpt_weights::{Weights, default_weights};
-
-/// The uniforms tried: 0, 2^-24, 1/2 and 1 - 2^-24 (the largest xorshift32's draw gives).
-const EDGES: [f32; 4] = [0.0, 1.0 / 16_777_216.0, 0.5, 1.0 - 1.0 / 16_777_216.0];
 
 fn weights() -> Vec<(&'static str, Weights)> {
     let trained = default_weights();
@@ -33,10 +30,11 @@ fn weights() -> Vec<(&'static str, Weights)> {
 
 #[test]
 fn every_variant_draws_like_its_oracle_at_the_edges() {
+    assert_eq!(EDGE_TEMPERATURES[0], microgpt_runtime::sampler::MIN_TEMPERATURE);
     let seqs = full_length_sequences(Shape::DEFAULT.vocab, Shape::DEFAULT.block, 1, 7);
     let mut checked = 0;
     for (what, weights) in weights() {
-        for temperature in [MIN_TEMPERATURE, 0.5, 100.0] {
+        for temperature in EDGE_TEMPERATURES {
             let settings = Settings { temperature };
             for spec in microgpt_bench::registry() {
                 if spec.shape.is_some_and(|s| s != Shape::DEFAULT) {
@@ -55,7 +53,7 @@ fn every_variant_draws_like_its_oracle_at_the_edges() {
                 let Some(mut oracle) = info.oracle.build(&weights, &settings) else {
                     continue;
                 };
-                for r in EDGES {
+                for r in SAMPLER_EDGES {
                     let a =
                         teacher_forced_with(variant.as_mut(), oracle.as_mut(), &seqs, temperature, &mut || r);
                     if info.exact_tokens {

@@ -12,6 +12,7 @@ use microgpt_model::{Buffer, Param, Shape};
 use microgpt_runtime::check::fp32_logit_tolerance;
 use microgpt_runtime::stream::stream_seed;
 use microgpt_runtime::{Reference, Sampler, Stream};
+use microgpt_testdata::props::{EDGE_TEMPERATURES, SAMPLER_EDGES};
 use microgpt_weights::{Weights, default_weights};
 use std::io::Write;
 use std::path::PathBuf;
@@ -366,13 +367,13 @@ fn sampler_edges_match_the_reference() {
             .collect();
         std::fs::write(&h.weights_file, bytes).unwrap();
         // Every position with each uniform, in one run per mode and temperature.
-        let steps: Vec<(usize, usize, f32)> = [0.0, 1.0 / 16_777_216.0, 0.5, 1.0 - 1.0 / 16_777_216.0]
+        let steps: Vec<(usize, usize, f32)> = SAMPLER_EDGES
             .into_iter()
             .flat_map(|r| {
                 (0..Shape::DEFAULT.block).map(move |pos| ((pos * 5 + 26) % Shape::DEFAULT.vocab, pos, r))
             })
             .collect();
-        for temperature in [1e-3, 0.5, 100.0] {
+        for temperature in EDGE_TEMPERATURES {
             for mode in ["warp", "lanes", "lanes-table", "thread"] {
                 check_steps_at(&h, weights, mode, &steps, temperature);
             }

@@ -7,6 +7,10 @@ use rand_core::{RngCore, SeedableRng, impls};
 pub const DEFAULT_SEED: u32 = 42;
 /// The sampling temperature used when the user gives none.
 pub const DEFAULT_TEMPERATURE: f32 = 0.5;
+/// The smallest sampling temperature the bench accepts: below it, logits / T leave the range
+/// where the variants' orders of rounding agree on the draw (at 1e-10 the lane-batched rows,
+/// which fold 1/T into their weights, draw differently; near 1e-38 it overflows).
+pub const MIN_TEMPERATURE: f32 = 1e-3;
 
 /// Marsaglia's xorshift32 (`x ^= x << 13; x ^= x >> 17; x ^= x << 5`) on a u32 state.
 ///

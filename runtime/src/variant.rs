@@ -155,6 +155,11 @@ pub trait Variant: Send {
     /// counts as one token). Returns a checksum of the drawn tokens.
     fn run(&mut self, tokens: u64) -> u64;
 
+    /// Brings what [`Variant::info`] derives from the runs so far (a modelled row) up to date.
+    /// The bench calls it after timing, before reading `info`, so that the runs themselves do
+    /// no such bookkeeping. Nothing by default.
+    fn settle(&mut self) {}
+
     /// A cumulative energy counter of the device an off-CPU variant runs on, in joules (NVML on
     /// NVIDIA GPUs); the bench reads it around the timed windows. `None` where there is none.
     fn device_energy_joules(&self) -> Option<f64> {

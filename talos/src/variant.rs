@@ -149,8 +149,11 @@ impl Variant for TalosVariant {
                 (self.token, self.pos) = (o.next, self.pos + 1);
             }
         }
-        self.update_model();
         sum
+    }
+
+    fn settle(&mut self) {
+        self.update_model();
     }
 
     /// The board's names: samples chained through the RNG, as the host tool runs `--count`.
