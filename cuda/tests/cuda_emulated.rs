@@ -382,7 +382,7 @@ fn sampler_edges_match_the_reference() {
 }
 
 proptest::proptest! {
-    #![proptest_config(microgpt_testdata::props::config(4, 8))]
+    #![proptest_config(microgpt_testdata::props::config(3, 8))]
 
     /// Random valid shapes and weights at several scales: every single-step kernel teacher-forced
     /// against the reference (each case compiles the generated C++ once).
